@@ -1,0 +1,46 @@
+# The interface users and CI rely on. `make test` and `make demo` do all the set-up themselves.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STACK_ENV := .devstack/env
+PYTEST_ARGS ?=
+
+.PHONY: help install stack-up stack-down stack-status test lint demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## virtualenv in .venv with flowproof and the dev tools
+
+stack-up: $(STAMP) ## install and start PostgreSQL, Redis and Kafka on loopback; writes .devstack/env
+	@devstack/stack.sh up
+
+stack-down: ## stop the services stack-up started, nothing else
+	@devstack/stack.sh down
+
+stack-status: ## say what runs where
+	@devstack/stack.sh status
+
+test: stack-up ## start the stack, run the whole test suite (the stack stays up for reruns)
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: stack-up ## the whole pipeline on local services with a generated workload, then the verdict
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/flowproof demo
+
+clean: stack-down ## stop the stack and remove .devstack and .venv
+	rm -rf .devstack $(VENV)

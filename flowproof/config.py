@@ -1,0 +1,264 @@
+"""The one settings model every flowproof command shares.
+
+Values come from, highest priority first: `FLOWPROOF_<NAME>_FILE` (a path whose contents are the
+value, the Docker-secrets convention), `FLOWPROOF_<NAME>` environment variables, the TOML file
+given by `--config`, then the defaults below. `load_settings` turns every problem into a
+`ConfigError` that names the variable, and refuses unknown `FLOWPROOF_*` variables, naming the
+closest known one: a misspelt variable silently ignored is the drift flowproof exists to catch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from flowproof.errors import ConfigError
+from flowproof.identifiers import validate_name_prefix, validate_sql_identifier
+from flowproof.logging import get_logger
+from flowproof.redact import register_secret
+
+ENV_PREFIX = "FLOWPROOF_"
+FILE_SUFFIX = "_FILE"
+SINK_NAMES = ("redis", "kafka")
+
+Sink = Literal["redis", "kafka"]
+# Set per load_settings call: pydantic-settings builds sources from the class, not the instance.
+_toml_path: Path | None = None
+
+
+class Settings(BaseSettings):
+    """Configuration shared by every command (DESIGN.md, "Configuration")."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- services -----------------------------------------------------------------------------
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql://postgres@127.0.0.1:5432/flowproof"),
+        description="PostgreSQL DSN (postgresql://user:password@host:port/db)",
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="Redis URL (redis:// or rediss://)",
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+
+    # --- what flows where ---------------------------------------------------------------------
+    sinks: Annotated[tuple[Sink, ...], NoDecode] = Field(
+        default=("redis", "kafka"), description="comma-separated sinks: redis, kafka"
+    )
+    outbox_table: str = "flowproof_outbox"
+    stream_prefix: str = "flowproof."
+    topic_prefix: str = "flowproof."
+
+    # --- process ------------------------------------------------------------------------------
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address /metrics binds to; 0.0.0.0 in containers",
+    )
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 picks a free port")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    allow_unknown_env: bool = Field(
+        default=False,
+        description="report unknown FLOWPROOF_* variables as warnings instead of refusing them",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// DSN")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("redis://", "rediss://")):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("needs at least one host:port")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _split_sinks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [s.strip().lower() for s in value.split(",") if s.strip()]
+        if isinstance(value, list | tuple):
+            unknown = [s for s in value if s not in SINK_NAMES]
+            if unknown:
+                raise ValueError(f"unknown sink {unknown[0]!r} (expected {', '.join(SINK_NAMES)})")
+            if not value:
+                raise ValueError("needs at least one sink (redis, kafka)")
+            if len(set(value)) != len(value):
+                raise ValueError("lists a sink twice")
+            return tuple(value)
+        return value
+
+    @field_validator("outbox_table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        return validate_sql_identifier(value)
+
+    @field_validator("stream_prefix", "topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return validate_name_prefix(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_toml_path))
+        return tuple(sources)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, including passwords inside DSNs."""
+        values: list[str] = []
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
+            if isinstance(secret, SecretStr):
+                values.append(secret.get_secret_value())
+        return values
+
+
+SECRET_FIELDS = frozenset({"database_url", "redis_url", "kafka_sasl_password"})
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def known_env_names() -> set[str]:
+    names = {env_name(field) for field in Settings.model_fields}
+    return names | {name + FILE_SUFFIX for name in names}
+
+
+def unknown_env_report(environ: Mapping[str, str]) -> list[str]:
+    """Describe each FLOWPROOF_* variable that no setting reads, with the closest known name."""
+    known = known_env_names()
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        closest = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.5)
+        hint = f"; did you mean {closest[0]}?" if closest else ""
+        problems.append(f"{name} is not a flowproof setting{hint}")
+    return problems
+
+
+def _read_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for field in Settings.model_fields:
+        file_var = env_name(field) + FILE_SUFFIX
+        path = environ.get(file_var)
+        if path is None:
+            continue
+        if env_name(field) in environ:
+            raise ConfigError(f"{env_name(field)} and {file_var} are both set; set only one")
+        try:
+            # Secret files conventionally end with a newline that is not part of the value.
+            values[field] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{file_var}: cannot read {path!r}: {exc.strerror}") from None
+    return values
+
+
+def _describe(error: Mapping[str, Any], from_file: set[str]) -> str:
+    field = str(error["loc"][0]) if error["loc"] else "?"
+    name = env_name(field) + (FILE_SUFFIX if field in from_file else "")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if field in SECRET_FIELDS or error["type"] in ("extra_forbidden", "missing"):
+        return f"{name}: {message}"
+    return f"{name}={error.get('input')!r}: {message}"
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build the settings from the environment (and TOML file), or raise ConfigError."""
+    global _toml_path  # noqa: PLW0603 - see the comment at its definition
+    env = os.environ
+    unknown = unknown_env_report(env)
+    allow_unknown = env.get(env_name("allow_unknown_env"), "").lower() in ("1", "true", "yes")
+    if unknown and not allow_unknown:
+        raise ConfigError(
+            "; ".join(unknown) + f" (set {env_name('allow_unknown_env')}=true to only warn)"
+        )
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"--config: no such file {str(config_file)!r}")
+    from_files = _read_secret_files(env)
+    _toml_path = config_file
+    try:
+        settings = Settings(**from_files)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        described = [_describe(err, set(from_files)) for err in exc.errors()]
+        raise ConfigError("; ".join(described)) from None
+    finally:
+        _toml_path = None
+    for secret in settings.secret_values():
+        register_secret(secret)
+        register_secret(_password_of(secret))
+    for problem in unknown:
+        get_logger(__name__).warning("config.unknown_variable", problem=problem)
+    return settings
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None

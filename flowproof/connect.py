@@ -1,0 +1,105 @@
+"""Opening connections to PostgreSQL, Redis and Kafka from the settings.
+
+This is the boundary where driver errors on connect become `ComponentUnreachable`, naming the
+component, with secrets scrubbed from the driver's message. Callers own what they open here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from flowproof.config import Settings
+from flowproof.errors import ComponentUnreachable
+from flowproof.redact import scrub
+
+CONNECT_TIMEOUT = 10.0
+
+
+def _unreachable(component: str, exc: BaseException) -> ComponentUnreachable:
+    detail = scrub(str(exc)) or type(exc).__name__
+    return ComponentUnreachable(component, detail)
+
+
+async def connect_postgres(settings: Settings, **kwargs: Any) -> asyncpg.Connection:
+    """One asyncpg connection, or ComponentUnreachable('postgresql')."""
+    try:
+        return await asyncpg.connect(
+            settings.database_url.get_secret_value(), timeout=CONNECT_TIMEOUT, **kwargs
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise _unreachable("postgresql", exc) from None
+
+
+async def create_postgres_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 4, **kwargs: Any
+) -> asyncpg.Pool:
+    """An asyncpg pool, or ComponentUnreachable('postgresql')."""
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=CONNECT_TIMEOUT,
+            **kwargs,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise _unreachable("postgresql", exc) from None
+    assert pool is not None  # create_pool only returns None when awaited without init
+    return pool
+
+
+def redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
+    """A redis-py asyncio client (connections are made lazily; see `ping_redis`)."""
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        **kwargs,
+    )
+    return client
+
+
+async def ping_redis(client: aioredis.Redis) -> None:
+    """Raise ComponentUnreachable('redis') unless the server answers PING."""
+    try:
+        await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise _unreachable("redis", exc) from None
+
+
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """The connection arguments every aiokafka client (producer, consumer, admin) shares."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        password = settings.kafka_sasl_password
+        kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
+    return kwargs
+
+
+async def ping_kafka(settings: Settings) -> None:
+    """Raise ComponentUnreachable('kafka') unless the cluster answers a metadata request."""
+    from aiokafka.admin import AIOKafkaAdminClient  # noqa: PLC0415 - heavy import, used rarely
+
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings), request_timeout_ms=5000)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await admin.start()
+            await admin.describe_cluster()
+    except Exception as exc:  # aiokafka raises many unrelated types on connect
+        raise _unreachable("kafka", exc) from None
+    finally:
+        await admin.close()

@@ -1,0 +1,83 @@
+"""The small HTTP server every long-running command runs: /metrics, plus /healthz and /readyz.
+
+It runs in a daemon thread so a busy event loop never delays a scrape.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from flowproof.logging import get_logger
+
+# A route answers (status code, body text).
+Route = Callable[[], tuple[int, str]]
+
+log = get_logger(__name__)
+
+
+class MetricsServer:
+    """Serves the Prometheus registry at /metrics and any extra routes given."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        routes: Mapping[str, Route] | None = None,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        self._routes = dict(routes or {})
+        self._registry = registry
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        log.info("metrics.serving", url=f"http://{self.host}:{self.port}/metrics")
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        routes = self._routes
+        registry = self._registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path in routes:
+                    status, body = routes[path]()
+                    self._send(status, body.encode(), "text/plain; charset=utf-8")
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                # Scrapes every few seconds would drown the structured log.
+                return
+
+        return Handler

@@ -1,0 +1,1 @@
+"""The outbox writer API and the relay to Redis Streams and Kafka."""

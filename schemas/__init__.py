@@ -1,0 +1,1 @@
+"""The Avro schemas, their registry and ids, the envelope and the Confluent wire framing."""

@@ -1,0 +1,32 @@
+"""The devstack's env file and compose.yaml are what the rest of the project relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from flowproof.config import known_env_names
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_file_is_shell_sourceable_and_uses_known_names() -> None:
+    env_file = ROOT / ".devstack" / "env"
+    assert env_file.is_file(), "run `make stack-up` first"
+    lines = env_file.read_text().splitlines()
+    assert lines
+    for line in lines:
+        key, sep, value = line.partition("=")
+        assert sep and key and value and " " not in line, line
+        assert key in known_env_names(), f"{key} is not a flowproof setting"
+
+
+def test_compose_has_the_services_with_health_checks() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("postgres", "redis", "kafka"):
+        assert name in services, f"compose.yaml lacks {name}"
+        check = services[name].get("healthcheck")
+        assert check and check.get("test"), f"{name} has no health check"
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"

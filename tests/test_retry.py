@@ -1,0 +1,35 @@
+"""The shared retry policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from flowproof.retry import RetryPolicy
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(base=0.1, cap=1.0, jitter=False)
+    assert [policy.delay(a) for a in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_jitter_stays_within_bounds() -> None:
+    policy = RetryPolicy(base=0.1, cap=2.0)
+    rng = random.Random(7)
+    for attempt in range(1, 30):
+        delay = policy.delay(attempt, rng)
+        assert delay is not None
+        assert 0.05 <= delay <= 2.0
+
+
+def test_gives_up_after_max_attempts() -> None:
+    policy = RetryPolicy(max_attempts=3, jitter=False)
+    assert policy.delay(2) is not None
+    assert policy.delay(3) is None
+
+
+@pytest.mark.parametrize("kwargs", [{"base": 0}, {"base": 2, "cap": 1}, {"max_attempts": 0}])
+def test_rejects_nonsense(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]

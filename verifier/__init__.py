@@ -1,0 +1,1 @@
+"""The checks, with evidence: flow, lag, latency and schema conformance."""
