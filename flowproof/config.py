@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     @field_validator("outbox_table")
     @classmethod
     def _check_table(cls, value: str) -> str:
+        # Index and trigger names are derived from it and must fit PostgreSQL's 63 characters.
+        if len(value) > 40:
+            raise ValueError("must be at most 40 characters")
         return validate_sql_identifier(value)
 
     @field_validator("stream_prefix", "topic_prefix")

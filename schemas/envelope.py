@@ -1,0 +1,89 @@
+"""The envelope: an event's metadata, carried in Kafka headers and Redis stream fields.
+
+Fields (DESIGN.md, "Wire format"): `id`, `type`, `aggregatetype`, `aggregateid`, `created_at`
+(RFC 3339 UTC with microseconds) and `traceparent` when present. The Redis entry also carries the
+framed Avro bytes in its `payload` field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from schemas.errors import ENVELOPE, FrameError
+
+PAYLOAD_FIELD = "payload"
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+_EVENT_TYPE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a Z, the wire form of `created_at`."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _must_be_utc_aware(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("created_at must carry a time zone")
+    return value.astimezone(dt.UTC)
+
+
+def _check_traceparent(value: str | None) -> str | None:
+    if value is not None and not _TRACEPARENT.fullmatch(value):
+        raise ValueError("traceparent is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)")
+    return value
+
+
+class Envelope(BaseModel):
+    """Validated event metadata; `from_wire` turns header problems into FrameError(envelope)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: uuid.UUID
+    type: str = Field(pattern=_EVENT_TYPE, max_length=512)
+    aggregatetype: str = Field(min_length=1, max_length=255)
+    aggregateid: str = Field(min_length=1, max_length=1024)
+    created_at: Annotated[dt.datetime, AfterValidator(_must_be_utc_aware)]
+    traceparent: Annotated[str | None, AfterValidator(_check_traceparent)] = None
+
+    def wire_fields(self) -> dict[str, bytes]:
+        """The fields as bytes, for Kafka headers and Redis stream fields."""
+        fields = {
+            "id": str(self.id).encode(),
+            "type": self.type.encode(),
+            "aggregatetype": self.aggregatetype.encode(),
+            "aggregateid": self.aggregateid.encode(),
+            "created_at": format_timestamp(self.created_at).encode(),
+        }
+        if self.traceparent is not None:
+            fields["traceparent"] = self.traceparent.encode()
+        return fields
+
+    def kafka_headers(self) -> list[tuple[str, bytes]]:
+        return list(self.wire_fields().items())
+
+    @classmethod
+    def from_wire(cls, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> Envelope:
+        """Parse Kafka headers or Redis fields; raise FrameError(envelope) naming the field."""
+        items = fields.items() if isinstance(fields, Mapping) else fields
+        values: dict[str, Any] = {}
+        for key, raw in items:
+            name = key.decode() if isinstance(key, bytes) else key
+            if name == PAYLOAD_FIELD or name in values:
+                continue  # the first header of a name wins, as Kafka clients read them
+            try:
+                values[name] = raw.decode("utf-8") if raw is not None else None
+            except UnicodeDecodeError:
+                raise FrameError(ENVELOPE, f"envelope field {name!r} is not UTF-8") from None
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = ".".join(str(p) for p in first["loc"]) or "<envelope>"
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise FrameError(ENVELOPE, f"envelope field {name!r}: {message}") from None
