@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="report unknown FLOWPROOF_* variables as warnings instead of refusing them",
     )
 
+    # --- relay (issue 3) ------------------------------------------------------------------------
+
+    # --- consumers (issue 4) --------------------------------------------------------------------
+
+    # --- verifier (issue 5) ---------------------------------------------------------------------
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
