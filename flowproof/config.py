@@ -78,6 +78,10 @@ class Settings(BaseSettings):
         default=("redis", "kafka"), description="comma-separated sinks: redis, kafka"
     )
     outbox_table: str = "flowproof_outbox"
+    schema_dir: Path | None = Field(
+        default=None,
+        description="folder with your own .avsc schemas, loaded beside the built-in ones",
+    )
     stream_prefix: str = "flowproof."
     topic_prefix: str = "flowproof."
 

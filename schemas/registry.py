@@ -112,6 +112,11 @@ class SchemaRegistry:
         return iter(self._by_id.values())
 
 
+def load_registry(schema_dir: Path | None) -> SchemaRegistry:
+    """The registry of the built-in schemas plus those in `schema_dir` (FLOWPROOF_SCHEMA_DIR)."""
+    return SchemaRegistry.load(*([schema_dir] if schema_dir is not None else []))
+
+
 def load_schema_file(path: Path) -> SchemaVersion:
     """Parse and check one .avsc file, or raise SchemaFileError naming the file."""
     match = _FILE_NAME.match(path.name)
