@@ -19,7 +19,9 @@ import typer
 from flowproof import __version__
 from flowproof.config import Settings, load_settings
 from flowproof.errors import (
+    EXIT_CHECK_FAILED,
     EXIT_CONFIG,
+    EXIT_OK,
     ComponentUnreachable,
     ConfigError,
     NotImplementedYet,
@@ -40,6 +42,8 @@ db_app = typer.Typer(help="Database tables of flowproof.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The Avro schemas of the event types.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
+parked_app = typer.Typer(help="Outbox rows the relay parked.", no_args_is_help=True)
+app.add_typer(parked_app, name="parked")
 
 log = get_logger(__name__)
 
@@ -126,59 +130,254 @@ def db_migrate(ctx: typer.Context) -> None:
 @app.command()
 def emit(
     ctx: typer.Context,
+    *,
     type_: Annotated[str, typer.Option("--type", help="Event type (Avro full name).")],
     aggregate_type: Annotated[str, typer.Option(help="Aggregate type, e.g. order.")],
     aggregate_id: Annotated[str, typer.Option(help="Aggregate id.")],
     payload: Annotated[str, typer.Option(help="Payload as JSON.")],
+    headers: Annotated[
+        str | None, typer.Option(help='Headers as a JSON object, e.g. {"traceparent": "00-..."}.')
+    ] = None,
 ) -> None:
-    """Write one event to the outbox, validated against its schema."""
-    run(ctx, not_yet("emit", 3))
+    """Write one event to the outbox, validated against its schema; prints its id.
+
+    An event that does not fit its schema (or the envelope, routing or size rules) exits 2 with
+    a message naming the field, and nothing is written.
+    """
+    from publisher.commands import emit_event  # noqa: PLC0415 - keep start-up fast
+    from schemas.errors import ContractError  # noqa: PLC0415
+
+    async def job(settings: Settings) -> str:
+        event_id = await emit_event(
+            settings,
+            event_type=type_,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            payload=payload,
+            headers=headers,
+        )
+        return str(event_id)
+
+    try:
+        event_id = run(ctx, job)
+    except ContractError as exc:
+        fail(f"invalid event: {exc}")
+    typer.echo(event_id)
 
 
 @app.command()
 def relay(ctx: typer.Context) -> None:
-    """Long-running outbox relay to every enabled sink."""
-    run(ctx, not_yet("relay", 3))
+    """Long-running outbox relay to every enabled sink (stops cleanly on SIGTERM)."""
+    from publisher.commands import serve  # noqa: PLC0415
+    from publisher.errors import RelayCrashed  # noqa: PLC0415
+    from schemas.errors import ContractError  # noqa: PLC0415
+
+    try:
+        run(ctx, serve)
+    except ContractError as exc:  # a broken schema file in FLOWPROOF_SCHEMA_DIR
+        fail(str(exc))
+    except RelayCrashed as exc:
+        fail(str(exc), code=EXIT_CHECK_FAILED)
+
+
+@parked_app.command("list")
+def parked_list(
+    ctx: typer.Context,
+    sink: Annotated[str | None, typer.Option(help="Only this sink: redis or kafka.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows per sink.")] = 1000,
+) -> None:
+    """Show the parked outbox rows: seq, id, type, aggregate, sink, reason, since, error."""
+    from publisher.commands import parked_list as list_job  # noqa: PLC0415
+    from publisher.parked import ParkedRow, format_table  # noqa: PLC0415
+
+    _check_sink(sink)
+
+    async def job(settings: Settings) -> list[ParkedRow]:
+        return await list_job(settings, sink, limit)
+
+    rows = run(ctx, job)
+    typer.echo(format_table(rows) if rows else "no parked rows")
+
+
+@parked_app.command("retry")
+def parked_retry(
+    ctx: typer.Context,
+    sink: Annotated[str | None, typer.Option(help="Only this sink: redis or kafka.")] = None,
+    event_id: Annotated[str | None, typer.Option("--id", help="The event id to retry.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Retry every parked row.")] = False,
+) -> None:
+    """Clear the park mark (of one event, or all) so the relay publishes the rows again."""
+    import uuid  # noqa: PLC0415
+
+    from publisher.commands import parked_retry as retry_job  # noqa: PLC0415
+
+    _check_sink(sink)
+    if (event_id is None) == (not all_):
+        fail("give exactly one of --id ID and --all")
+    try:
+        chosen = uuid.UUID(event_id) if event_id is not None else None
+    except ValueError:
+        fail(f"--id {event_id!r} is not a UUID")
+
+    async def job(settings: Settings) -> dict[str, int]:
+        return await retry_job(settings, sink, chosen)
+
+    cleared = run(ctx, job)
+    for name, count in cleared.items():
+        typer.echo(f"{name}: {count} row(s) will be retried")
+
+
+def _check_sink(sink: str | None) -> None:
+    if sink is not None and sink not in ("redis", "kafka"):
+        fail(f"--sink {sink!r}: expected redis or kafka")
 
 
 @app.command()
 def consume(
     ctx: typer.Context,
     sink: Annotated[str, typer.Option(help="redis or kafka.")],
-    group: Annotated[str | None, typer.Option(help="Consumer group.")] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Consumer group (default FLOWPROOF_CONSUMER_GROUP).")
+    ] = None,
+    drain: Annotated[
+        bool, typer.Option("--drain", help="Consume what is there, print the totals, exit.")
+    ] = False,
 ) -> None:
     """Long-running schema-validated consumer that records receipts."""
-    run(ctx, not_yet("consume", 4))
+
+    async def job(settings: Settings) -> str | None:
+        from consumers.run import serve  # noqa: PLC0415 - keep start-up of other commands fast
+        from flowproof.config import SINK_NAMES, Sink  # noqa: PLC0415
+        from flowproof.identifiers import validate_group_name  # noqa: PLC0415
+
+        if sink not in SINK_NAMES:
+            raise ConfigError(f"--sink: {sink!r} is not one of {', '.join(SINK_NAMES)}")
+        if group is not None:
+            try:
+                validate_group_name(group)
+            except ValueError as exc:
+                raise ConfigError(f"--group: {exc}") from None
+        chosen: Sink = "redis" if sink == "redis" else "kafka"
+        stats = await serve(settings, sink=chosen, group=group, drain=drain)
+        if stats is None:
+            return None
+        return " ".join(f"{name}={value}" for name, value in vars(stats).items())
+
+    totals = run(ctx, job)
+    if drain and totals is not None:
+        typer.echo(totals)
 
 
 @app.command()
 def verify(ctx: typer.Context) -> None:
-    """Long-running verifier serving /metrics, /healthz and /readyz."""
-    run(ctx, not_yet("verify", 5))
+    """Long-running verifier serving /metrics, /healthz and /readyz (stops on SIGTERM)."""
+    from verifier.service import run_verifier  # noqa: PLC0415 - keep start-up fast
+
+    run(ctx, run_verifier)
+
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout instead of the table.")
+]
+JunitOption = Annotated[
+    Path | None, typer.Option("--junit-xml", help="Also write the results as JUnit XML to PATH.")
+]
+
+
+def _report_and_exit(report: Any, as_json: bool, junit_xml: Path | None, suite: str) -> NoReturn:
+    from verifier.commands import publish, unreachable_message  # noqa: PLC0415
+
+    code = publish(report, as_json=as_json, junit_xml=junit_xml, suite=suite, out=sys.stdout)
+    if report.unreachable:
+        fail(unreachable_message(report), code)
+    raise typer.Exit(code)
 
 
 @app.command()
-def check(ctx: typer.Context) -> None:
+def check(ctx: typer.Context, json_: JsonOption = False, junit_xml: JunitOption = None) -> None:
     """One evaluation of the checks, printed, then exit (0 pass, 1 fail, 2 unreachable)."""
-    run(ctx, not_yet("check", 5))
+    from verifier.commands import check_once  # noqa: PLC0415
+
+    _report_and_exit(run(ctx, check_once), json_, junit_xml, "flowproof check")
 
 
 @app.command()
-def smoke(ctx: typer.Context) -> None:
+def smoke(
+    ctx: typer.Context,
+    json_: JsonOption = False,
+    junit_xml: JunitOption = None,
+    events: Annotated[
+        int | None,
+        typer.Option(min=1, max=10000, help="Canaries to emit (default FLOWPROOF_SMOKE_EVENTS)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1, help="Seconds to wait for them (default FLOWPROOF_SMOKE_TIMEOUT_SECONDS)."
+        ),
+    ] = None,
+) -> None:
     """Post-deploy check: canary events through the real pipeline, then the checks."""
-    run(ctx, not_yet("smoke", 5))
+    from verifier.commands import smoke_once  # noqa: PLC0415
+
+    async def job(settings: Settings) -> Any:
+        return await smoke_once(settings, events, timeout)
+
+    _report_and_exit(run(ctx, job), json_, junit_xml, "flowproof smoke")
 
 
 @schemas_app.command("check")
-def schemas_check(ctx: typer.Context) -> None:
-    """Validate every schema and the compatibility of each new version."""
-    run(ctx, not_yet("schemas check", 4))
+def schemas_check(
+    ctx: typer.Context,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL or "
+            "FULL_TRANSITIVE."
+        ),
+    ] = "BACKWARD",
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Your .avsc folder, checked beside the built-in schemas "
+            "(default: FLOWPROOF_SCHEMA_DIR).",
+        ),
+    ] = None,
+) -> None:
+    """Validate every schema and the compatibility of each new version (exit 1 on a problem)."""
+    from schemas.compat import CheckReport, check_schema_dirs, parse_mode  # noqa: PLC0415
+    from schemas.errors import SchemaFileError  # noqa: PLC0415
+
+    async def job(settings: Settings) -> CheckReport:
+        chosen = parse_mode(mode)
+        folder = directory if directory is not None else settings.schema_dir
+        try:
+            return check_schema_dirs([folder] if folder else [], chosen)
+        except SchemaFileError as exc:
+            source = "--dir" if directory is not None else "FLOWPROOF_SCHEMA_DIR"
+            raise ConfigError(f"{source}: {exc}") from None
+
+    report = run(ctx, job)
+    for line in report.lines():
+        typer.echo(line)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_CHECK_FAILED)
 
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """Run the whole pipeline on local services with a generated workload."""
-    run(ctx, not_yet("demo", 5))
+    """Run the whole pipeline on local services with a generated workload, then the verdict.
+
+    Starts the relay, both consumers and the verifier, emits order events for a minute, freezes
+    the Kafka consumer for a while so a check fails and recovers, then prints the checks.
+    """
+    from flowproof.demo import DemoError, run_demo  # noqa: PLC0415 - keep start-up fast
+
+    try:
+        code = run(ctx, run_demo)
+    except DemoError as exc:
+        fail(str(exc), code=EXIT_CHECK_FAILED)
+    raise typer.Exit(code)
 
 
 def main() -> None:

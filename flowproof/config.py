@@ -31,7 +31,11 @@ from pydantic_settings import (
 )
 
 from flowproof.errors import ConfigError
-from flowproof.identifiers import validate_name_prefix, validate_sql_identifier
+from flowproof.identifiers import (
+    validate_group_name,
+    validate_name_prefix,
+    validate_sql_identifier,
+)
 from flowproof.logging import get_logger
 from flowproof.redact import register_secret
 
@@ -84,6 +88,17 @@ class Settings(BaseSettings):
     )
     stream_prefix: str = "flowproof."
     topic_prefix: str = "flowproof."
+    receipt_sample_ratio: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="share of events consumers record receipts for (by event-id hash); "
+        "the verifier scales its expectations to the same share",
+    )
+    consumer_group: str = Field(
+        default="flowproof",
+        description="consumer group `consume` joins by default and the verifier expects per sink",
+    )
 
     # --- process ------------------------------------------------------------------------------
     metrics_host: str = Field(
@@ -99,10 +114,256 @@ class Settings(BaseSettings):
     )
 
     # --- relay (issue 3) ------------------------------------------------------------------------
+    relay_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10000,
+        description="rows a relay claims and publishes at once, per sink",
+    )
+    relay_poll_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often an idle relay looks for rows when no NOTIFY woke it (fallback)",
+    )
+    relay_max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="largest message (value, key and header fields) the relay sends; larger "
+        "events are parked as oversized. Keep it below the topics' max.message.bytes",
+    )
+    relay_redis_maxlen: int | None = Field(
+        default=None,
+        ge=1,
+        description="approximate MAXLEN of each stream (XADD MAXLEN ~); none keeps every entry",
+    )
+    relay_kafka_linger_ms: int = Field(
+        default=5, ge=0, le=1000, description="how long the Kafka producer waits to fill a batch"
+    )
+    relay_sink_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="time limit of one publish to a sink (Redis socket, Kafka request)",
+    )
+    relay_retry_base_seconds: float = Field(
+        default=0.2, gt=0, description="first wait before publishing again after a failure"
+    )
+    relay_retry_cap_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between two publish attempts to a down sink"
+    )
+    relay_rebalance_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="how often a relay counts the live relays and adjusts its share of slots",
+    )
+    relay_metrics_interval_seconds: float = Field(
+        default=5.0, gt=0, description="how often the outbox gauges (pending, oldest) are refreshed"
+    )
+    relay_retention_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        description="rows every enabled sink acknowledged are deleted this long after created_at",
+    )
+    relay_prune_interval_seconds: float = Field(
+        default=60.0, ge=0, description="how often delivered rows are pruned; 0 never prunes"
+    )
+    relay_prune_batch_size: int = Field(
+        default=1000, ge=1, description="rows deleted per statement when pruning"
+    )
+    relay_shutdown_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="on SIGTERM, how long the in-flight batches may take before they are abandoned",
+    )
 
     # --- consumers (issue 4) --------------------------------------------------------------------
+    consumer_name: str | None = Field(
+        default=None,
+        description="this consumer's name within its group; default <host>-<pid>-<random>",
+    )
+    consumer_aggregatetypes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated aggregate types to consume; empty means every stream/topic "
+        "under the prefix (except .dlq), looked for again every discovery interval",
+    )
+    consumer_batch_size: int = Field(
+        default=256, ge=1, le=10000, description="messages read, receipted and acked together"
+    )
+    consumer_block_ms: int = Field(
+        default=500, ge=1, le=60000, description="longest XREADGROUP wait for new entries (Redis)"
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        default=20, ge=0, le=60000, description="longest fetch wait for new messages (Kafka)"
+    )
+    consumer_discovery_interval_seconds: float = Field(
+        default=5.0, gt=0, description="seconds between two looks for new streams/topics"
+    )
+    consumer_claim_idle_ms: int = Field(
+        default=30000,
+        ge=0,
+        description="a Redis entry read but not acknowledged this long is taken over from its "
+        "consumer (XAUTOCLAIM)",
+    )
+    consumer_max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="a Redis entry delivered more often than this goes to the DLQ "
+        "(reason max_deliveries) instead of to the handler",
+    )
+    consumer_handler_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="attempts of a handler that raises before the message is dead-lettered "
+        "(reason handler_error)",
+    )
+    consumer_max_message_bytes: int = Field(
+        default=1048576,
+        ge=64,
+        description="larger messages are dead-lettered unread (reason oversized)",
+    )
+    consumer_shutdown_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="time to finish the batch in hand after SIGTERM"
+    )
+
+    @field_validator("consumer_name")
+    @classmethod
+    def _check_consumer_name(cls, value: str | None) -> str | None:
+        return None if value is None else validate_group_name(value)
+
+    @field_validator("consumer_aggregatetypes", mode="before")
+    @classmethod
+    def _split_aggregatetypes(cls, value: Any) -> Any:
+        from schemas.routing import InvalidDestination, destination  # noqa: PLC0415
+
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, list | tuple):
+            for item in value:
+                try:
+                    destination("", str(item))
+                except InvalidDestination as exc:
+                    raise ValueError(str(exc)) from None
+            return tuple(dict.fromkeys(str(item) for item in value))
+        return value
 
     # --- verifier (issue 5) ---------------------------------------------------------------------
+    verify_interval_seconds: float = Field(
+        default=15.0, gt=0, description="seconds between two evaluations of `flowproof verify`"
+    )
+    verify_window_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="flow, latency and conformance checks look at events created in this window",
+    )
+    verify_groups: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="sink:group pairs the verifier expects, comma-separated; empty means "
+        "FLOWPROOF_CONSUMER_GROUP in every enabled sink",
+    )
+    verify_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="time limit of each component probe and each read of an evaluation",
+    )
+    verify_status_window: int = Field(
+        default=10, ge=2, description="observations per group kept for the consumer status"
+    )
+    verify_status_min_observations: int = Field(
+        default=3, ge=2, description="observations needed before a lagging group gets a status"
+    )
+    flow_lost_threshold: int = Field(default=0, ge=0, description="lost events allowed")
+    flow_lost_grace_seconds: float = Field(
+        default=30.0, ge=0, description="an event counts as lost this long after it was published"
+    )
+    flow_unexpected_threshold: int = Field(
+        default=0, ge=0, description="receipts of events the outbox never had, allowed"
+    )
+    flow_duplicates_threshold: int = Field(
+        default=0, ge=0, description="events received more than once, allowed"
+    )
+    flow_duplicates_grace_seconds: float = Field(
+        default=30.0, ge=0, description="events published more recently are not judged yet"
+    )
+    flow_order_threshold: int = Field(
+        default=0, ge=0, description="events received before an earlier event of their aggregate"
+    )
+    flow_order_grace_seconds: float = Field(
+        default=30.0, ge=0, description="events published more recently are not judged yet"
+    )
+    lag_outbox_threshold: int = Field(
+        default=0, ge=0, description="events allowed to wait in the outbox longer than the grace"
+    )
+    lag_outbox_grace_seconds: float = Field(
+        default=60.0, ge=0, description="how long an event may wait in the outbox"
+    )
+    lag_outbox_parked_threshold: int = Field(
+        default=0, ge=0, description="parked outbox events allowed"
+    )
+    lag_redis_threshold: int = Field(
+        default=0, ge=0, description="entries a group may be behind longer than the grace"
+    )
+    lag_redis_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how long an entry may wait unread or unacknowledged; also how recently a "
+        "consumer must have been seen to count as alive",
+    )
+    lag_kafka_threshold: int = Field(
+        default=0, ge=0, description="messages a group may be behind longer than the grace"
+    )
+    lag_kafka_grace_seconds: float = Field(
+        default=60.0, ge=0, description="how long a message may wait uncommitted"
+    )
+    latency_e2e_threshold_seconds: float = Field(
+        default=5.0, gt=0, description="highest p99 of created_at to receipt, per sink and group"
+    )
+    latency_e2e_grace_seconds: float = Field(
+        default=0.0, ge=0, description="events created more recently are left out"
+    )
+    schema_conformance_threshold: float = Field(
+        default=1.0, ge=0, le=1, description="lowest share of valid receipts per sink and group"
+    )
+    schema_conformance_dlq_threshold: int = Field(
+        default=0, ge=0, description="dead letters allowed per DLQ within the window"
+    )
+    schema_conformance_grace_seconds: float = Field(
+        default=0.0, ge=0, description="receipts received more recently are not judged yet"
+    )
+    smoke_events: int = Field(default=10, ge=1, le=10000, description="canaries `smoke` emits")
+    smoke_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="how long `smoke` waits for every canary"
+    )
+    smoke_aggregate_type: str = Field(
+        default="canary", description="aggregatetype of the canaries (stream/topic prefix + it)"
+    )
+
+    @field_validator("verify_groups", mode="before")
+    @classmethod
+    def _split_groups(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if isinstance(value, list | tuple):
+            pairs = []
+            for item in value:
+                sink, sep, group = str(item).partition(":")
+                if not sep or sink not in SINK_NAMES:
+                    raise ValueError(f"{item!r} is not sink:group (sink is redis or kafka)")
+                pairs.append(f"{sink}:{validate_group_name(group)}")
+            if len(set(pairs)) != len(pairs):
+                raise ValueError("lists a sink:group pair twice")
+            return tuple(pairs)
+        return value
+
+    @field_validator("smoke_aggregate_type")
+    @classmethod
+    def _check_canary_type(cls, value: str) -> str:
+        from schemas.routing import InvalidDestination, destination  # noqa: PLC0415
+
+        try:
+            destination("", value)
+        except InvalidDestination as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -158,6 +419,11 @@ class Settings(BaseSettings):
         if len(value) > 40:
             raise ValueError("must be at most 40 characters")
         return validate_sql_identifier(value)
+
+    @field_validator("consumer_group")
+    @classmethod
+    def _check_group(cls, value: str) -> str:
+        return validate_group_name(value)
 
     @field_validator("stream_prefix", "topic_prefix")
     @classmethod

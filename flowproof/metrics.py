@@ -38,7 +38,24 @@ RELAY_PUBLISH_FAILURES = Counter(
     ["sink"],
 )
 RELAY_PARKED = Counter(
-    "flowproof_relay_parked_total", "Events parked because they can never be published.", ["reason"]
+    "flowproof_relay_parked_total",
+    "Events parked because they can never be published (one per event and sink).",
+    ["reason"],
+)
+# Beyond DESIGN.md's minimum: what an operator needs to see why a sink is not moving.
+OUTBOX_PARKED = Gauge(
+    "flowproof_outbox_parked_events", "Outbox events parked for the sink right now.", ["sink"]
+)
+OUTBOX_WAITING_BEHIND_PARKED = Gauge(
+    "flowproof_outbox_waiting_behind_parked_events",
+    "Pending events held back because an earlier event of their aggregate is parked.",
+    ["sink"],
+)
+RELAY_OWNED_SLOTS = Gauge(
+    "flowproof_relay_owned_slots", "Aggregate slots (of 64) this relay publishes.", ["sink"]
+)
+RELAY_PRUNED = Counter(
+    "flowproof_relay_pruned_total", "Outbox rows deleted after every sink acknowledged them."
 )
 
 # --- consumers --------------------------------------------------------------------------------
@@ -55,6 +72,32 @@ E2E_LATENCY = Histogram(
     "Time from the event's created_at to its receipt by the consumer.",
     ["sink", "group"],
     buckets=LATENCY_BUCKETS,
+)
+# Beyond DESIGN.md's minimum: what operators need to see a consumer struggle.
+CONSUMER_DEAD_LETTERED = Counter(
+    "flowproof_consumer_dead_lettered_total",
+    "Messages written to the dead-letter stream/topic, by reason.",
+    ["sink", "group", "reason"],
+)
+CONSUMER_HANDLER_FAILURES = Counter(
+    "flowproof_consumer_handler_failures_total",
+    "Handler calls that raised (each attempt counts; the last one dead-letters).",
+    ["sink", "group"],
+)
+CONSUMER_RECEIPTS_WRITTEN = Counter(
+    "flowproof_consumer_receipts_written_total",
+    "Receipts written to PostgreSQL (fewer than messages when sampling).",
+    ["sink", "group"],
+)
+CONSUMER_REDIS_CLAIMED = Counter(
+    "flowproof_consumer_redis_claimed_total",
+    "Pending Redis entries taken over from another consumer (XAUTOCLAIM).",
+    ["stream", "group"],
+)
+CONSUMER_ERRORS = Counter(
+    "flowproof_consumer_errors_total",
+    "Failures of the consumer's own work, retried: receipts, dead letters, acks, commits, reads.",
+    ["sink", "group", "operation"],
 )
 
 # --- verifier ---------------------------------------------------------------------------------
@@ -88,4 +131,73 @@ VERIFY_OUT_OF_ORDER = Gauge(
 )
 VERIFY_CHECK_PASSED = Gauge(
     "flowproof_verify_check_passed", "1 when the check passed at the last evaluation.", ["check"]
+)
+# Beyond DESIGN.md's minimum: the evidence behind each check, per sink, group, stream or topic.
+CONSUMER_GROUP_STATUS = Gauge(
+    "flowproof_consumer_group_status",
+    "Burrow-style status of the group: 1 for the current one (OK, WARN, STALL, STOP, REWIND, "
+    "UNKNOWN), 0 for the others.",
+    ["sink", "group", "status"],
+)
+REDIS_GROUP_LAG_SECONDS = Gauge(
+    "flowproof_redis_group_lag_seconds",
+    "Age of the oldest stream entry the group has not read yet (from its entry id).",
+    ["stream", "group"],
+)
+REDIS_GROUP_OLDEST_PENDING_IDLE = Gauge(
+    "flowproof_redis_group_oldest_pending_idle_seconds",
+    "Time since the oldest unacknowledged entry of the group was delivered.",
+    ["stream", "group"],
+)
+KAFKA_CONSUMER_LAG_SECONDS = Gauge(
+    "flowproof_kafka_consumer_lag_seconds",
+    "Age of the record at the group's committed offset (its timestamp), 0 when caught up.",
+    ["topic", "partition", "group"],
+)
+VERIFY_UNEXPECTED = Gauge(
+    "flowproof_verify_unexpected_events",
+    "Events received that the outbox never had.",
+    ["sink", "group"],
+)
+VERIFY_RECOVERED = Gauge(
+    "flowproof_verify_recovered_events",
+    "Events first received later than the lost grace period after publishing.",
+    ["sink", "group"],
+)
+VERIFY_E2E_LATENCY = Gauge(
+    "flowproof_verify_e2e_latency_seconds",
+    "Percentiles of created_at to first receipt over the verifier's window.",
+    ["sink", "group", "quantile"],
+)
+VERIFY_VALID_RATIO = Gauge(
+    "flowproof_verify_valid_receipt_ratio",
+    "Share of receipts in the window that were valid.",
+    ["sink", "group"],
+)
+VERIFY_INVALID = Gauge(
+    "flowproof_verify_invalid_receipts",
+    "Invalid receipts in the window, by reason.",
+    ["sink", "group", "reason"],
+)
+DLQ_DEPTH = Gauge(
+    "flowproof_dlq_depth_messages",
+    "Messages in the dead-letter stream or topic.",
+    ["sink", "dlq"],
+)
+DLQ_WINDOW = Gauge(
+    "flowproof_dlq_window_messages",
+    "Messages that reached the dead-letter stream or topic within the verifier's window.",
+    ["sink", "dlq"],
+)
+VERIFY_EVALUATION_SECONDS = Gauge(
+    "flowproof_verify_evaluation_duration_seconds", "How long the last evaluation took."
+)
+VERIFY_LAST_EVALUATION = Gauge(
+    "flowproof_verify_last_evaluation_timestamp_seconds", "When the last evaluation finished."
+)
+VERIFY_READY = Gauge("flowproof_verify_ready", "1 when /readyz answers 200, 0 when not.")
+VERIFY_READ_ERRORS = Counter(
+    "flowproof_verify_read_errors_total",
+    "Reads of a component that failed after it answered (the checks fed by it failed).",
+    ["part"],
 )

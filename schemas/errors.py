@@ -54,3 +54,5 @@ UNKNOWN_SCHEMA = "unknown_schema"
 CORRUPT_AVRO = "corrupt_avro"
 ENVELOPE = "envelope"
 OVERSIZED = "oversized"
+TYPE_MISMATCH = "type_mismatch"  # the envelope's `type` is not the writer schema's event type
+MISROUTED = "misrouted"  # not in the stream/topic its aggregatetype names, or wrong Kafka key

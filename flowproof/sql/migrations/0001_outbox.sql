@@ -27,10 +27,12 @@ CREATE TABLE {{outbox}} (
     CONSTRAINT {{outbox}}_headers_object CHECK (headers IS NULL OR jsonb_typeof(headers) = 'object')
 );
 
--- What each sink still has to publish, in order, per slot: only pending rows are in these.
-CREATE INDEX {{outbox}}_redis_pending ON {{outbox}} (slot, seq)
+-- What each sink still has to publish, in order: only pending rows are in these. The claim walks
+-- one in seq order and keeps the rows of the slots its relay owns; an index on (slot, seq) would
+-- make it read up to a batch per owned slot (64 x batch) and sort them on every claim.
+CREATE INDEX {{outbox}}_redis_pending ON {{outbox}} (seq) INCLUDE (slot)
     WHERE redis_published_at IS NULL AND redis_parked_reason IS NULL;
-CREATE INDEX {{outbox}}_kafka_pending ON {{outbox}} (slot, seq)
+CREATE INDEX {{outbox}}_kafka_pending ON {{outbox}} (seq) INCLUDE (slot)
     WHERE kafka_published_at IS NULL AND kafka_parked_reason IS NULL;
 -- Parked rows hold back the later events of their aggregate; few rows, looked up by aggregate.
 CREATE INDEX {{outbox}}_parked ON {{outbox}} (aggregatetype, aggregateid, seq)

@@ -1,0 +1,143 @@
+"""`flowproof` commands as subprocesses, with their memory read from /proc/<pid>/status.
+
+Peak RSS is the kernel's VmHWM of the process, read just before it is stopped; `samples` keeps
+(seconds since start, VmRSS) pairs for the soak's memory curve. stderr (JSON logs) goes to a file,
+shown when a process fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM of `pid` in bytes (empty when the process is gone)."""
+    found: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            found[name] = int(rest.split()[0]) * 1024
+    return found
+
+
+class Flowproof:
+    """One `flowproof <args>` process."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.process: asyncio.subprocess.Process | None = None
+        self.peak_rss = 0
+        self.samples: list[tuple[float, int]] = []
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open while it runs
+            prefix=f"flowproof-bench-{name}-", suffix=".log", delete=False
+        )
+        self._started = 0.0
+        self._sampler: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def start(self, sample_every: float = 0.0) -> Flowproof:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "flowproof",
+            *self.args,
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=self._log,
+        )
+        self._started = time.monotonic()
+        if sample_every > 0:
+            self._sampler = asyncio.create_task(self._sample(sample_every), name=f"rss.{self.name}")
+        return self
+
+    def read_memory(self) -> int:
+        """Record the current RSS and the peak so far; return the RSS."""
+        status = proc_status(self.pid)
+        self.peak_rss = max(self.peak_rss, status.get("VmHWM", 0))
+        rss = status.get("VmRSS", 0)
+        if rss:
+            self.samples.append((time.monotonic() - self._started, rss))
+        return rss
+
+    async def _sample(self, every: float) -> None:
+        while self.process is not None and self.process.returncode is None:
+            self.read_memory()
+            await asyncio.sleep(every)
+
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.returncode is not None:
+            raise RuntimeError(
+                f"{self.name} exited {self.process.returncode} early:\n{self.log_tail()}"
+            )
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (after reading the peak RSS); SIGKILL if it does not stop in time."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.read_memory()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        self._log.close()
+        return self.process.returncode if self.process.returncode is not None else -1
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = Path(self._log.name).read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def remove_log(self) -> None:
+        Path(self._log.name).unlink(missing_ok=True)
+
+
+def run_once(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes, int, str]:
+    """Run a one-shot `flowproof` command; its exit code, stdout, exact peak RSS (bytes, from
+    wait4's rusage) and the tail of its stderr. Blocking: call it in a thread."""
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            [sys.executable, "-m", "flowproof", *args], env=env, stdout=subprocess.PIPE, stderr=err
+        )
+        assert child.stdout is not None
+        killer = threading.Timer(timeout, child.kill)
+        killer.start()
+        try:
+            out = child.stdout.read()
+            _, status, usage = os.wait4(child.pid, 0)
+        finally:
+            killer.cancel()
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode == -signal.SIGKILL:
+            raise TimeoutError(f"flowproof {' '.join(args)} took longer than {timeout} s")
+        err.seek(0)
+        tail = "\n".join(err.read().decode(errors="replace").splitlines()[-30:])
+    return child.returncode, out, usage.ru_maxrss * 1024, tail

@@ -1,0 +1,121 @@
+"""The durable end of a batch: dead letters, then receipts, then the ack or offset commit.
+
+The order is what makes "XACK only after the receipts are durably written" true: a crash at any
+point leaves the batch unacknowledged, so it is delivered again (a duplicate receipt or dead
+letter, never a missing one). Each step is retried with backoff until it succeeds; when a stop
+is requested while a step keeps failing, the batch is abandoned unacknowledged, for another
+delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from consumers.deadletter import DeadLetter
+from consumers.errors import ConsumerError
+from consumers.options import ConsumerOptions
+from consumers.processing import BatchOutcome
+from consumers.receipts import ReceiptWriter
+from flowproof import metrics
+from flowproof.logging import get_logger
+from flowproof.retry import RetryPolicy
+
+log = get_logger(__name__)
+
+
+class DeadLetterSink(Protocol):
+    """Where a sink's dead letters go (`<name>.dlq` in Redis or Kafka)."""
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Write every letter durably or raise DeadLetterFailed."""
+
+
+@dataclass
+class ConsumerStats:
+    """Totals of one consumer run (what `consume --drain` prints, what tests check)."""
+
+    batches: int = 0
+    received: int = 0
+    invalid: int = 0
+    dead_lettered: int = 0
+    receipts: int = 0
+    abandoned_batches: int = 0
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` or until `stop` is set; True when stopped."""
+    with contextlib.suppress(TimeoutError):  # the timeout is the normal end of the wait
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+class BatchCommitter:
+    """Writes a batch's dead letters and receipts, then acknowledges it."""
+
+    def __init__(
+        self,
+        options: ConsumerOptions,
+        receipts: ReceiptWriter,
+        dead_letters: DeadLetterSink,
+        stop: asyncio.Event,
+    ) -> None:
+        self._options = options
+        self._receipts = receipts
+        self._dead_letters = dead_letters
+        self._stop = stop
+        self._retry = RetryPolicy(base=0.2, cap=5.0)
+        self.stats = ConsumerStats()
+
+    async def commit(self, outcome: BatchOutcome, ack: Callable[[], Awaitable[None]]) -> bool:
+        """Dead letters, receipts, ack; True when all three were done."""
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("dead_letter", lambda: self._dead_letters.send(outcome.dead_letters)),
+            ("receipts", lambda: self._receipts.write(outcome.receipts)),
+            ("ack", ack),
+        ]
+        for operation, step in steps:
+            if not await self._until_done(operation, step):
+                self.stats.abandoned_batches += 1
+                log.warning(
+                    "consumer.batch_abandoned",
+                    step=operation,
+                    messages=outcome.deliveries,
+                    detail="left unacknowledged; it will be delivered again",
+                )
+                return False
+        stats = self.stats
+        stats.batches += 1
+        stats.received += outcome.deliveries
+        stats.invalid += sum(outcome.invalid.values())
+        stats.dead_lettered += len(outcome.dead_letters)
+        stats.receipts += len(outcome.receipts)
+        if outcome.receipts:
+            metrics.CONSUMER_RECEIPTS_WRITTEN.labels(**self._options.labels).inc(
+                len(outcome.receipts)
+            )
+        return True
+
+    async def _until_done(self, operation: str, step: Callable[[], Awaitable[None]]) -> bool:
+        attempt = 0
+        while True:
+            try:
+                await step()
+                return True
+            except ConsumerError as exc:
+                attempt += 1
+                metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation=operation).inc()
+                delay = self._retry.delay(attempt) or self._retry.cap
+                log.error(
+                    "consumer.commit_step_failed",
+                    step=operation,
+                    attempt=attempt,
+                    retry_in=None if self._stop.is_set() else round(delay, 2),
+                    error=str(exc),
+                )
+                if self._stop.is_set():
+                    return False
+                await sleep_unless_stopped(self._stop, delay)

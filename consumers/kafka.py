@@ -1,0 +1,191 @@
+"""The Kafka consumer: one member of a consumer group over every topic it consumes.
+
+Topics are `<topic_prefix><aggregatetype>`: the configured aggregate types, or a pattern
+subscription to every topic under the prefix except `.dlq` ones (new topics are found at each
+metadata refresh, every discovery interval). Offsets are committed by hand, only after a batch's
+dead letters and receipts are written (consumers.commit). A rebalance listener makes the
+revocation of partitions wait until the batch in hand is receipted and committed, so a rebalance
+costs at most the duplicates of a batch whose commit the group refused, never a lost receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    MessageSizeTooLargeError,
+)
+from aiokafka.structs import TopicPartition
+
+from consumers.commit import BatchCommitter
+from consumers.deadletter import VALUE_DROPPED, DeadLetter
+from consumers.delivery import Delivery
+from consumers.errors import AckFailed, DeadLetterFailed
+from consumers.options import ConsumerOptions
+from consumers.processing import Processor
+from flowproof import metrics
+from flowproof.logging import get_logger
+from schemas.routing import DLQ_SUFFIX, destination
+
+log = get_logger(__name__)
+
+POLL_TIMEOUT_MS = 200  # how long one getmany waits, bounding how late a stop is seen
+DRAIN_ASSIGNMENT_WAIT = 15.0  # seconds a draining consumer waits to be given partitions
+
+
+def topic_pattern(prefix: str) -> str:
+    """Every topic under `prefix` except dead-letter topics."""
+    return f"^{re.escape(prefix)}.*(?<!{re.escape(DLQ_SUFFIX)})$"
+
+
+class KafkaDeadLetters:
+    """Dead letters as messages of `<topic>.dlq`: original key, value and headers + `dlq_*`."""
+
+    def __init__(self, producer: AIOKafkaProducer, options: ConsumerOptions) -> None:
+        self._producer = producer
+        self._options = options
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        for letter in letters:
+            delivery = letter.delivery
+            headers = [
+                *delivery.headers,
+                *letter.annotations(self._options.group, self._options.name),
+            ]
+            try:
+                await self._send(letter.destination, delivery.key, delivery.value, headers)
+            except MessageSizeTooLargeError:
+                # The DLQ refuses the original bytes: keep the evidence without them.
+                log.warning("consumer.dlq_value_dropped", topic=letter.destination)
+                dropped = [*headers, (VALUE_DROPPED, b"too large for the dead-letter topic")]
+                await self._send(letter.destination, delivery.key, None, dropped)
+
+    async def _send(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        try:
+            await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
+        except MessageSizeTooLargeError:
+            raise
+        except KafkaError as exc:
+            raise DeadLetterFailed(f"producing to {topic} failed: {exc!r}") from exc
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds a revocation until the batch in hand is receipted and committed."""
+
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._owner.batch_lock:
+            pass  # the batch in hand has committed (or given up) before the partitions go
+        log.info("consumer.partitions_revoked", partitions=_describe(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("consumer.partitions_assigned", partitions=_describe(assigned))
+
+
+def _describe(partitions: set[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}:{tp.partition}" for tp in partitions)
+
+
+class KafkaConsumer:
+    """Consumes with an AIOKafkaConsumer it is given, started, in `options.group`.
+
+    `run(stop)` returns when `stop` is set (after the batch in hand is committed), or with
+    `drain=True` once every assigned partition is read to its end.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        processor: Processor,
+        committer: BatchCommitter,
+        options: ConsumerOptions,
+    ) -> None:
+        self._consumer = consumer
+        self._processor = processor
+        self._committer = committer
+        self._options = options
+        self.batch_lock = asyncio.Lock()
+
+    def subscribe(self) -> None:
+        """Subscribe to the configured topics, or to the prefix pattern."""
+        listener = _Rebalance(self)
+        if self._options.aggregatetypes:
+            topics = [destination(self._options.prefix, a) for a in self._options.aggregatetypes]
+            self._consumer.subscribe(topics=topics, listener=listener)
+        else:
+            self._consumer.subscribe(pattern=topic_pattern(self._options.prefix), listener=listener)
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Consume until `stop` is set (or, when draining, until every partition is read)."""
+        self.subscribe()
+        started = time.monotonic()
+        while not stop.is_set():
+            records = await self._consumer.getmany(
+                timeout_ms=POLL_TIMEOUT_MS, max_records=self._options.batch_size
+            )
+            if records:
+                await asyncio.shield(self._finish(records))
+            elif drain and await self._drained(started):
+                break
+
+    async def _finish(self, records: dict[TopicPartition, list[Any]]) -> None:
+        async with self.batch_lock:
+            received_at = dt.datetime.now(dt.UTC)
+            batch = [
+                Delivery(
+                    source=message.topic,
+                    position=f"{message.partition}:{message.offset}",
+                    headers=tuple(message.headers or ()),
+                    value=message.value,
+                    key=message.key,
+                    received_at=received_at,
+                )
+                for messages in records.values()
+                for message in messages
+            ]
+            offsets = {tp: messages[-1].offset + 1 for tp, messages in records.items()}
+            outcome = await self._processor.process(batch)
+            self._processor.observe(outcome)
+            await self._committer.commit(outcome, lambda: self._commit(offsets))
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group moved these partitions on; their new owner reads from the last commit
+            # and the receipts of this batch are written, so this only costs duplicates.
+            metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation="commit").inc()
+            log.warning(
+                "consumer.commit_refused",
+                partitions=_describe(set(offsets)),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        except KafkaError as exc:
+            raise AckFailed(f"offset commit failed: {exc!r}") from exc
+
+    async def _drained(self, started: float) -> bool:
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return time.monotonic() - started > DRAIN_ASSIGNMENT_WAIT
+        ends = await self._consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            try:
+                position = await self._consumer.position(tp)
+            except IllegalStateError:
+                return False  # reassigned meanwhile: look again on the next turn
+            if position < ends[tp]:
+                return False
+        return True

@@ -1,0 +1,295 @@
+"""From deliveries to receipts and dead letters: decode, validate, hand to the handler.
+
+Each delivery is checked in this order, the first failure naming the reason:
+oversized, envelope, misrouted (stream/topic or Kafka key do not match the envelope), bad_magic,
+type_mismatch (the schema id belongs to another event type), unknown_schema, corrupt_avro.
+An invalid message is receipted as invalid and dead-lettered; a valid one goes to its handler
+(retried per the RetryPolicy, then dead-lettered as handler_error) or, when Redis delivered it
+more than the allowed number of times, straight to the DLQ (max_deliveries). Nothing here
+raises for a bad message: the batch always completes, so a bad message never blocks the good
+ones behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumers.app import Consumer, Route
+from consumers.deadletter import DeadLetter
+from consumers.delivery import Delivery
+from consumers.errors import HANDLER_ERROR, MAX_DELIVERIES
+from consumers.event import Payload
+from consumers.options import ConsumerOptions
+from consumers.receipts import Receipt, clean_text
+from flowproof import metrics
+from flowproof.logging import get_logger
+from flowproof.retry import RetryPolicy
+from flowproof.sampling import is_sampled
+from schemas import framing
+from schemas.envelope import Envelope
+from schemas.errors import MISROUTED, OVERSIZED, TYPE_MISMATCH, FrameError
+from schemas.registry import SchemaVersion
+from schemas.routing import InvalidDestination, destination
+
+log = get_logger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch produced: receipts to write, dead letters to send, counts for metrics."""
+
+    deliveries: int = 0
+    receipts: list[Receipt] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    invalid: Counter[str] = field(default_factory=Counter)
+    handler_failures: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    envelope: Envelope
+    writer: SchemaVersion
+    datum: Payload
+    route: Route[Any] | None
+
+
+class Processor:
+    """Turns a batch of deliveries into a BatchOutcome (and calls the handlers)."""
+
+    def __init__(self, app: Consumer, options: ConsumerOptions) -> None:
+        self._app = app
+        self._registry = app.registry
+        self._options = options
+        self._retry = RetryPolicy(base=0.05, cap=2.0, max_attempts=options.handler_attempts)
+
+    async def process(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
+        """Decode and handle every delivery, in order; never raises for a bad message."""
+        outcome = BatchOutcome(deliveries=len(deliveries))
+        for delivery in deliveries:
+            try:
+                decoded = self._decode(delivery)
+            except FrameError as exc:
+                self._invalid(delivery, exc, outcome)
+                continue
+            await self._valid(delivery, decoded, outcome)
+        return outcome
+
+    def observe(self, outcome: BatchOutcome) -> None:
+        """Update the consumer metrics, once per batch."""
+        labels = self._options.labels
+        metrics.CONSUMER_RECEIVED.labels(**labels).inc(outcome.deliveries)
+        for reason, count in outcome.invalid.items():
+            metrics.CONSUMER_INVALID.labels(**labels, reason=reason).inc(count)
+        dead = Counter(letter.reason for letter in outcome.dead_letters)
+        for reason, count in dead.items():
+            metrics.CONSUMER_DEAD_LETTERED.labels(**labels, reason=reason).inc(count)
+        if outcome.handler_failures:
+            metrics.CONSUMER_HANDLER_FAILURES.labels(**labels).inc(outcome.handler_failures)
+        histogram = metrics.E2E_LATENCY.labels(**labels)
+        for seconds in outcome.latencies:
+            histogram.observe(seconds)
+
+    # --- decoding -------------------------------------------------------------------------------
+
+    def _decode(self, delivery: Delivery) -> _Decoded:
+        if delivery.size > self._options.max_message_bytes:
+            raise FrameError(
+                OVERSIZED,
+                f"message of {delivery.size} bytes is larger than "
+                f"FLOWPROOF_CONSUMER_MAX_MESSAGE_BYTES={self._options.max_message_bytes}",
+            )
+        envelope = Envelope.from_wire(delivery.headers)
+        self._check_route(delivery, envelope)
+        data = delivery.value or b""
+        writer = self._registry.by_id(framing.read_header(data))
+        if writer is not None and writer.event_type != envelope.type:
+            raise FrameError(
+                TYPE_MISMATCH,
+                f"envelope type {envelope.type!r} but schema id {writer.schema_id} is "
+                f"{writer.event_type} v{writer.version}",
+            )
+        route = self._app.route(envelope.type)
+        writer, datum = framing.decode(self._registry, data, route.reader if route else None)
+        return _Decoded(envelope, writer, datum, route)
+
+    def _check_route(self, delivery: Delivery, envelope: Envelope) -> None:
+        try:
+            expected = destination(self._options.prefix, envelope.aggregatetype)
+        except InvalidDestination as exc:
+            raise FrameError(MISROUTED, str(exc)) from None
+        if expected != delivery.source:
+            raise FrameError(
+                MISROUTED,
+                f"aggregatetype {envelope.aggregatetype!r} belongs in {expected!r}, "
+                f"not {delivery.source!r}",
+            )
+        if self._options.sink == "kafka" and delivery.key != envelope.aggregateid.encode():
+            raise FrameError(
+                MISROUTED, f"Kafka key {delivery.key!r} is not the aggregateid (order is lost)"
+            )
+
+    # --- outcomes -------------------------------------------------------------------------------
+
+    def _invalid(self, delivery: Delivery, exc: FrameError, outcome: BatchOutcome) -> None:
+        outcome.invalid[exc.reason] += 1
+        error = str(exc)
+        log.warning(
+            "consumer.invalid",
+            reason=exc.reason,
+            error=clean_text(error, 500),
+            source=delivery.source,
+            position=delivery.position,
+        )
+        outcome.dead_letters.append(DeadLetter(delivery, exc.reason, error))
+        receipt = self._receipt(
+            delivery,
+            _loose_envelope(delivery),
+            reason=exc.reason,
+            error=error,
+            dead_letter_reason=exc.reason,
+        )
+        outcome.receipts.append(receipt)
+
+    async def _valid(self, delivery: Delivery, decoded: _Decoded, outcome: BatchOutcome) -> None:
+        envelope = decoded.envelope
+        received = (delivery.received_at - envelope.created_at).total_seconds()
+        outcome.latencies.append(max(received, 0.0))
+        dead: DeadLetter | None = None
+        if delivery.delivery_count > self._options.max_deliveries:
+            dead = DeadLetter(
+                delivery,
+                MAX_DELIVERIES,
+                f"delivered {delivery.delivery_count} times, more than "
+                f"FLOWPROOF_CONSUMER_MAX_DELIVERIES={self._options.max_deliveries}",
+            )
+        elif decoded.route is not None:
+            dead = await self._handle(delivery, decoded, outcome)
+        if dead is not None:
+            log.warning(
+                "consumer.dead_lettered",
+                reason=dead.reason,
+                event_id=str(envelope.id),
+                source=delivery.source,
+                position=delivery.position,
+            )
+            outcome.dead_letters.append(dead)
+        if dead is not None or is_sampled(envelope.id, self._options.sample_ratio):
+            fields = _envelope_fields(envelope) | {"schema_id": decoded.writer.schema_id}
+            outcome.receipts.append(
+                self._receipt(
+                    delivery,
+                    fields,
+                    error=dead.error if dead else None,
+                    dead_letter_reason=dead.reason if dead else None,
+                )
+            )
+
+    async def _handle(
+        self, delivery: Delivery, decoded: _Decoded, outcome: BatchOutcome
+    ) -> DeadLetter | None:
+        route = decoded.route
+        assert route is not None  # only called for routed events
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = route.handler(
+                    route.event(decoded.envelope, decoded.writer, decoded.datum, delivery)
+                )
+                if inspect.isawaitable(result):
+                    await result
+                return None
+            except Exception as exc:  # a handler may raise anything; it is retried, then DLQ'd
+                outcome.handler_failures += 1
+                delay = self._retry.delay(attempt)
+                log.warning(
+                    "consumer.handler_failed",
+                    event_type=route.event_type,
+                    event_id=str(decoded.envelope.id),
+                    attempt=attempt,
+                    retry_in=delay,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                if delay is None:
+                    return DeadLetter(
+                        delivery,
+                        HANDLER_ERROR,
+                        f"handler failed {attempt} times; last: {type(exc).__name__}: {exc}",
+                    )
+                await asyncio.sleep(delay)
+
+    def _receipt(
+        self,
+        delivery: Delivery,
+        fields: dict[str, Any],
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+        dead_letter_reason: str | None = None,
+    ) -> Receipt:
+        options = self._options
+        return Receipt(
+            event_id=fields.get("id"),
+            sink=options.sink,
+            consumer_group=options.group,
+            consumer=options.name,
+            source=delivery.source,
+            position=delivery.position,
+            # Even a valid envelope may hold a NUL, which PostgreSQL text refuses.
+            event_type=clean_text(fields.get("type"), 1024),
+            aggregatetype=clean_text(fields.get("aggregatetype"), 1024),
+            aggregateid=clean_text(fields.get("aggregateid"), 1024),
+            schema_id=fields.get("schema_id"),
+            created_at=fields.get("created_at"),
+            received_at=delivery.received_at,
+            valid=reason is None,
+            reason=reason,
+            error=clean_text(error),
+            delivery_count=delivery.delivery_count,
+            dead_letter_reason=dead_letter_reason,
+        )
+
+
+def _envelope_fields(envelope: Envelope) -> dict[str, Any]:
+    return {
+        "id": envelope.id,
+        "type": envelope.type,
+        "aggregatetype": envelope.aggregatetype,
+        "aggregateid": envelope.aggregateid,
+        "created_at": envelope.created_at,
+    }
+
+
+def _loose_envelope(delivery: Delivery) -> dict[str, Any]:
+    """What can be told of a broken message's envelope, field by field, for its receipt."""
+    fields: dict[str, Any] = {}
+    for name in ("type", "aggregatetype", "aggregateid"):
+        raw = delivery.header(name)
+        if raw is not None:
+            fields[name] = clean_text(raw.decode("utf-8", "replace"), 1024)
+    raw_id = delivery.header("id")
+    if raw_id is not None:
+        try:
+            fields["id"] = uuid.UUID(raw_id.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            fields["id"] = None  # not a UUID: the receipt cannot name the event
+    raw_created = delivery.header("created_at")
+    if raw_created is not None:
+        try:
+            created = dt.datetime.fromisoformat(raw_created.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            created = None  # unreadable: the error of the receipt says so
+        if created is not None and created.tzinfo is not None:
+            fields["created_at"] = created
+    value = delivery.value or b""
+    if len(value) >= framing.HEADER_SIZE and value[0] == framing.MAGIC:
+        fields["schema_id"] = framing.read_header(value)
+    return fields

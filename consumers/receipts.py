@@ -1,0 +1,91 @@
+"""Receipts: one row per delivery a consumer saw, written in batches with COPY.
+
+The verifier computes lost, duplicated and reordered events from these rows (DESIGN.md,
+"Receipts"). A batch's receipts are written before its messages are acknowledged, so a receipt
+can be duplicated by a crash (the message comes again) but never missing for an acked message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, fields
+
+import asyncpg
+
+from consumers.errors import ReceiptWriteFailed
+from flowproof.redact import scrub
+
+RECEIPTS_TABLE = "flowproof_receipts"
+TEXT_LIMIT = 2000  # error texts and untrusted strings of broken messages are cut to this
+
+
+def clean_text(value: str | None, limit: int = TEXT_LIMIT) -> str | None:
+    """Text PostgreSQL accepts (no NUL), at most `limit` characters."""
+    if value is None:
+        return None
+    cleaned = value.replace("\x00", "\ufffd")
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """One row of flowproof_receipts; field order is the COPY column order."""
+
+    event_id: uuid.UUID | None
+    sink: str
+    consumer_group: str
+    consumer: str
+    source: str
+    position: str
+    event_type: str | None
+    aggregatetype: str | None
+    aggregateid: str | None
+    schema_id: int | None
+    created_at: dt.datetime | None
+    received_at: dt.datetime
+    valid: bool
+    reason: str | None
+    error: str | None
+    delivery_count: int
+    dead_letter_reason: str | None
+
+
+COLUMNS = tuple(f.name for f in fields(Receipt))
+
+
+class ReceiptWriter:
+    """Writes receipts with one COPY per batch on a pool it is given (and does not close)."""
+
+    def __init__(self, pool: asyncpg.Pool, table: str = RECEIPTS_TABLE) -> None:
+        self._pool = pool
+        self._table = table
+
+    async def write(self, receipts: Sequence[Receipt]) -> None:
+        """Write `receipts` durably (COPY commits on its own), or raise ReceiptWriteFailed."""
+        if not receipts:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.copy_records_to_table(
+                    self._table, records=[astuple(r) for r in receipts], columns=COLUMNS
+                )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise ReceiptWriteFailed(
+                f"writing {len(receipts)} receipts failed: {scrub(str(exc)) or type(exc).__name__}"
+            ) from exc
+
+    async def check_table(self) -> str | None:
+        """None when the table has every column written here, else what is wrong."""
+        rows = await self._pool.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = $1",
+            self._table,
+        )
+        missing = set(COLUMNS) - {row["column_name"] for row in rows}
+        if not rows:
+            return f"table {self._table} does not exist"
+        if missing:
+            return f"table {self._table} lacks {', '.join(sorted(missing))}"
+        return None

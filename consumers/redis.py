@@ -1,0 +1,326 @@
+"""The Redis Streams consumer: one member of a consumer group over every stream it consumes.
+
+Streams are `<stream_prefix><aggregatetype>`, either the configured aggregate types or every
+stream under the prefix (except `.dlq` ones), looked for again every discovery interval. Groups
+are created when absent (XGROUP CREATE ... 0 MKSTREAM, so a new group reads the whole stream).
+Each turn of the loop takes one batch, in this order of preference:
+
+1. at start, this consumer's own pending entries (a restart under the same name);
+2. entries another consumer read but left unacknowledged longer than the claim idle time
+   (XAUTOCLAIM: a dead consumer's work is taken over), checked every half idle time;
+3. new entries (XREADGROUP >, with a short block).
+
+Delivery counts come from XPENDING; an entry delivered more than the allowed number of times
+goes to `<stream>.dlq` (max_deliveries). A batch is acknowledged (XACK) only after its dead
+letters and receipts are written (consumers.commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from consumers.commit import BatchCommitter, sleep_unless_stopped
+from consumers.deadletter import VALUE_DROPPED, DeadLetter
+from consumers.delivery import Delivery
+from consumers.errors import AckFailed, DeadLetterFailed
+from consumers.options import ConsumerOptions
+from consumers.processing import Processor
+from flowproof import metrics
+from flowproof.logging import get_logger
+from flowproof.retry import RetryPolicy
+from schemas.envelope import PAYLOAD_FIELD
+from schemas.routing import destination, is_dlq
+
+log = get_logger(__name__)
+
+# An entry as redis-py returns it: (entry id, fields), fields None when the entry was trimmed.
+Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisDeadLetters:
+    """Dead letters as entries of `<stream>.dlq`: the original fields plus `dlq_*` ones."""
+
+    def __init__(self, client: aioredis.Redis, options: ConsumerOptions) -> None:
+        self._client = client
+        self._options = options
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for letter in letters:
+                    pipe.xadd(letter.destination, self._fields(letter))  # type: ignore[arg-type]
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise DeadLetterFailed(f"XADD to the DLQ failed: {exc}") from exc
+
+    def _fields(self, letter: DeadLetter) -> dict[bytes, bytes]:
+        delivery = letter.delivery
+        fields = {
+            name.encode("utf-8", "surrogateescape"): value for name, value in delivery.headers
+        }
+        if delivery.value is not None:
+            fields[PAYLOAD_FIELD.encode()] = delivery.value
+        else:
+            fields[VALUE_DROPPED.encode()] = b"the entry had no payload field"
+        for name, value in letter.annotations(self._options.group, self._options.name):
+            fields[name.encode()] = value
+        return fields
+
+
+class RedisConsumer:
+    """Consumes the streams of one consumer group with a client it is given (and does not close).
+
+    `run(stop)` returns when `stop` is set (after the batch in hand is committed), or with
+    `drain=True` as soon as nothing is left to read or claim.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        processor: Processor,
+        committer: BatchCommitter,
+        options: ConsumerOptions,
+    ) -> None:
+        self._client = client
+        self._processor = processor
+        self._committer = committer
+        self._options = options
+        self._streams: list[str] = []
+        self._groups_ready: set[str] = set()
+        self._claim_cursors: dict[str, bytes] = {}
+        self._own_pending = True
+        self._next_discovery = 0.0
+        self._next_claim = 0.0
+        # Half the idle time, so an entry waits at most 1.5 idle times before it is taken over.
+        self._claim_interval = min(max(options.claim_idle_ms / 2000, 0.05), 5.0)
+        self._retry = RetryPolicy(base=0.2, cap=5.0)
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Consume until `stop` is set (or, when draining, until nothing is left)."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                batch = await self._next_batch(stop, drain=drain)
+                failures = 0
+            except (RedisError, OSError) as exc:
+                failures += 1
+                metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation="read").inc()
+                delay = self._retry.delay(failures) or self._retry.cap
+                log.error("consumer.read_failed", error=str(exc), retry_in=round(delay, 2))
+                await sleep_unless_stopped(stop, delay)
+                continue
+            if batch:
+                await asyncio.shield(self._finish(batch))
+            elif drain:
+                break
+        await self._leave()
+
+    # --- where batches come from ----------------------------------------------------------------
+
+    async def _next_batch(self, stop: asyncio.Event, *, drain: bool) -> list[Delivery]:
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            await self._discover()
+            self._next_discovery = now + self._options.discovery_interval
+        if not self._streams:
+            if not drain:
+                await sleep_unless_stopped(stop, self._options.discovery_interval)
+            return []
+        if self._own_pending:
+            batch = await self._read("0")
+            if batch:
+                return batch
+            self._own_pending = False
+        if drain or now >= self._next_claim:
+            batch = await self._claim()
+            if batch:
+                return batch
+            self._next_claim = now + self._claim_interval
+        return await self._read(">", block_ms=None if drain else self._options.block_ms)
+
+    async def _discover(self) -> None:
+        if self._options.aggregatetypes:
+            found = [destination(self._options.prefix, a) for a in self._options.aggregatetypes]
+        else:
+            found = sorted(
+                name
+                for name in {
+                    _text(key)
+                    async for key in self._client.scan_iter(
+                        match=f"{self._options.prefix}*", _type="stream", count=1000
+                    )
+                }
+                if not is_dlq(name)
+            )
+        for stream in found:
+            if stream not in self._groups_ready:
+                await self._ensure_group(stream)
+        if found != self._streams:
+            log.info("consumer.streams", streams=found, group=self._options.group)
+        self._streams = found
+
+    async def _ensure_group(self, stream: str) -> None:
+        try:
+            await self._client.xgroup_create(stream, self._options.group, id="0", mkstream=True)
+            log.info("consumer.group_created", stream=stream, group=self._options.group)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._groups_ready.add(stream)
+
+    async def _read(self, last_id: str, block_ms: int | None = None) -> list[Delivery]:
+        try:
+            response: Any = await self._client.xreadgroup(
+                self._options.group,
+                self._options.name,
+                dict.fromkeys(self._streams, last_id),
+                count=self._options.batch_size,
+                block=block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # A stream or its group was deleted under us: create them again on the next turn.
+            log.warning("consumer.group_missing", error=str(exc))
+            self._groups_ready.clear()
+            self._next_discovery = 0.0
+            return []
+        received_at = dt.datetime.now(dt.UTC)
+        batch: list[Delivery] = []
+        for stream_key, entries in response or []:
+            stream = _text(stream_key)
+            counts = await self._delivery_counts(stream, entries) if last_id != ">" else {}
+            batch += await self._deliveries(stream, entries, received_at, counts)
+        return batch
+
+    async def _claim(self) -> list[Delivery]:
+        batch: list[Delivery] = []
+        for stream in self._streams:
+            room = self._options.batch_size - len(batch)
+            if room <= 0:
+                break
+            cursor, entries, trimmed = await self._client.xautoclaim(
+                stream,
+                self._options.group,
+                self._options.name,
+                min_idle_time=self._options.claim_idle_ms,
+                start_id=self._claim_cursors.get(stream, b"0-0"),
+                count=room,
+            )
+            self._claim_cursors[stream] = cursor
+            if trimmed:
+                log.warning("consumer.claimed_trimmed", stream=stream, entries=len(trimmed))
+            if not entries:
+                continue
+            metrics.CONSUMER_REDIS_CLAIMED.labels(stream=stream, group=self._options.group).inc(
+                len(entries)
+            )
+            log.info("consumer.claimed", stream=stream, entries=len(entries))
+            counts = await self._delivery_counts(stream, entries)
+            batch += await self._deliveries(stream, entries, dt.datetime.now(dt.UTC), counts)
+        return batch
+
+    async def _delivery_counts(self, stream: str, entries: Sequence[Entry]) -> dict[str, int]:
+        if not entries:
+            return {}
+        ids = [_text(entry_id) for entry_id, _ in entries]
+        pending: list[dict[str, Any]] = await self._client.xpending_range(
+            stream,
+            self._options.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids),
+            consumername=self._options.name,
+        )
+        return {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+
+    async def _deliveries(
+        self,
+        stream: str,
+        entries: Sequence[Entry],
+        received_at: dt.datetime,
+        counts: dict[str, int],
+    ) -> list[Delivery]:
+        deliveries = []
+        trimmed = []
+        for entry_id, fields in entries:
+            position = _text(entry_id)
+            if not fields:  # trimmed from the stream before anyone acknowledged it
+                trimmed.append(position)
+                continue
+            payload = fields.get(PAYLOAD_FIELD.encode())
+            headers = tuple(
+                (name.decode("utf-8", "surrogateescape"), value)
+                for name, value in fields.items()
+                if name != PAYLOAD_FIELD.encode()
+            )
+            deliveries.append(
+                Delivery(
+                    source=stream,
+                    position=position,
+                    headers=headers,
+                    value=payload,
+                    received_at=received_at,
+                    delivery_count=counts.get(position, 1),
+                )
+            )
+        if trimmed:
+            # Nothing is left to receipt or dead-letter; acknowledge so they stop coming back.
+            log.warning("consumer.pending_trimmed", stream=stream, entries=len(trimmed))
+            await self._client.xack(stream, self._options.group, *trimmed)
+        return deliveries
+
+    # --- finishing a batch ----------------------------------------------------------------------
+
+    async def _finish(self, batch: list[Delivery]) -> None:
+        outcome = await self._processor.process(batch)
+        self._processor.observe(outcome)
+        await self._committer.commit(outcome, lambda: self._ack(batch))
+
+    async def _ack(self, batch: Sequence[Delivery]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for delivery in batch:
+            by_stream.setdefault(delivery.source, []).append(delivery.position)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for stream, ids in by_stream.items():
+                    pipe.xack(stream, self._options.group, *ids)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise AckFailed(f"XACK failed: {exc}") from exc
+
+    async def _leave(self) -> None:
+        """Remove this consumer from its groups when it holds no pending entries.
+
+        A consumer with pending entries stays, so that others can claim them (deleting it
+        would drop them from the group's pending list).
+        """
+        for stream in self._streams:
+            try:
+                consumers: list[dict[str, Any]] = await self._client.xinfo_consumers(
+                    stream, self._options.group
+                )
+                mine = [c for c in consumers if _text(c["name"]) == self._options.name]
+                if mine and int(mine[0]["pending"]) == 0:
+                    await self._client.xgroup_delconsumer(
+                        stream, self._options.group, self._options.name
+                    )
+            except (RedisError, OSError) as exc:
+                log.warning("consumer.leave_failed", stream=stream, error=str(exc))

@@ -1,0 +1,184 @@
+"""Running a consumer: the connections it needs, opened here and closed here.
+
+`consume` runs a Consumer application on one sink until stopped (or drained); `serve` is what
+`flowproof consume` runs: the same, plus /metrics and a graceful stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from consumers.app import Consumer
+from consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
+from consumers.kafka import KafkaConsumer, KafkaDeadLetters
+from consumers.options import ConsumerOptions
+from consumers.processing import Processor
+from consumers.receipts import ReceiptWriter
+from consumers.redis import RedisConsumer, RedisDeadLetters
+from flowproof.config import Settings, Sink
+from flowproof.connect import (
+    create_postgres_pool,
+    kafka_client_kwargs,
+    ping_redis,
+    redis_client,
+)
+from flowproof.errors import ComponentUnreachable, ConfigError
+from flowproof.http import MetricsServer
+from flowproof.logging import get_logger
+from flowproof.redact import scrub
+from schemas.registry import load_registry
+
+log = get_logger(__name__)
+
+
+async def consume(
+    settings: Settings,
+    *,
+    sink: Sink,
+    group: str | None = None,
+    app: Consumer | None = None,
+    stop: asyncio.Event | None = None,
+    drain: bool = False,
+    **overrides: Any,
+) -> ConsumerStats:
+    """Run `app` (default: receipts only) on `sink` until `stop` is set, or drained.
+
+    `overrides` replace fields of the ConsumerOptions built from `settings` (tests use them for
+    short claim times and names). Raises ComponentUnreachable or ConfigError before consuming.
+    """
+    app = app if app is not None else Consumer(load_registry(settings.schema_dir))
+    options = ConsumerOptions.from_settings(settings, sink=sink, group=group, **overrides)
+    stop = stop if stop is not None else asyncio.Event()
+    pool = await create_postgres_pool(settings, min_size=1, max_size=2)
+    try:
+        writer = ReceiptWriter(pool)
+        problem = await writer.check_table()
+        if problem:
+            raise ConfigError(f"{problem}: run `flowproof db migrate`")
+        log.info(
+            "consumer.started",
+            sink=sink,
+            group=options.group,
+            consumer=options.name,
+            handlers=app.event_types,
+            drain=drain,
+        )
+        if sink == "redis":
+            stats = await _consume_redis(settings, app, options, writer, stop=stop, drain=drain)
+        else:
+            stats = await _consume_kafka(settings, app, options, writer, stop=stop, drain=drain)
+    finally:
+        await pool.close()
+    log.info("consumer.stopped", sink=sink, group=options.group, **vars(stats))
+    return stats
+
+
+async def _consume_redis(
+    settings: Settings,
+    app: Consumer,
+    options: ConsumerOptions,
+    writer: ReceiptWriter,
+    *,
+    stop: asyncio.Event,
+    drain: bool,
+) -> ConsumerStats:
+    client = redis_client(settings)
+    try:
+        await ping_redis(client)
+        committer = BatchCommitter(options, writer, RedisDeadLetters(client, options), stop)
+        consumer = RedisConsumer(client, Processor(app, options), committer, options)
+        await consumer.run(stop, drain=drain)
+        return committer.stats
+    finally:
+        await client.aclose()
+
+
+async def _consume_kafka(
+    settings: Settings,
+    app: Consumer,
+    options: ConsumerOptions,
+    writer: ReceiptWriter,
+    *,
+    stop: asyncio.Event,
+    drain: bool,
+) -> ConsumerStats:
+    common = kafka_client_kwargs(settings)
+    kafka = AIOKafkaConsumer(
+        **common,
+        group_id=options.group,
+        client_id=options.name,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a new group reads the topics from the start
+        fetch_max_wait_ms=options.fetch_max_wait_ms,
+        max_poll_records=options.batch_size,
+        metadata_max_age_ms=int(options.discovery_interval * 1000),
+        isolation_level="read_committed",
+    )
+    producer = AIOKafkaProducer(
+        **common, client_id=f"{options.name}-dlq", acks="all", enable_idempotence=True
+    )
+    try:
+        await _start_kafka(kafka, producer)
+        dead_letters: DeadLetterSink = KafkaDeadLetters(producer, options)
+        committer = BatchCommitter(options, writer, dead_letters, stop)
+        consumer = KafkaConsumer(kafka, Processor(app, options), committer, options)
+        await consumer.run(stop, drain=drain)
+        return committer.stats
+    finally:
+        # stop() leaves the group at once, so the partitions move without a session timeout.
+        await kafka.stop()
+        await producer.stop()
+
+
+async def _start_kafka(kafka: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+    try:
+        await kafka.start()
+        await producer.start()
+    except Exception as exc:  # aiokafka raises many unrelated types on connect
+        raise ComponentUnreachable("kafka", scrub(str(exc)) or type(exc).__name__) from None
+
+
+async def serve(
+    settings: Settings, *, sink: Sink, group: str | None, drain: bool
+) -> ConsumerStats | None:
+    """`flowproof consume`: the consumer with /metrics, stopped gracefully by SIGTERM/SIGINT.
+
+    On a signal the batch in hand is finished (receipts written, acknowledged) within
+    FLOWPROOF_CONSUMER_SHUTDOWN_TIMEOUT_SECONDS; after that it is abandoned unacknowledged and
+    will be delivered again, and None is returned.
+    """
+    try:
+        server = MetricsServer(settings.metrics_host, settings.metrics_port).start()
+    except OSError as exc:
+        raise ConfigError(
+            f"FLOWPROOF_METRICS_HOST/PORT: cannot serve /metrics on "
+            f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror}"
+        ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(
+        consume(settings, sink=sink, group=group, stop=stop, drain=drain), name="consumer"
+    )
+    stopped = asyncio.create_task(stop.wait(), name="consumer-stop-signal")
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            log.info("consumer.stopping", timeout=settings.consumer_shutdown_timeout_seconds)
+            done, _ = await asyncio.wait({task}, timeout=settings.consumer_shutdown_timeout_seconds)
+            if not done:
+                log.warning("consumer.shutdown_timeout", detail="abandoning the batch in hand")
+                task.cancel()
+                await asyncio.wait({task})
+                return None
+        return task.result()
+    finally:
+        stopped.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        server.stop()

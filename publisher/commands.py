@@ -1,0 +1,85 @@
+"""The work behind `flowproof emit`, `flowproof relay` and `flowproof parked` (flowproof/cli.py
+keeps the commands thin)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flowproof.config import SINK_NAMES, Settings
+from flowproof.connect import connect_postgres
+from publisher.errors import EnvelopeInvalid, OutboxMissing
+from publisher.outbox import Outbox
+from publisher.parked import ParkedRow, list_parked, retry_parked
+from publisher.queries import query
+from publisher.relay import serve
+from schemas.errors import PayloadInvalid
+
+__all__ = ["emit_event", "parked_list", "parked_retry", "serve"]
+
+
+def _json_object(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+
+
+async def emit_event(
+    settings: Settings,
+    *,
+    event_type: str,
+    aggregate_type: str,
+    aggregate_id: str,
+    payload: str,
+    headers: str | None,
+) -> uuid.UUID:
+    """Check and write one event given as JSON text; ContractError names what is wrong."""
+    try:
+        payload_value = _json_object(payload, "--payload")
+    except ValueError as exc:
+        raise PayloadInvalid(event_type, "<payload>", str(exc)) from None
+    try:
+        headers_value = None if headers is None else _json_object(headers, "--headers")
+    except ValueError as exc:
+        raise EnvelopeInvalid("headers", str(exc)) from None
+    outbox = Outbox.from_settings(settings)
+    conn = await connect_postgres(settings)
+    try:
+        return await outbox.emit(
+            conn,
+            type=event_type,
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            payload=payload_value,
+            headers=headers_value,
+        )
+    finally:
+        await conn.close()
+
+
+def _sinks(sink: str | None) -> tuple[str, ...]:
+    return SINK_NAMES if sink is None else (sink,)
+
+
+async def parked_list(settings: Settings, sink: str | None, limit: int) -> list[ParkedRow]:
+    conn = await connect_postgres(settings)
+    try:
+        if not await conn.fetchval(query("outbox_exists", settings.outbox_table)):
+            raise OutboxMissing(settings.outbox_table)
+        return await list_parked(conn, settings.outbox_table, _sinks(sink), limit)
+    finally:
+        await conn.close()
+
+
+async def parked_retry(
+    settings: Settings, sink: str | None, event_id: uuid.UUID | None
+) -> dict[str, int]:
+    conn = await connect_postgres(settings)
+    try:
+        if not await conn.fetchval(query("outbox_exists", settings.outbox_table)):
+            raise OutboxMissing(settings.outbox_table)
+        return await retry_parked(conn, settings.outbox_table, _sinks(sink), event_id)
+    finally:
+        await conn.close()

@@ -1,0 +1,47 @@
+"""The relay's SQL, loaded by name from `sql/queries.sql` and rendered for a table and a sink.
+
+Only validated names reach the templates: the outbox table passes
+`flowproof.identifiers.validate_sql_identifier` and a sink is one of `flowproof.config.SINK_NAMES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cache
+from importlib import resources
+
+from flowproof.config import SINK_NAMES
+from flowproof.identifiers import validate_sql_identifier
+
+_NAME = re.compile(r"^-- name: (?P<name>[a-z_]+)\s*$", re.MULTILINE)
+
+
+@cache
+def _templates() -> dict[str, str]:
+    text = resources.files("publisher.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    # split gives [preamble, name1, body1, name2, body2, ...]
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def query(name: str, table: str, sink: str | None = None, **extra: str) -> str:
+    """The named query for `table` (and `sink`), with any extra `{{key}}` already validated."""
+    sql = _templates()[name].replace("{{outbox}}", validate_sql_identifier(table))
+    if sink is not None:
+        if sink not in SINK_NAMES:
+            raise ValueError(f"unknown sink {sink!r}")
+        sql = sql.replace("{{sink}}", sink)
+    for key, value in extra.items():
+        sql = sql.replace("{{" + key + "}}", value)
+    if "{{" in sql:
+        raise ValueError(f"query {name!r} left a placeholder unrendered")
+    return sql
+
+
+def published_everywhere(sinks: Iterable[str]) -> str:
+    """The condition "every one of `sinks` acknowledged the row", for the prune query."""
+    checked = [s for s in sinks if s in SINK_NAMES]
+    if not checked:
+        raise ValueError("needs at least one sink")
+    return "(" + " AND ".join(f"{s}_published_at IS NOT NULL" for s in checked) + ")"

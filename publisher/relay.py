@@ -1,0 +1,265 @@
+"""The outbox relay: one worker per enabled sink, a NOTIFY listener, the gauges and the pruning.
+
+`Relay.run()` serves until `stop()` (SIGTERM in `flowproof relay`): the workers finish their
+in-flight batch, within FLOWPROOF_RELAY_SHUTDOWN_TIMEOUT_SECONDS, then the tasks that are still
+busy are cancelled; a cancelled batch was not marked, so it is published again by the next
+relay (duplicates bounded by the batch, nothing lost). `Relay.run_until_idle()` publishes
+everything there is and returns: the deterministic mode tests use.
+
+Tasks are named and supervised together: if one dies of an unexpected error, the relay stops
+and raises RelayCrashed instead of limping on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+
+import asyncpg
+
+from flowproof.config import Settings
+from flowproof.errors import ComponentUnreachable, ConfigError
+from flowproof.http import MetricsServer
+from flowproof.logging import get_logger
+from publisher.aio import wait_any
+from publisher.db import LOST_CONNECTION, close_quietly, connect_relay, relay_pool
+from publisher.encoding import Encoder
+from publisher.errors import OutboxMissing, RelayCrashed
+from publisher.kafka_sink import KafkaSink
+from publisher.listener import Listener
+from publisher.maintenance import prune, refresh_gauges
+from publisher.queries import query
+from publisher.redis_sink import RedisSink
+from publisher.sink import Sink
+from publisher.worker import SinkStats, SinkWorker, retry_policy
+from schemas.registry import SchemaRegistry, load_registry
+
+log = get_logger(__name__)
+
+Job = Callable[[asyncpg.Connection], Awaitable[object]]
+
+
+def make_sink(settings: Settings, name: str) -> Sink:
+    """The sink called `name` (one of FLOWPROOF_SINKS)."""
+    if name == "redis":
+        return RedisSink(settings)
+    if name == "kafka":
+        return KafkaSink(settings)
+    raise ConfigError(f"FLOWPROOF_SINKS: unknown sink {name!r}")
+
+
+class Relay:
+    """Publishes the outbox to every enabled sink."""
+
+    def __init__(self, settings: Settings, *, registry: SchemaRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else load_registry(settings.schema_dir)
+        self._stop = asyncio.Event()
+        self._busy = False
+        self.workers: dict[str, SinkWorker] = {}
+        for name in settings.sinks:
+            prefix = settings.stream_prefix if name == "redis" else settings.topic_prefix
+            self.workers[name] = SinkWorker(
+                settings,
+                make_sink(settings, name),
+                Encoder(self.registry, prefix, settings.relay_max_message_bytes),
+                wake=asyncio.Event(),
+                stop=self._stop,
+            )
+        self.listener = Listener(
+            settings, settings.outbox_table, self.wake, self._stop, retry_policy(settings)
+        )
+
+    @property
+    def stats(self) -> dict[str, SinkStats]:
+        return {name: worker.stats for name, worker in self.workers.items()}
+
+    def owned_slots(self, sink: str) -> frozenset[int]:
+        return self.workers[sink].leases.owned
+
+    def wake(self) -> None:
+        """Make every idle worker look for rows now (what a NOTIFY does)."""
+        for worker in self.workers.values():
+            worker.wake()
+
+    def stop(self) -> None:
+        """Ask the relay to stop: no new claims; in-flight batches finish (within the timeout)."""
+        if not self._stop.is_set():
+            log.info("relay.stop_requested")
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until `stop()`; raise RelayCrashed if a task died of an unexpected error."""
+        with self._exclusive():
+            await self._run()
+
+    async def _run(self) -> None:
+        await self.preflight()
+        pool = await relay_pool(self.settings)
+        settings = self.settings
+        tasks = [
+            asyncio.create_task(worker.run(), name=f"relay.worker.{name}")
+            for name, worker in self.workers.items()
+        ]
+        tasks.append(asyncio.create_task(self.listener.run(), name="relay.listener"))
+        tasks.append(
+            asyncio.create_task(
+                self._every(pool, settings.relay_metrics_interval_seconds, self._gauges),
+                name="relay.gauges",
+            )
+        )
+        if settings.relay_prune_interval_seconds > 0:
+            tasks.append(
+                asyncio.create_task(
+                    self._every(pool, settings.relay_prune_interval_seconds, self._prune),
+                    name="relay.pruner",
+                )
+            )
+        log.info(
+            "relay.started",
+            sinks=list(settings.sinks),
+            table=settings.outbox_table,
+            batch_size=settings.relay_batch_size,
+            poll_interval_seconds=settings.relay_poll_interval_seconds,
+        )
+        try:
+            await self._supervise(tasks)
+        finally:
+            await pool.close()
+        log.info(
+            "relay.stopped",
+            published={name: s.published for name, s in self.stats.items()},
+            parked={name: s.parked for name, s in self.stats.items()},
+        )
+
+    async def run_until_idle(self) -> None:
+        """Publish every row there is to every sink, then return (retrying a down sink)."""
+        with self._exclusive():
+            await self.preflight()
+            async with asyncio.TaskGroup() as group:
+                for name, worker in self.workers.items():
+                    group.create_task(worker.run(until_idle=True), name=f"relay.drain.{name}")
+        await self.refresh_gauges()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # The workers' connections carry the slot locks: two loops on them would interleave.
+        if self._busy:
+            raise RuntimeError("this relay is already running")
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._busy = False
+
+    async def refresh_gauges(self) -> None:
+        """Refresh the outbox gauges once."""
+        await self._once(self._gauges)
+
+    async def prune_once(self) -> int:
+        """Prune delivered rows past the retention once; return how many were deleted."""
+        return await self._once(prune_rows(self.settings))
+
+    async def preflight(self) -> None:
+        """ComponentUnreachable when PostgreSQL is down, OutboxMissing when not migrated."""
+        conn = await connect_relay(self.settings, "preflight")
+        try:
+            exists = await conn.fetchval(query("outbox_exists", self.settings.outbox_table))
+        finally:
+            await close_quietly(conn)
+        if not exists:
+            raise OutboxMissing(self.settings.outbox_table)
+
+    async def _gauges(self, conn: asyncpg.Connection) -> None:
+        await refresh_gauges(conn, self.settings)
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        await prune(conn, self.settings)
+
+    async def _once(self, job: Callable[[asyncpg.Connection], Awaitable[int | None]]) -> int:
+        conn = await connect_relay(self.settings, "maintenance")
+        try:
+            return await job(conn) or 0
+        finally:
+            await close_quietly(conn)
+
+    async def _every(self, pool: asyncpg.Pool, interval: float, job: Job) -> None:
+        while not self._stop.is_set():
+            try:
+                async with pool.acquire() as conn:
+                    await job(conn)
+            except (*LOST_CONNECTION, ComponentUnreachable) as exc:
+                log.warning("relay.maintenance_failed", job=job.__name__, error=str(exc))
+            await wait_any([self._stop], interval)
+
+    async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
+        stop_requested = asyncio.create_task(self._stop.wait(), name="relay.stop_requested")
+        died: list[asyncio.Task[None]] = []
+        try:
+            await asyncio.wait([*tasks, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+            died = [task for task in tasks if task.done()]
+            for task in died:
+                error = None if task.cancelled() else task.exception()
+                log.error("relay.task_died", task=task.get_name(), error=error, exc_info=error)
+            self._stop.set()
+            await self._drain(tasks)
+        except asyncio.CancelledError:
+            self._stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            stop_requested.cancel()
+        if died:
+            raise RelayCrashed(f"relay task {died[0].get_name()} died; the relay stopped")
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        timeout = self.settings.relay_shutdown_timeout_seconds
+        if timeout > 0:
+            await asyncio.wait(tasks, timeout=timeout)
+        busy = [task for task in tasks if not task.done()]
+        if busy:
+            log.warning(
+                "relay.shutdown_timeout",
+                abandoned=sorted(task.get_name() for task in busy),
+                seconds=timeout,
+            )
+            for task in busy:
+                task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("relay.task_failed", task=task.get_name(), error=result, exc_info=result)
+
+
+def prune_rows(settings: Settings) -> Callable[[asyncpg.Connection], Awaitable[int]]:
+    async def job(conn: asyncpg.Connection) -> int:
+        return await prune(conn, settings)
+
+    return job
+
+
+async def serve(settings: Settings) -> None:
+    """`flowproof relay`: run the relay with /metrics until SIGTERM or SIGINT."""
+    relay = Relay(settings)
+    await relay.preflight()  # exit 2 before binding a port when PostgreSQL or the table is missing
+    try:
+        server = MetricsServer(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"FLOWPROOF_METRICS_PORT={settings.metrics_port}: cannot listen on "
+            f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror}"
+        ) from None
+    server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, relay.stop)
+    try:
+        await relay.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        server.stop()

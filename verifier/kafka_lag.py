@@ -1,0 +1,192 @@
+"""Reading the Kafka side: topics under the prefix, each expected group's offsets, the DLQs.
+
+Per topic, partition and group: end offset minus committed offset (the admin client's offset
+fetch and a group-less consumer's end offsets), and the time lag: now minus the timestamp of the
+record at the committed offset, fetched for real (not interpolated from offsets and rates).
+A group with no committed offset on a partition that holds messages is behind by all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from flowproof.config import Settings
+from flowproof.connect import kafka_client_kwargs
+from flowproof.errors import ComponentUnreachable
+from flowproof.redact import scrub
+from schemas.routing import is_dlq
+from verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
+
+
+class KafkaReader:
+    """An admin client and a group-less consumer, opened together and closed together."""
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        kwargs = kafka_client_kwargs(settings)
+        request_ms = int(timeout * 1000)
+        self.timeout = timeout
+        self.admin = AIOKafkaAdminClient(**kwargs, request_timeout_ms=request_ms)
+        self.consumer = AIOKafkaConsumer(
+            **kwargs,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=request_ms,
+            max_partition_fetch_bytes=64 * 1024,
+            client_id="flowproof-verify",
+        )
+
+    async def open(self) -> None:
+        """Connect both clients, or raise ComponentUnreachable('kafka') (closing what opened)."""
+        try:
+            await self.admin.start()
+            await self.consumer.start()
+        except Exception as exc:  # aiokafka raises many unrelated types on connect
+            await self.close()
+            raise ComponentUnreachable("kafka", scrub(str(exc)) or type(exc).__name__) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def partitions(self, prefix: str) -> tuple[list[TopicPartition], list[TopicPartition]]:
+        """The partitions of the topics under `prefix`: (event topics', dead-letter topics')."""
+        names = sorted(t for t in await self.admin.list_topics() if t.startswith(prefix))
+        if not names:
+            return [], []
+        events: list[TopicPartition] = []
+        dlqs: list[TopicPartition] = []
+        for topic in await self.admin.describe_topics(names):
+            tps = [TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]]
+            (dlqs if is_dlq(topic["topic"]) else events).extend(sorted(tps))
+        return events, dlqs
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        offsets = await self.admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def members(self, group: str) -> tuple[int, str]:
+        """How many members the group has, and its state (Stable, Empty, Dead...)."""
+        responses = await self.admin.describe_consumer_groups([group])
+        for response in responses:
+            for described in response.groups:
+                if described[1] == group:
+                    return len(described[5]), str(described[2])
+        return 0, "Dead"
+
+    async def timestamps_at(
+        self, wanted: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """The timestamp (ms) of the first record at or after each offset, where one exists."""
+        found: dict[TopicPartition, int] = {}
+        if not wanted:
+            return found
+        self.consumer.assign(list(wanted))
+        for tp, offset in wanted.items():
+            self.consumer.seek(tp, offset)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while len(found) < len(wanted) and loop.time() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=len(wanted) * 10)
+            for tp, records in batch.items():
+                if tp not in found and records:
+                    found[tp] = records[0].timestamp
+                    self.consumer.pause(tp)
+        self.consumer.assign([])
+        return found
+
+
+def _lanes_of_group(
+    tps: Iterable[TopicPartition],
+    *,
+    committed: Mapping[TopicPartition, int],
+    begin: Mapping[TopicPartition, int],
+    end: Mapping[TopicPartition, int],
+    stamps: Mapping[TopicPartition, int],
+    now: float,
+) -> list[Lane]:
+    lanes = []
+    for tp in tps:
+        length = max(0, end[tp] - begin[tp])
+        offset = committed.get(tp)
+        if offset is None and length == 0:
+            continue  # nothing was ever there to consume
+        start = offset if offset is not None else begin[tp]
+        behind = max(0, end[tp] - max(start, begin[tp]))
+        stamp = stamps.get(tp)
+        time_lag = max(0.0, now - stamp / 1000) if behind and stamp is not None else 0.0
+        lanes.append(
+            Lane(
+                source=tp.topic,
+                partition=tp.partition,
+                has_position=offset is not None,
+                position=(offset if offset is not None else -1,),
+                behind=behind,
+                behind_exact=True,
+                time_lag=time_lag,
+                length=length,
+            )
+        )
+    return lanes
+
+
+async def kafka_snapshot(
+    reader: KafkaReader,
+    *,
+    prefix: str,
+    expected_groups: Sequence[str],
+    window_start: float,
+    now: float,
+) -> SinkSnapshot:
+    """Everything the lag and conformance checks need from Kafka, read once."""
+    snapshot = SinkSnapshot(sink="kafka", taken_at=now)
+    events, dlqs = await reader.partitions(prefix)
+    everything = events + dlqs
+    begin: dict[TopicPartition, int] = {}
+    end: dict[TopicPartition, int] = {}
+    if everything:
+        begin = await reader.consumer.beginning_offsets(everything)
+        end = await reader.consumer.end_offsets(everything)
+    for group in expected_groups:
+        committed = await reader.committed(group)
+        members, state = await reader.members(group)
+        wanted = {
+            tp: max(committed.get(tp, begin[tp]), begin[tp])
+            for tp in events
+            if end[tp] > max(committed.get(tp, begin[tp]), begin[tp])
+        }
+        stamps = await reader.timestamps_at(wanted)
+        entry = GroupLanes(
+            sink="kafka",
+            group=group,
+            expected=True,
+            alive=members > 0,
+            liveness=f"group {state} with {members} member{'s' if members != 1 else ''}",
+            lanes=_lanes_of_group(
+                events, committed=committed, begin=begin, end=end, stamps=stamps, now=now
+            ),
+        )
+        snapshot.groups.append(entry)
+    if dlqs:
+        since = await reader.consumer.offsets_for_times(
+            {tp: int(window_start * 1000) for tp in dlqs}
+        )
+        by_topic: dict[str, list[int]] = {}
+        for tp in dlqs:
+            first_in_window: Any = since.get(tp)
+            start = first_in_window.offset if first_in_window is not None else end[tp]
+            depth, recent = end[tp] - begin[tp], end[tp] - start
+            totals = by_topic.setdefault(tp.topic, [0, 0])
+            totals[0] += depth
+            totals[1] += recent
+        for topic, (depth, recent) in sorted(by_topic.items()):
+            snapshot.dead_letters.append(DeadLetters("kafka", topic, depth, recent))
+    return snapshot

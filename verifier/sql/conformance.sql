@@ -1,0 +1,7 @@
+-- Receipts per sink, consumer group and reason (NULL: valid) received in the window.
+-- $1 received from   $2 received before
+SELECT sink, consumer_group, reason, count(*) AS receipts
+FROM flowproof_receipts
+WHERE received_at >= $1 AND received_at < $2
+GROUP BY sink, consumer_group, reason
+ORDER BY sink, consumer_group, reason NULLS FIRST
