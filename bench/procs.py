@@ -38,11 +38,15 @@ def proc_status(pid: int) -> dict[str, int]:
 class Flowproof:
     """One `flowproof <args>` process."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], profile: Path | None = None
+    ) -> None:
         self.name = name
         self.args = args
         self.env = env
+        self.profile = profile  # where py-spy writes its collapsed stacks, when given
         self.process: asyncio.subprocess.Process | None = None
+        self._profiler: asyncio.subprocess.Process | None = None
         self.peak_rss = 0
         self.samples: list[tuple[float, int]] = []
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open while it runs
@@ -67,6 +71,22 @@ class Flowproof:
             stderr=self._log,
         )
         self._started = time.monotonic()
+        if self.profile is not None:
+            self._profiler = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(self.process.pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.profile),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
         if sample_every > 0:
             self._sampler = asyncio.create_task(self._sample(sample_every), name=f"rss.{self.name}")
         return self
@@ -92,7 +112,7 @@ class Flowproof:
                 f"{self.name} exited {self.process.returncode} early:\n{self.log_tail()}"
             )
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, within: float = 30.0) -> int:
         """SIGTERM (after reading the peak RSS); SIGKILL if it does not stop in time."""
         assert self.process is not None
         if self.process.returncode is None:
@@ -108,6 +128,8 @@ class Flowproof:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
+        if self._profiler is not None:  # it writes its output once the target has exited
+            await self._profiler.wait()
         self._log.close()
         return self.process.returncode if self.process.returncode is not None else -1
 
@@ -120,11 +142,11 @@ class Flowproof:
         Path(self._log.name).unlink(missing_ok=True)
 
 
-def run_once(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, bytes, int, str]:
+def run_once(args: list[str], env: dict[str, str], within: float) -> tuple[int, bytes, int, str]:
     """Run a one-shot `flowproof` command; its exit code, stdout, exact peak RSS (bytes, from
     wait4's rusage) and the tail of its stderr. Blocking: call it in a thread."""
     with tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        child = subprocess.Popen(
             [sys.executable, "-m", "flowproof", *args], env=env, stdout=subprocess.PIPE, stderr=err
         )
         assert child.stdout is not None

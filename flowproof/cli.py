@@ -365,16 +365,27 @@ def schemas_check(
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
+def demo(
+    ctx: typer.Context,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=20, help="How long the workload runs.")
+    ] = 75.0,
+    rate: Annotated[
+        float, typer.Option("--rate", min=1, max=5000, help="Events per second.")
+    ] = 200.0,
+) -> None:
     """Run the whole pipeline on local services with a generated workload, then the verdict.
 
     Starts the relay, both consumers and the verifier, emits order events for a minute, freezes
     the Kafka consumer for a while so a check fails and recovers, then prints the checks.
     """
-    from flowproof.demo import DemoError, run_demo  # noqa: PLC0415 - keep start-up fast
+    from flowproof.demo import DemoError, Timeline, run_demo  # noqa: PLC0415 - fast start-up
+
+    async def job(settings: Settings) -> int:
+        return await run_demo(settings, Timeline(seconds=seconds, rate=rate))
 
     try:
-        code = run(ctx, run_demo)
+        code = run(ctx, job)
     except DemoError as exc:
         fail(str(exc), code=EXIT_CHECK_FAILED)
     raise typer.Exit(code)

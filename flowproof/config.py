@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import (
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
         default=SecretStr("redis://127.0.0.1:6379/0"),
         description="Redis URL (redis:// or rediss://)",
     )
+    redis_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) a rediss:// server's certificate must chain to; "
+        "default: the system's trust store",
+    )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
     )
@@ -75,7 +81,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) the brokers' certificates must chain to (SSL, "
+        "SASL_SSL); default: the system's trust store",
+    )
 
     # --- what flows where ---------------------------------------------------------------------
     sinks: Annotated[tuple[Sink, ...], NoDecode] = Field(
@@ -384,6 +394,33 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// or rediss:// URL")
         return value
 
+    @field_validator("redis_ssl_cafile")
+    @classmethod
+    def _check_redis_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("redis_url")
+        if value is not None and url is not None:
+            if not url.get_secret_value().startswith("rediss://"):
+                raise ValueError("is set but FLOWPROOF_REDIS_URL is not a rediss:// URL")
+        return _readable_file(value)
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+    @classmethod
+    def _check_sasl(cls, value: Any, info: ValidationInfo) -> Any:
+        # A SASL protocol without its credentials would fail only at the first connection, with
+        # the broker's words; say which variable is missing instead.
+        protocol = info.data.get("kafka_security_protocol")
+        if value is None and protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(f"is required with FLOWPROOF_KAFKA_SECURITY_PROTOCOL={protocol}")
+        return value
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _check_kafka_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        protocol = info.data.get("kafka_security_protocol")
+        if value is not None and protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            raise ValueError(f"is set but FLOWPROOF_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
+        return _readable_file(value)
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -455,6 +492,12 @@ class Settings(BaseSettings):
 
 
 SECRET_FIELDS = frozenset({"database_url", "redis_url", "kafka_sasl_password"})
+
+
+def _readable_file(path: Path | None) -> Path | None:
+    if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+        raise ValueError("is not a readable file")
+    return path
 
 
 def env_name(field: str) -> str:

@@ -55,7 +55,13 @@ async def create_postgres_pool(
 
 
 def redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
-    """A redis-py asyncio client (connections are made lazily; see `ping_redis`)."""
+    """A redis-py asyncio client (connections are made lazily; see `ping_redis`).
+
+    With a rediss:// URL the server's certificate and host name are always verified, against
+    FLOWPROOF_REDIS_SSL_CAFILE when set.
+    """
+    if settings.redis_ssl_cafile is not None:
+        kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
     client: aioredis.Redis = aioredis.Redis.from_url(
         settings.redis_url.get_secret_value(),
         socket_connect_timeout=CONNECT_TIMEOUT,
@@ -83,7 +89,7 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
         cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
         kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
     if settings.kafka_security_protocol.startswith("SASL"):
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         password = settings.kafka_sasl_password
         kwargs["sasl_plain_password"] = password.get_secret_value() if password else None

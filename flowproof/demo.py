@@ -35,24 +35,41 @@ from publisher.outbox import Outbox
 
 log = get_logger(__name__)
 
-# The demo's timeline, in seconds from the start of the workload.
-RATE = 200.0
-WORKLOAD_SECONDS = 75.0
-FREEZE_AT = 15.0
-FREEZE_SECONDS = 20.0
 DRAIN_TIMEOUT = 90.0
-# The verdict at the end is about the recovered pipeline: its 30 s window starts after the
-# freeze, and short graces let it judge every event of that window but the last 5 s. The freeze
-# itself shows in the progress lines (lag.kafka, then latency.e2e failing and passing again).
-DEMO_SETTINGS = {
-    "verify_interval_seconds": 2.0,
-    "verify_window_seconds": 30.0,
-    "flow_lost_grace_seconds": 5.0,
-    "flow_duplicates_grace_seconds": 5.0,
-    "flow_order_grace_seconds": 5.0,
-    "lag_kafka_grace_seconds": 5.0,
-    "lag_redis_grace_seconds": 5.0,
-}
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """When the demo does what, in seconds from the start of the workload.
+
+    The Kafka consumer is frozen from 20% to 47% of the run. The verdict at the end is about the
+    recovered pipeline: its window (40% of the run, at least 10 s) starts after the freeze, and
+    short graces let it judge every event of that window but the last 5 s. The freeze itself
+    shows in the progress lines (flow.lost, lag.kafka, then latency.e2e failing and passing).
+    """
+
+    seconds: float = 75.0
+    rate: float = 200.0
+
+    @property
+    def freeze_at(self) -> float:
+        return 0.2 * self.seconds
+
+    @property
+    def freeze_seconds(self) -> float:
+        return 0.27 * self.seconds
+
+    def settings(self) -> dict[str, float]:
+        """The verifier settings of the demo (its processes and its final verdict)."""
+        return {
+            "verify_interval_seconds": 2.0,
+            "verify_window_seconds": round(max(10.0, 0.4 * self.seconds)),
+            "flow_lost_grace_seconds": 5.0,
+            "flow_duplicates_grace_seconds": 5.0,
+            "flow_order_grace_seconds": 5.0,
+            "lag_kafka_grace_seconds": 5.0,
+            "lag_redis_grace_seconds": 5.0,
+        }
 
 
 class DemoError(FlowproofError):
@@ -129,7 +146,7 @@ def _scrape(url: str) -> dict[str, float]:
     return values
 
 
-def _child_env(settings: Settings) -> dict[str, str]:
+def _child_env(settings: Settings, timeline: Timeline) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLOWPROOF_")}
     env.update(
         {
@@ -142,7 +159,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
             env_name("outbox_table"): settings.outbox_table,
         }
     )
-    env.update({env_name(key): str(value) for key, value in DEMO_SETTINGS.items()})
+    env.update({env_name(key): str(value) for key, value in timeline.settings().items()})
     env[env_name("log_format")] = "json"
     return env
 
@@ -191,7 +208,9 @@ async def _counts(conn: asyncpg.Connection, settings: Settings, since: float) ->
 
 
 @contextlib.asynccontextmanager
-async def _components(settings: Settings, workdir: Path) -> AsyncIterator[dict[str, Component]]:
+async def _components(
+    settings: Settings, timeline: Timeline, workdir: Path
+) -> AsyncIterator[dict[str, Component]]:
     components = {
         name: Component(name, args, _free_port(), workdir / f"{name}.log")
         for name, args in (
@@ -201,7 +220,7 @@ async def _components(settings: Settings, workdir: Path) -> AsyncIterator[dict[s
             ("verifier", ["verify"]),
         )
     }
-    env = _child_env(settings)
+    env = _child_env(settings, timeline)
     try:
         for component in components.values():
             await component.start(env)
@@ -227,23 +246,26 @@ async def _wait_serving(component: Component) -> None:
     raise DemoError(f"{component.name} did not serve /metrics within {SERVE_TIMEOUT:g}s")
 
 
-async def run_demo(settings: Settings, out: IO[str] = sys.stderr) -> int:
+async def run_demo(
+    settings: Settings, timeline: Timeline | None = None, out: IO[str] = sys.stderr
+) -> int:
     """Run the demo; return 0 when the final verdict passed, 1 when not."""
     from verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
     from verifier.report import render_table  # noqa: PLC0415
 
+    timeline = timeline or Timeline()
     workdir = Path(tempfile.mkdtemp(prefix="flowproof-demo-"))
     conn = await connect_postgres(settings)
     try:
         await migrate(conn, settings.outbox_table)
         out.write(f"flowproof demo: logs in {workdir}\n")
-        async with _components(settings, workdir) as components:
+        async with _components(settings, timeline, workdir) as components:
             for component in components.values():
                 await _wait_serving(component)
                 out.write(f"  {component.name:15} {component.metrics_url}\n")
-            await _drive(settings, conn, components, out)
+            await _drive(settings, timeline, conn, components, out)
             # Judged while everything still runs, as `flowproof check` would be in production.
-            report = await check_once(settings.model_copy(update=DEMO_SETTINGS))
+            report = await check_once(settings.model_copy(update=timeline.settings()))
     finally:
         await conn.close()
     out.flush()
@@ -257,6 +279,7 @@ async def run_demo(settings: Settings, out: IO[str] = sys.stderr) -> int:
 
 async def _drive(
     settings: Settings,
+    timeline: Timeline,
     conn: asyncpg.Connection,
     components: dict[str, Component],
     out: IO[str],
@@ -272,19 +295,19 @@ async def _drive(
             pool,
             Outbox.from_settings(settings),
             OrderWorkload(seed=int(started_wall)),
-            rate=RATE,
+            rate=timeline.rate,
             stop=stop,
             on_emitted=lambda n: emitted.__setitem__(0, n),
         ),
         name="demo-workload",
     )
-    progress.note(f"workload: order events at {RATE:g}/s for {WORKLOAD_SECONDS:g}s")
+    progress.note(f"workload: order events at {timeline.rate:g}/s for {timeline.seconds:g}s")
     kafka_consumer = components["consumer-kafka"]
     try:
         while True:
             elapsed = time.monotonic() - started
-            _freeze_schedule(kafka_consumer, elapsed, progress)
-            if elapsed >= WORKLOAD_SECONDS and not stop.is_set():
+            _freeze_schedule(kafka_consumer, timeline, elapsed, progress)
+            if elapsed >= timeline.seconds and not stop.is_set():
                 stop.set()
                 progress.note(f"workload done: {emitted[0]} events; waiting for the pipeline")
             for component in components.values():
@@ -298,7 +321,7 @@ async def _drive(
             if stop.is_set() and _drained(counts, emitted[0], settings) and checks and not failing:
                 progress.note("every event reached both sinks and every check passes")
                 return
-            if elapsed > WORKLOAD_SECONDS + DRAIN_TIMEOUT:
+            if elapsed > timeline.seconds + DRAIN_TIMEOUT:
                 progress.note("the pipeline did not drain in time; the verdict will say why")
                 return
             await asyncio.sleep(1)
@@ -308,12 +331,15 @@ async def _drive(
         await pool.close()
 
 
-def _freeze_schedule(consumer: Component, elapsed: float, progress: Progress) -> None:
-    if FREEZE_AT <= elapsed < FREEZE_AT + FREEZE_SECONDS and not consumer.frozen:
+def _freeze_schedule(
+    consumer: Component, timeline: Timeline, elapsed: float, progress: Progress
+) -> None:
+    thaw_at = timeline.freeze_at + timeline.freeze_seconds
+    if timeline.freeze_at <= elapsed < thaw_at and not consumer.frozen:
         consumer.signal(signal.SIGSTOP)
         consumer.frozen = True
-        progress.note(f"defect: Kafka consumer frozen (SIGSTOP) for {FREEZE_SECONDS:g}s")
-    elif elapsed >= FREEZE_AT + FREEZE_SECONDS and consumer.frozen:
+        progress.note(f"defect: Kafka consumer frozen (SIGSTOP) for {timeline.freeze_seconds:g}s")
+    elif elapsed >= thaw_at and consumer.frozen:
         consumer.signal(signal.SIGCONT)
         consumer.frozen = False
         progress.note("defect removed: Kafka consumer resumed (SIGCONT)")

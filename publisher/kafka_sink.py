@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
@@ -34,6 +35,19 @@ def _error(exc: BaseException) -> SinkError:
     return SinkError(NAME, scrub(f"{type(exc).__name__}: {exc}"))
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """The relay's producer settings (the bench's raw Kafka limit uses the very same)."""
+    return {
+        **kafka_client_kwargs(settings),
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": settings.relay_kafka_linger_ms,
+        "max_batch_size": _BATCH_BYTES,
+        "max_request_size": settings.relay_max_message_bytes + _REQUEST_OVERHEAD,
+        "request_timeout_ms": int(settings.relay_sink_timeout_seconds * 1000),
+    }
+
+
 class KafkaSink:
     """Produces to the topic `<topic prefix><aggregatetype>`."""
 
@@ -47,15 +61,7 @@ class KafkaSink:
         if self._producer is not None:
             return
         timeout = self._settings.relay_sink_timeout_seconds
-        producer = AIOKafkaProducer(
-            **kafka_client_kwargs(self._settings),
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=self._settings.relay_kafka_linger_ms,
-            max_batch_size=_BATCH_BYTES,
-            max_request_size=self._settings.relay_max_message_bytes + _REQUEST_OVERHEAD,
-            request_timeout_ms=int(timeout * 1000),
-        )
+        producer = AIOKafkaProducer(**producer_options(self._settings))
         try:
             async with asyncio.timeout(timeout):
                 await producer.start()

@@ -30,7 +30,10 @@ def format_timestamp(value: dt.datetime) -> str:
 def _must_be_utc_aware(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         raise ValueError("created_at must carry a time zone")
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00: pydantic would let it escape raw
+        raise ValueError("created_at is before year 1 or after 9999 in UTC") from None
 
 
 def _check_traceparent(value: str | None) -> str | None:

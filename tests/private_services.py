@@ -1,14 +1,16 @@
-"""Private Redis and Kafka servers for tests that stop, kill or restart a service.
+"""Private PostgreSQL, Redis and Kafka servers for tests that stop, kill, restart or lock down a
+service.
 
-The shared services of `.devstack` must never be stopped (other tests use them at the same
-time), so a fault test starts its own instance here, on free loopback ports, with its data and
-log in a folder of its own (a pytest `tmp_path`), and may then `stop()`, `kill()` and
-`restart()` it. The data folder survives a restart, as a real server's disk would.
+The shared services of `.devstack` must never be stopped or reconfigured (other tests use them at
+the same time), so a fault or security test starts its own instance here, on free loopback
+ports, with its data and log in a folder of its own (a pytest `tmp_path`), and may then
+`stop()`, `kill()` and `restart()` it. The data folder survives a restart, as a real server's
+disk would.
 
     with PrivateRedis(tmp_path / "redis") as redis_server:
         settings = settings.model_copy(update={"redis_url": SecretStr(redis_server.url)})
         ...
-        redis_server.stop()        # SIGTERM, wait for exit
+        redis_server.stop()        # SIGTERM (PostgreSQL: SIGINT, a fast shutdown), wait for exit
         redis_server.restart()     # same port, same data; returns once healthy
 
 `start()` returns once the server answers; if it does not within `start_timeout`, the process
@@ -16,24 +18,39 @@ is killed and ServiceFailed carries the last lines of its log. Every method is b
 async code call it with `await asyncio.to_thread(server.restart)` so the event loop (and the
 relay in it) keeps running meanwhile. The Kafka broker runs from the jars `devstack/stack.sh`
 fetched into `.devstack/kafka-libs-<version>/` (KRaft, one node, broker and controller).
+
+Locked-down variants (security tests): `TestCA` makes a certificate authority and server
+certificates with openssl; `PrivatePostgres(tls=...)` accepts only TLS connections with
+scram-sha-256 passwords; `PrivateRedis(tls=..., users=...)` listens on TLS only, with the
+default user disabled and ACL users; `PrivateKafka(security=KafkaSecurity(...))` has a SASL_SSL
+(SCRAM-SHA-512) client listener, an mTLS controller listener and the standard authorizer with
+no access unless an ACL grants it.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".devstack"))
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 
 class ServiceFailed(RuntimeError):
@@ -63,10 +80,120 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def _run(command: Sequence[str], what: str, **kwargs: Any) -> None:
+    """Run a set-up command; ServiceFailed with its output if it fails."""
+    result = subprocess.run(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+        check=False,
+        **kwargs,
+    )
+    if result.returncode != 0:
+        output = result.stdout.decode("utf-8", "replace")[-4000:]
+        raise ServiceFailed(f"{what} failed (exit {result.returncode}):\n{output}")
+
+
+# --- certificates ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A PEM certificate, its unencrypted PKCS#8 private key and the CA certificate that signed it.
+
+    `chain` holds the key followed by the certificate: Kafka's PEM keystore format.
+    """
+
+    cert: Path
+    key: Path
+    ca: Path
+    chain: Path
+
+
+class TestCA:
+    """A throw-away certificate authority (EC P-256, valid two days) made with openssl."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, directory: Path, name: str = "flowproof test CA") -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.key = directory / "ca.key"
+        self.cert = directory / "ca.pem"
+        _new_key(self.key)
+        _run(
+            [
+                "openssl", "req", "-x509", "-new", "-key", str(self.key), "-out", str(self.cert),
+                "-days", "2", "-subj", f"/CN={name}", "-sha256",
+                "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            "openssl: making the test CA",
+        )  # fmt: skip
+
+    def issue(self, name: str, hosts: Sequence[str] = LOOPBACK_HOSTS) -> Certificate:
+        """A certificate for `hosts` (IP addresses or DNS names), for server and client use."""
+        stem = self.directory / name
+        key, csr, cert = (
+            stem.with_suffix(".key"),
+            stem.with_suffix(".csr"),
+            stem.with_suffix(".pem"),
+        )
+        extfile = stem.with_suffix(".ext")
+        names = ",".join(
+            f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts
+        )
+        extfile.write_text(
+            f"subjectAltName={names}\n"
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n",
+            encoding="utf-8",
+        )
+        _new_key(key)
+        _run(
+            ["openssl", "req", "-new", "-key", str(key), "-out", str(csr), "-subj", f"/CN={name}"],
+            f"openssl: request for {name}",
+        )
+        _run(
+            [
+                "openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert),
+                "-CAkey", str(self.key), "-CAcreateserial", "-out", str(cert), "-days", "2",
+                "-sha256", "-extfile", str(extfile),
+            ],
+            f"openssl: signing {name}",
+        )  # fmt: skip
+        chain = stem.with_suffix(".chain.pem")
+        chain.write_bytes(key.read_bytes() + cert.read_bytes())
+        chain.chmod(0o600)
+        return Certificate(cert=cert, key=key, ca=self.cert, chain=chain)
+
+
+def _new_key(path: Path) -> None:
+    _run(
+        [
+            "openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-out", str(path),
+        ],
+        "openssl: making a key",
+    )  # fmt: skip
+    path.chmod(0o600)
+
+
+def _client_tls(ca: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca))
+
+
+# --- the life cycle every private server shares ----------------------------------------------
+
+
 class PrivateService:
     """A server process this test owns: start, stop (SIGTERM), kill (SIGKILL), restart."""
 
     name = "service"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, workdir: Path, *, start_timeout: float = 60.0) -> None:
         self.workdir = workdir
@@ -85,6 +212,10 @@ class PrivateService:
 
     def _prepare(self) -> None:
         """Set-up before the first start (configuration files, storage format)."""
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        """Extra arguments of the server's Popen (e.g. the OS user it runs as)."""
+        return {}
 
     # --- life cycle ---------------------------------------------------------------------------
     @property
@@ -109,6 +240,7 @@ class PrivateService:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C of pytest does not hit it first
+                **self._popen_kwargs(),
             )
         finally:
             out.close()
@@ -116,8 +248,8 @@ class PrivateService:
         return self
 
     def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM, and wait for the process to exit (SIGKILL after `timeout`)."""
-        self._signal(signal.SIGTERM, timeout)
+        """Ask the server to shut down cleanly and wait for its exit (SIGKILL after `timeout`)."""
+        self._signal(self.stop_signal, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to flush or say goodbye."""
@@ -173,22 +305,243 @@ class PrivateService:
             time.sleep(0.1)
 
 
-class PrivateRedis(PrivateService):
-    """redis-server on a free loopback port; AOF on with fsync always, so a kill loses nothing
-    the server acknowledged."""
+# --- PostgreSQL ------------------------------------------------------------------------------
 
-    name = "redis"
 
-    def __init__(self, workdir: Path, *, start_timeout: float = 30.0) -> None:
+def postgres_bin() -> Path:
+    """The newest installed PostgreSQL server binaries (Debian's layout, as devstack uses)."""
+    found = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not found:
+        raise ServiceFailed(
+            "no PostgreSQL server in /usr/lib/postgresql/*/bin: run `make stack-up`"
+        )
+    return found[-1]
+
+
+class PrivatePostgres(PrivateService):
+    """A PostgreSQL server of its own (initdb on first start), loopback only, scram-sha-256.
+
+    With `tls`, `ssl = on` with that certificate and pg_hba.conf has only `hostssl` lines: a
+    connection without TLS is refused by the server. The superuser is `postgres` with
+    `password` (random by default). When the tests run as root, the server runs as the
+    `postgres` OS user (initdb refuses root); if that user cannot reach `workdir`, the data
+    lives in a folder under /var/tmp instead (removed by `close()`), as devstack/stack.sh does.
+    `stop()` is a fast shutdown (SIGINT): the default SIGTERM would wait for every client.
+    """
+
+    name = "postgres"
+    stop_signal = signal.SIGINT
+    superuser = "postgres"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: Certificate | None = None,
+        password: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
+        self.log_path = workdir / "log" / f"{self.name}.stdout"  # the server logs to stderr
         self.port = free_port()
+        self.tls = tls
+        self.password = password or secrets.token_hex(16)
+        self.bin = postgres_bin()
+        self._os_user = "postgres" if os.geteuid() == 0 else None
+        self._outside: Path | None = None
+        self.base = self._base_dir()
+        self.pgdata = self.base / "pgdata"
+
+    def _base_dir(self) -> Path:
+        if self._os_user is None or self._reachable(self.workdir):
+            return self.workdir / "data"
+        self._outside = Path(tempfile.mkdtemp(prefix="flowproof-private-pg-", dir="/var/tmp"))
+        shutil.chown(self._outside, self._os_user, self._os_user)
+        return self._outside
+
+    def _reachable(self, path: Path) -> bool:
+        result = subprocess.run(
+            ["test", "-x", str(path)], check=False, **self._as_os_user(), timeout=30
+        )
+        return result.returncode == 0
+
+    def _as_os_user(self) -> dict[str, Any]:
+        if self._os_user is None:
+            return {}
+        return {"user": self._os_user, "group": self._os_user, "extra_groups": []}
+
+    def dsn(
+        self,
+        user: str | None = None,
+        password: str | None = None,
+        database: str = "postgres",
+        *,
+        sslmode: str = "verify-full",
+        ca: Path | None = None,
+    ) -> str:
+        """A postgresql:// DSN; with TLS it verifies the server against `ca` (default: ours)."""
+        user = user or self.superuser
+        password = self.password if password is None and user == self.superuser else password
+        auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+        dsn = f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+        if self.tls is None:
+            return dsn
+        root = ca or self.tls.ca
+        return f"{dsn}?sslmode={sslmode}&sslrootcert={quote(str(root), safe='/')}"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The superuser's DSN to the `postgres` database."""
+        return self.dsn()
+
+    def libpq_env(self, user: str | None = None, password: str | None = None) -> dict[str, str]:
+        """PG* variables for psql and friends (the password in PGPASSWORD, never in argv)."""
+        env = {
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": user or self.superuser,
+            "PGPASSWORD": password if password is not None else self.password,
+            "PGDATABASE": "postgres",
+            "PGCONNECT_TIMEOUT": "10",
+        }
+        if self.tls is not None:
+            env.update(PGSSLMODE="verify-full", PGSSLROOTCERT=str(self.tls.ca))
+        return env
+
+    def close(self) -> None:
+        super().close()
+        if self._outside is not None:
+            shutil.rmtree(self._outside, ignore_errors=True)
+            self._outside = None
+
+    def _popen_kwargs(self) -> dict[str, Any]:
+        return self._as_os_user()
 
     def _command(self) -> list[str]:
-        return [
+        return [str(self.bin / "postgres"), "-D", str(self.pgdata)]
+
+    def _healthy(self) -> bool:
+        result = subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+            check=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
+        return result.returncode == 0
+
+    def _prepare(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        pwfile = self.base / "pwfile"
+        pwfile.write_text(self.password + "\n", encoding="utf-8")
+        if self._os_user is not None:
+            shutil.chown(pwfile, self._os_user, self._os_user)
+            shutil.chown(self.base, self._os_user, self._os_user)
+        pwfile.chmod(0o600)
+        _run(
+            [
+                str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", self.superuser,
+                "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
+                "--no-sync",
+            ],
+            "initdb",
+            **self._as_os_user(),
+        )  # fmt: skip
+        pwfile.unlink()
+        conf = [
+            "# flowproof private test server: loopback only, throw-away data (fsync off)",
+            "listen_addresses = '127.0.0.1'",
+            f"port = {self.port}",
+            f"unix_socket_directories = '{self.pgdata}'",
+            "max_connections = 100",
+            "fsync = off",
+            "full_page_writes = off",
+            "synchronous_commit = off",
+            "password_encryption = 'scram-sha-256'",
+            "log_destination = 'stderr'",
+            "logging_collector = off",
+        ]
+        method = "host"
+        if self.tls is not None:
+            method = "hostssl"
+            for source, target in ((self.tls.cert, "server.crt"), (self.tls.key, "server.key")):
+                shutil.copyfile(source, self.pgdata / target)
+                (self.pgdata / target).chmod(0o600)
+                if self._os_user is not None:
+                    shutil.chown(self.pgdata / target, self._os_user, self._os_user)
+            conf += ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"]
+        with (self.pgdata / "postgresql.conf").open("a", encoding="utf-8") as out:
+            out.write("\n".join(conf) + "\n")
+        # Only these lines: no `local` trust, and with TLS nothing that accepts a plain connection.
+        (self.pgdata / "pg_hba.conf").write_text(
+            f"{method} all all 127.0.0.1/32 scram-sha-256\n", encoding="utf-8"
+        )
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisUser:
+    """An ACL user: `rules` are what follows `user <name> on <password>` in an ACL file."""
+
+    name: str
+    password: str
+    rules: str
+
+
+class PrivateRedis(PrivateService):
+    """redis-server on a free loopback port; AOF on with fsync always, so a kill loses nothing
+    the server acknowledged.
+
+    With `tls`, it listens on TLS only (plain port 0). With `users`, the default user is
+    disabled and only those users (plus an admin user the health check and `admin_url` use)
+    can log in.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        tls: Certificate | None = None,
+        users: Sequence[RedisUser] = (),
+        start_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(workdir, start_timeout=start_timeout)
+        self.port = free_port()
+        self.tls = tls
+        self.users = tuple(users)
+        self.admin = (
+            RedisUser("flowproof-test-admin", secrets.token_hex(16), "~* &* +@all")
+            if self.users
+            else None
+        )
+        self._aclfile = workdir / "users.acl"
+
+    @property
+    def url(self) -> str:
+        return self.url_for(None)
+
+    @property
+    def admin_url(self) -> str:
+        """A URL of a user allowed everything (the default user when there are no users)."""
+        return self.url_for(self.admin)
+
+    def url_for(self, user: RedisUser | None) -> str:
+        """redis:// (or rediss:// with TLS) URL, with `user`'s name and password if given."""
+        scheme = "rediss" if self.tls is not None else "redis"
+        auth = f"{quote(user.name, safe='')}:{quote(user.password, safe='')}@" if user else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        command = [
             shutil.which("redis-server") or "redis-server",
             "--bind", "127.0.0.1",
             "--port", str(self.port),
@@ -200,14 +553,50 @@ class PrivateRedis(PrivateService):
             "--protected-mode", "yes",
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.tls is not None:
+            command[command.index("--port") + 1] = "0"
+            command += [
+                "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
+        if self.admin is not None:
+            command += ["--aclfile", str(self._aclfile)]
+        return command
+
+    def _prepare(self) -> None:
+        if self.admin is None:
+            return
+        lines = ["user default off resetkeys resetchannels -@all"]
+        for user in (self.admin, *self.users):
+            digest = hashlib.sha256(user.password.encode()).hexdigest()
+            lines.append(f"user {user.name} reset on #{digest} {user.rules}")
+        self._aclfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _healthy(self) -> bool:
+        hello = b"PING\r\n"
+        expected = b"+PONG"
+        if self.admin is not None:
+            name, password = self.admin.name.encode(), self.admin.password.encode()
+            hello = b"AUTH " + name + b" " + password + b"\r\n" + hello
+            expected = b"+OK\r\n+PONG"
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.tls is not None:
+                    sock = _client_tls(self.tls.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+                sock.sendall(hello)
+                reply = b""
+                while len(reply) < len(expected) and (chunk := sock.recv(64)):
+                    reply += chunk
+                return reply.startswith(expected)
         except OSError:
             return False
+
+
+# --- Kafka -----------------------------------------------------------------------------------
 
 
 def kafka_libs() -> Path:
@@ -220,19 +609,44 @@ def kafka_libs() -> Path:
     return found[-1].parent
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """SASL_SSL for clients (SCRAM-SHA-512) and ACLs; the users are made at storage format time.
+
+    `admin` is a super user, as is the broker itself (its certificate's principal, on the mTLS
+    controller listener). Anyone else may do only what an ACL grants.
+    """
+
+    certificate: Certificate
+    users: Mapping[str, str] = field(default_factory=dict)
+    admin: str = "admin"
+    admin_password: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def broker_principal(self) -> str:
+        return f"User:CN={self.certificate.cert.stem}"
+
+
 class PrivateKafka(PrivateService):
     """A single-node KRaft Kafka broker (broker and controller in one JVM) on free ports."""
 
     name = "kafka"
 
     def __init__(
-        self, workdir: Path, *, start_timeout: float = 90.0, heap: str = "512m", partitions: int = 3
+        self,
+        workdir: Path,
+        *,
+        start_timeout: float = 90.0,
+        heap: str = "512m",
+        partitions: int = 3,
+        security: KafkaSecurity | None = None,
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
         self.controller_port = free_port()
         self.heap = heap
         self.partitions = partitions
+        self.security = security
         self.libs = kafka_libs()
         self._props = workdir / "server.properties"
         self._log_offset = 0
@@ -256,6 +670,43 @@ class PrivateKafka(PrivateService):
     def _command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self._props))
 
+    def _listener_properties(self) -> list[str]:
+        plain = [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+        security = self.security
+        if security is None:
+            return plain
+        cert = security.certificate
+        return [
+            f"listeners=CLIENT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=CLIENT",
+            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+            "listener.name.client.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{security.admin}" password="{security.admin_password}";',
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={cert.chain}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={cert.ca}",
+            # The controller listener knows no passwords: the broker proves itself with its
+            # certificate, so nobody without one can reach the controller's admin requests.
+            "listener.name.controller.ssl.client.auth=required",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{security.admin};{security.broker_principal}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
     def _prepare(self) -> None:
         # "Kafka Server started" must be read from this start's lines, not an earlier start's.
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -267,12 +718,7 @@ class PrivateKafka(PrivateService):
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    *self._listener_properties(),
                     f"log.dirs={self.workdir / 'data'}",
                     f"num.partitions={self.partitions}",
                     "offsets.topic.replication.factor=1",
@@ -289,6 +735,7 @@ class PrivateKafka(PrivateService):
             ),
             encoding="utf-8",
         )
+        self._props.chmod(0o600)  # it holds the admin's password when secured
         self._log4j.write_text(
             "\n".join(
                 [
@@ -307,11 +754,22 @@ class PrivateKafka(PrivateService):
         )
         # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        scram: list[str] = []
+        if self.security is not None:
+            users = {self.security.admin: self.security.admin_password, **self.security.users}
+            for name, password in users.items():
+                scram += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
         format_log = self.workdir / "log" / "format.log"
         with format_log.open("wb") as out:
             result = subprocess.run(
                 self._java(
-                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self._props)
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster_id,
+                    "-c",
+                    str(self._props),
+                    *scram,
                 ),
                 stdout=out,
                 stderr=subprocess.STDOUT,

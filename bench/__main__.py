@@ -1,0 +1,401 @@
+"""`make bench` (`python -m bench`): flowproof's throughput, latency and memory beside the raw
+limits of PostgreSQL, Redis and Kafka on this machine, in one run, with the same payloads.
+
+    make stack-up && make bench                 # the full run (under 15 minutes)
+    make bench ARGS=--quick                     # the same benchmarks, smaller (under 2 minutes)
+    make bench ARGS="--only raw,relay --set FLOWPROOF_RELAY_BATCH_SIZE=1000 --profile /tmp/prof"
+
+Writes the table to the terminal and bench/results/latest.json (--quick: latest-quick.json).
+Every benchmark works in a database and under stream/topic prefixes of its own, dropped at the
+end; the shared development data is never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import raw
+from bench.payloads import Pool, fill_outbox
+from bench.pipeline import (
+    ConsumerRun,
+    LatencyRun,
+    Pipeline,
+    RelayRun,
+    as_dict,
+    consumer_throughput,
+    load,
+    relay_throughput,
+)
+from bench.procs import MB
+from bench.report import Figure, Results, machine, render, versions
+from bench.scratch import ROOT, Scratch, Services
+from bench.verifier import VerifierRun, verifier_evaluation
+from flowproof.config import ENV_PREFIX, Settings
+from flowproof.logging import configure_logging
+from schemas.registry import load_registry
+
+SECTIONS = ("raw", "relay", "consumers", "latency", "verifier")
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each benchmark is."""
+
+    pool: int  # distinct generated events
+    raw_seconds: float  # each PostgreSQL raw insert run
+    raw_messages: int  # messages of the raw Redis and Kafka runs
+    outbox_rows: int  # pre-filled outbox of the relay runs
+    relay_timeout: float
+    latency_seconds: float  # each steady-rate run
+    verifier_events: int
+    verifier_runs: int
+
+
+FULL = Plan(50_000, 10.0, 300_000, 1_000_000, 240.0, 30.0, 1_000_000, 2)
+QUICK = Plan(20_000, 3.0, 60_000, 60_000, 60.0, 8.0, 100_000, 1)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.plan = QUICK if args.quick else FULL
+        self.only = set(args.only.split(",")) if args.only else set(SECTIONS)
+        unknown = self.only - set(SECTIONS)
+        if unknown:
+            raise SystemExit(f"--only: unknown section(s) {sorted(unknown)}; know {SECTIONS}")
+        self.overrides: dict[str, str] = dict(item.split("=", 1) for item in args.set or [])
+        for name in self.overrides:
+            if not name.startswith(ENV_PREFIX):
+                raise SystemExit(f"--set {name}: only FLOWPROOF_* settings")
+        self.profile: Path | None = args.profile
+        self.services = Services.from_env()
+        self.results = Results(mode="quick" if args.quick else "full")
+        self.registry = load_registry(None)
+        self.pool = Pool.generate(self.plan.pool)
+        self.settings = self._settings()
+        self.relay: dict[str, RelayRun] = {}
+        self.consumers: dict[str, ConsumerRun] = {}
+        self.raw_rates: dict[str, float] = {}
+        self.scratches: list[Scratch] = []
+        self.filled_streams: Scratch | None = None  # the relay's output, for the consumers
+
+    def _settings(self) -> Settings:
+        values = {k.removeprefix(ENV_PREFIX).lower(): v for k, v in self.overrides.items()}
+        return Settings(**values)  # type: ignore[arg-type]
+
+    def _profile(self, name: str) -> Path | None:
+        if self.profile is None:
+            return None
+        self.profile.mkdir(parents=True, exist_ok=True)
+        return self.profile / f"{name}.txt"
+
+    async def scratch(self, label: str, template: str | None = None) -> Scratch:
+        created = await Scratch(self.services, label).create(template)
+        self.scratches.append(created)
+        return created
+
+    async def release(self, scratch: Scratch) -> None:
+        await scratch.close()
+        self.scratches.remove(scratch)
+
+    def add(self, figure: Figure) -> None:
+        self.results.add(figure)
+        shown = render_one(figure)
+        print(f"  {shown}", flush=True)
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        self.results.machine = machine()
+        self.results.versions = await versions(self.services)
+        self.results.settings = self.settings_record()
+        self.results.details["payloads"] = self.pool.describe(self.registry)
+        print(f"flowproof bench ({self.results.mode}), load {load():.2f}", flush=True)
+        try:
+            sections = {
+                "raw": self.raw_section,
+                "relay": self.relay_section,
+                "consumers": self.consumers_section,
+                "latency": self.latency_section,
+                "verifier": self.verifier_section,
+            }
+            for name, section in sections.items():
+                if name in self.only:
+                    print(f"{name} ...", flush=True)
+                    await section()
+        finally:
+            for scratch in list(self.scratches):
+                await self.release(scratch)
+            self.results.seconds = time.monotonic() - started
+            self.results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    def settings_record(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "relay_batch_size": s.relay_batch_size,
+            "relay_kafka_linger_ms": s.relay_kafka_linger_ms,
+            "consumer_batch_size": s.consumer_batch_size,
+            "consumer_block_ms": s.consumer_block_ms,
+            "consumer_fetch_max_wait_ms": s.consumer_fetch_max_wait_ms,
+            "receipt_sample_ratio": s.receipt_sample_ratio,
+            "overrides": self.overrides,
+            "plan": as_dict(self.plan),
+            "kafka_partitions": 3,
+        }
+
+    # --- sections ---------------------------------------------------------------------------
+
+    async def raw_section(self) -> None:
+        plan, pool = self.plan, self.pool
+        scratch = await self.scratch("raw")
+        settings = scratch.settings(**self._settings_values())
+        try:
+            connections = 4
+            rate = await raw.postgres_single_rows(scratch, pool, connections, plan.raw_seconds)
+            self.add(
+                Figure(
+                    "raw",
+                    f"PostgreSQL insert, 1 row/tx, {connections} conns",
+                    rate,
+                    "rows/s",
+                    load(),
+                )
+            )
+            batch = settings.relay_batch_size
+            rate = await raw.postgres_batched(scratch, pool, batch, plan.raw_seconds)
+            self.raw_rates["postgres_batched"] = rate
+            self.add(Figure("raw", f"PostgreSQL insert, {batch} rows/tx", rate, "rows/s", load()))
+            messages = pool.messages(self.registry, scratch.prefix, plan.raw_messages)
+            rate = await raw.redis_xadd(settings, messages)
+            self.raw_rates["redis"] = rate
+            self.add(
+                Figure("raw", f"Redis pipelined XADD ({batch}/pipeline)", rate, "msg/s", load())
+            )
+            rate = await raw.kafka_produce(settings, messages)
+            self.raw_rates["kafka"] = rate
+            self.add(
+                Figure("raw", "Kafka produce (relay's producer settings)", rate, "msg/s", load())
+            )
+            combined = 1 / (1 / self.raw_rates["redis"] + 1 / self.raw_rates["kafka"])
+            self.raw_rates["both"] = combined
+            self.add(Figure("raw", "Redis + Kafka combined 1/(1/R+1/K)", combined, "msg/s", load()))
+        finally:
+            await self.release(scratch)
+
+    def _settings_values(self) -> dict[str, Any]:
+        return {k.removeprefix(ENV_PREFIX).lower(): v for k, v in self.overrides.items()}
+
+    async def relay_section(self) -> None:
+        template = await self.scratch("fill")
+        conn = await template.connect()
+        try:
+            seconds = await fill_outbox(conn, self.pool, self.plan.outbox_rows)
+            rows = await conn.fetchval("SELECT count(*) FROM flowproof_outbox")
+        finally:
+            await conn.close()
+        self.results.details["outbox_fill"] = {"rows": rows, "seconds": round(seconds, 1)}
+        print(f"  outbox pre-filled with {rows:,} rows in {seconds:.1f} s", flush=True)
+        for mode, label in (
+            ("redis", "Redis only"),
+            ("kafka", "Kafka only"),
+            ("redis,kafka", "both"),
+        ):
+            scratch = await self.scratch("relay", template=template.db_name)
+            run = await relay_throughput(
+                scratch,
+                mode,
+                timeout=self.plan.relay_timeout,
+                extra_env=self.overrides,
+                profile=self._profile(f"relay-{mode.replace(',', '+')}"),
+            )
+            self.relay[mode] = run
+            raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
+            target = ">= 20000; ratio >= 0.8" if mode == "redis,kafka" else None
+            note = f"{run.events:,} events in {run.seconds:.1f} s"
+            if run.seconds < 30:
+                note += " (under 30 s)"
+            self.add(
+                Figure(
+                    "relay",
+                    f"relay -> {label}",
+                    run.rate,
+                    "ev/s",
+                    run.load,
+                    raw=self.raw_rates.get(raw_key),
+                    raw_name=f"raw {raw_key}",
+                    target=target,
+                    note=note,
+                )
+            )
+            self.results.details[f"relay_{mode}"] = as_dict(run)
+            if mode == "redis,kafka" and "consumers" in self.only:
+                self.filled_streams = scratch
+            else:
+                await self.release(scratch)
+        self.add(
+            Figure(
+                "memory",
+                "relay peak RSS",
+                max(r.peak_rss for r in self.relay.values()) / MB,
+                "MB",
+                load(),
+                target="<= 200",
+            )
+        )
+        await self.release(template)
+
+    async def consumers_section(self) -> None:
+        scratch = self.filled_streams
+        if scratch is None:
+            raise SystemExit("the consumers benchmark reads what the relay benchmark published")
+        events = self.relay["redis,kafka"].events
+        for sink in ("redis", "kafka"):
+            run = await consumer_throughput(
+                scratch,
+                sink,
+                events,
+                timeout=self.plan.relay_timeout,
+                extra_env=self.overrides,
+                profile=self._profile(f"consume-{sink}"),
+            )
+            self.consumers[sink] = run
+            self.results.details[f"consumer_{sink}"] = as_dict(run)
+            self.add(
+                Figure(
+                    "consumers",
+                    f"consumer {sink} incl. receipts",
+                    run.rate,
+                    "ev/s",
+                    run.load,
+                    note=f"{run.events:,} events in {run.seconds:.1f} s",
+                )
+            )
+        for sink, run in self.consumers.items():
+            self.add(
+                Figure(
+                    "memory",
+                    f"consumer {sink} peak RSS",
+                    run.peak_rss / MB,
+                    "MB",
+                    run.load,
+                    target="<= 150",
+                )
+            )
+        await self.release(scratch)
+
+    def pipeline_max(self) -> float | None:
+        rates = [r.rate for r in self.consumers.values()]
+        if "redis,kafka" in self.relay:
+            rates.append(self.relay["redis,kafka"].rate)
+        return min(rates) if rates else None
+
+    async def latency_section(self) -> None:
+        scratch = await self.scratch("latency")
+        pipeline = Pipeline(scratch, self.pool, self.overrides)
+        try:
+            await pipeline.start()
+            rates: list[tuple[str, float]] = [("1000/s", 1000.0)]
+            maximum = self.pipeline_max()
+            if maximum is not None:
+                rates.append((f"50% of max ({maximum / 2:,.0f}/s)", maximum / 2))
+            for label, rate in rates:
+                run = await pipeline.latency(rate, self.plan.latency_seconds)
+                self.record_latency(label, run)
+            peaks = pipeline.peak_rss()
+            self.results.details["latency_peak_rss_mb"] = {
+                k: round(v / MB, 1) for k, v in peaks.items()
+            }
+        finally:
+            await pipeline.stop()
+            await self.release(scratch)
+
+    def record_latency(self, label: str, run: LatencyRun) -> None:
+        self.results.details[f"latency {label}"] = as_dict(run)
+        for sink, stats in run.per_sink.items():
+            target = None
+            if label == "1000/s":
+                target = "<= 10" if sink == "redis" else "<= 25"
+            note = f"p50 {stats['p50'] * 1000:.1f} p95 {stats['p95'] * 1000:.1f} max {stats['max'] * 1000:.1f} ms; achieved {run.achieved:,.0f}/s"
+            if stats["missing"]:
+                note += f"; {stats['missing']} not received"
+            self.add(
+                Figure(
+                    "latency",
+                    f"e2e p99 {sink} @ {label}",
+                    stats["p99"] * 1000,
+                    "ms",
+                    run.load,
+                    target=target,
+                    note=note,
+                )
+            )
+
+    async def verifier_section(self) -> None:
+        scratch = await self.scratch("verifier")
+        try:
+            run: VerifierRun = await verifier_evaluation(
+                scratch, self.plan.verifier_events, self.plan.verifier_runs
+            )
+        finally:
+            await self.release(scratch)
+        self.results.details["verifier"] = as_dict(run)
+        best = min(run.evaluations)
+        target = "<= 2" if run.events >= 1_000_000 else None
+        self.add(
+            Figure(
+                "verifier",
+                f"evaluation over {run.events:,} rows",
+                best,
+                "s",
+                run.load,
+                target=target,
+                note=f"{run.receipts:,} receipts; runs {', '.join(f'{x:.2f}' for x in run.evaluations)} s",
+            )
+        )
+        self.add(Figure("memory", "verifier peak RSS", run.peak_rss / MB, "MB", run.load))
+
+
+def render_one(figure: Figure) -> str:
+    value = "n/a" if math.isnan(figure.value) else f"{figure.value:,.1f} {figure.unit}"
+    extra = f" ratio {figure.ratio:.2f}" if figure.ratio is not None else ""
+    met = "" if figure.met is None else (" [target met]" if figure.met else " [TARGET MISSED]")
+    return f"{figure.name}: {value}{extra}{met} (load {figure.load:.2f}) {figure.note}"
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs, under two minutes")
+    parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="FLOWPROOF_X=V",
+        help="setting for every flowproof process",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy profiles of relay and consumers go here"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="JSON results (default bench/results/latest.json)"
+    )
+    args = parser.parse_args()
+    configure_logging("warning", "console")
+    bench = Bench(args)
+    output = args.output or RESULTS / ("latest-quick.json" if args.quick else "latest.json")
+    try:
+        await bench.run()
+    finally:
+        print()
+        print(render(bench.results))
+        bench.results.write(output)
+        print(f"\nwritten to {output} ({bench.results.seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

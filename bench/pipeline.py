@@ -1,0 +1,352 @@
+"""flowproof's own figures: relay throughput, consumer throughput, end-to-end latency.
+
+Every component runs as a real `flowproof` subprocess (relay, `consume --sink S`) against its
+scratch database, stream and topic names, so the figures include process start-up costs only
+where a user would pay them, and the peak RSS is the process's own (VmHWM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from bench.payloads import Pool, Row
+from bench.procs import Flowproof
+from bench.scratch import Scratch, Services
+
+AGGREGATE_TYPE = "order"
+PARTITIONS = 3  # the devstack broker's num.partitions; what auto-creation would give
+
+INSERT_RETURNING = """
+INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+RETURNING id
+"""
+
+
+async def create_topic(services: Services, prefix: str) -> None:
+    """The benchmark's topic, made beforehand as a deployment would (not timed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{prefix}{AGGREGATE_TYPE}", PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values (nearest rank)."""
+    if not ordered:
+        return math.nan
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def load() -> float:
+    """The 1-minute load average: other work on the machine skews every figure."""
+    return round(os.getloadavg()[0], 2)
+
+
+# --- relay ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RelayRun:
+    mode: str
+    events: int
+    rate: float  # events/s delivered to every sink of the mode
+    per_sink: dict[str, float]
+    seconds: float
+    peak_rss: int
+    load: float
+
+
+async def _nothing_pending(conn: asyncpg.Connection, sink: str) -> bool:
+    row = await conn.fetchval(
+        f"SELECT 1 FROM flowproof_outbox WHERE {sink}_published_at IS NULL "
+        f"AND {sink}_parked_reason IS NULL LIMIT 1"
+    )
+    return row is None
+
+
+async def relay_throughput(
+    scratch: Scratch,
+    mode: str,
+    *,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+    profile: Path | None = None,
+) -> RelayRun:
+    """Run `flowproof relay` with FLOWPROOF_SINKS=`mode` over the pre-filled outbox until it is
+    drained; the rate is events / (last published_at - first published_at) over the mode's sinks."""
+    sinks = mode.split(",")
+    if "kafka" in sinks:
+        await create_topic(scratch.services, scratch.prefix)
+    env = scratch.env(FLOWPROOF_SINKS=mode, **(extra_env or {}))
+    relay = Flowproof(f"relay-{mode}", ["relay"], env, profile=profile)
+    conn = await scratch.connect()
+    load_before = load()
+    try:
+        await relay.start(sample_every=1.0)
+        deadline = time.monotonic() + timeout
+        for sink in sinks:
+            while not await _nothing_pending(conn, sink):
+                relay.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"relay ({mode}) did not drain the outbox in {timeout} s")
+                await asyncio.sleep(0.5)
+        await relay.stop()
+        per_sink: dict[str, float] = {}
+        first: list[dt.datetime] = []
+        last: list[dt.datetime] = []
+        events = 0
+        for sink in sinks:
+            count, low, high = await conn.fetchrow(
+                f"SELECT count(*), min({sink}_published_at), max({sink}_published_at) "
+                "FROM flowproof_outbox"
+            )
+            events = count
+            per_sink[sink] = count / max((high - low).total_seconds(), 1e-6)
+            first.append(low)
+            last.append(high)
+        seconds = (max(last) - min(first)).total_seconds()
+        return RelayRun(
+            mode=mode,
+            events=events,
+            rate=events / max(seconds, 1e-6),
+            per_sink=per_sink,
+            seconds=seconds,
+            peak_rss=relay.peak_rss,
+            load=max(load_before, load()),
+        )
+    finally:
+        if relay.process is not None and relay.process.returncode is None:
+            await relay.stop()
+        relay.remove_log()
+        await conn.close()
+
+
+# --- consumers --------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsumerRun:
+    sink: str
+    events: int
+    rate: float
+    seconds: float
+    peak_rss: int
+    load: float
+
+
+async def consumer_throughput(
+    scratch: Scratch,
+    sink: str,
+    events: int,
+    *,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
+    profile: Path | None = None,
+) -> ConsumerRun:
+    """`flowproof consume --sink S` over a stream/topic already holding `events` messages, until
+    each has its receipt; rate = receipts / (last - first received_at)."""
+    conn = await scratch.connect()
+    before = await conn.fetchval("SELECT coalesce(max(receipt_id), 0) FROM flowproof_receipts")
+    consumer = Flowproof(
+        f"consume-{sink}",
+        ["consume", "--sink", sink, "--group", f"bench-{sink}"],
+        scratch.env(**(extra_env or {})),
+        profile=profile,
+    )
+    load_before = load()
+    try:
+        await consumer.start(sample_every=1.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = await conn.fetchval(
+                "SELECT coalesce(max(receipt_id), 0) FROM flowproof_receipts"
+            )
+            if done - before >= events:
+                break
+            consumer.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"consumer {sink}: {done - before} of {events} receipts")
+            await asyncio.sleep(0.5)
+        await consumer.stop()
+        count, low, high = await conn.fetchrow(
+            "SELECT count(*), min(received_at), max(received_at) FROM flowproof_receipts "
+            "WHERE sink = $1",
+            sink,
+        )
+        seconds = (high - low).total_seconds()
+        return ConsumerRun(
+            sink=sink,
+            events=count,
+            rate=count / max(seconds, 1e-6),
+            seconds=seconds,
+            peak_rss=consumer.peak_rss,
+            load=max(load_before, load()),
+        )
+    finally:
+        if consumer.process is not None and consumer.process.returncode is None:
+            await consumer.stop()
+        consumer.remove_log()
+        await conn.close()
+
+
+# --- end-to-end latency -----------------------------------------------------------------------
+
+
+@dataclass
+class LatencyRun:
+    rate: float  # asked for
+    achieved: float  # events/s actually committed
+    seconds: float
+    events: int
+    per_sink: dict[str, dict[str, float]]  # sink -> p50, p95, p99, max (seconds), missing
+    load: float
+
+
+@dataclass
+class Emitter:
+    """Inserts the pool's events at a steady rate by plain SQL, remembering each commit time."""
+
+    conn: asyncpg.Connection
+    rows: Iterator[Row]
+    committed: dict[uuid.UUID, float] = field(default_factory=dict)
+
+    async def run(self, rate: float, seconds: float, tick: float = 0.005) -> int:
+        emitted = 0
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate) - emitted
+            if due > 0:
+                chunk = [next(self.rows) for _ in range(due)]
+                ids = await self.conn.fetch(
+                    INSERT_RETURNING,
+                    [r.aggregatetype for r in chunk],
+                    [r.aggregateid for r in chunk],
+                    [r.type for r in chunk],
+                    [r.payload for r in chunk],
+                )
+                now = time.time()  # the statement committed (autocommit) when it returned
+                for record in ids:
+                    self.committed[record["id"]] = now
+                emitted += due
+            await asyncio.sleep(tick)
+        return emitted
+
+
+class Pipeline:
+    """Relay and one consumer per sink, running on one scratch place."""
+
+    def __init__(
+        self, scratch: Scratch, pool: Pool, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.scratch = scratch
+        env = scratch.env(**(extra_env or {}))
+        self.relay = Flowproof("relay", ["relay"], env)
+        self.consumers = {
+            sink: Flowproof(f"consume-{sink}", ["consume", "--sink", sink], env)
+            for sink in ("redis", "kafka")
+        }
+        self.rows = pool.cycle()
+        self.conn: asyncpg.Connection | None = None
+
+    @property
+    def processes(self) -> list[Flowproof]:
+        return [self.relay, *self.consumers.values()]
+
+    async def start(self, sample_every: float = 1.0) -> None:
+        await create_topic(self.scratch.services, self.scratch.prefix)
+        self.conn = await self.scratch.connect()
+        for process in self.processes:
+            await process.start(sample_every=sample_every)
+        # Warm-up (not measured): topics and groups exist, every process has done its first batch.
+        emitter = Emitter(self.conn, self.rows)
+        await emitter.run(rate=200, seconds=0.5)
+        await self.wait_for_receipts(emitter.committed, timeout=60)
+
+    async def stop(self) -> None:
+        for process in self.processes:
+            if process.process is not None:
+                await process.stop()
+            process.remove_log()
+        if self.conn is not None:
+            await self.conn.close()
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            process.check_alive()
+
+    async def wait_for_receipts(self, committed: dict[uuid.UUID, float], timeout: float) -> None:
+        assert self.conn is not None
+        deadline = time.monotonic() + timeout
+        ids = list(committed)
+        while True:
+            found = await self.conn.fetchval(
+                "SELECT count(DISTINCT (event_id, sink)) FROM flowproof_receipts "
+                "WHERE event_id = ANY($1::uuid[])",
+                ids,
+            )
+            if found >= 2 * len(ids):
+                return
+            self.check_alive()
+            if time.monotonic() > deadline:
+                return  # the missing ones are reported as missing
+            await asyncio.sleep(0.5)
+
+    async def latency(self, rate: float, seconds: float) -> LatencyRun:
+        """Emit at `rate` for `seconds`; commit-to-receipt latency per sink."""
+        assert self.conn is not None
+        load_before = load()
+        emitter = Emitter(self.conn, self.rows)
+        started = time.monotonic()
+        emitted = await emitter.run(rate=rate, seconds=seconds)
+        elapsed = time.monotonic() - started
+        await self.wait_for_receipts(emitter.committed, timeout=max(30.0, seconds))
+        records = await self.conn.fetch(
+            "SELECT event_id, sink, extract(epoch FROM min(received_at))::float8 AS at "
+            "FROM flowproof_receipts WHERE event_id = ANY($1::uuid[]) GROUP BY 1, 2",
+            list(emitter.committed),
+        )
+        per_sink: dict[str, dict[str, float]] = {}
+        for sink in ("redis", "kafka"):
+            values = sorted(
+                r["at"] - emitter.committed[r["event_id"]] for r in records if r["sink"] == sink
+            )
+            per_sink[sink] = {
+                "p50": quantile(values, 0.50),
+                "p95": quantile(values, 0.95),
+                "p99": quantile(values, 0.99),
+                "max": values[-1] if values else math.nan,
+                "received": len(values),
+                "missing": emitted - len(values),
+            }
+        return LatencyRun(
+            rate=rate,
+            achieved=emitted / elapsed,
+            seconds=elapsed,
+            events=emitted,
+            per_sink=per_sink,
+            load=max(load_before, load()),
+        )
+
+    def peak_rss(self) -> dict[str, int]:
+        for process in self.processes:
+            process.read_memory()
+        return {p.name: p.peak_rss for p in self.processes}
+
+
+def as_dict(run: Any) -> dict[str, Any]:
+    return dict(vars(run))

@@ -1,0 +1,120 @@
+"""Raw limits of the dependencies, from Python, with the payloads and settings of the relay.
+
+- PostgreSQL: outbox rows inserted in single-row transactions from several connections, and in
+  batches (one multi-row INSERT per relay batch) from one connection.
+- Redis: pipelined XADD of the relay's exact messages (fields and framed Avro), one pipeline per
+  relay batch, on a client made like the relay's (redis-py with hiredis).
+- Kafka: aiokafka producer with the relay's very settings (`publisher.kafka_sink.producer_options`:
+  idempotent, acks=all, its linger and batch size), the relay's messages with key and headers,
+  one relay batch sent then awaited at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from itertools import islice
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from bench.payloads import INSERT_ROWS, Pool, Row
+from bench.scratch import Scratch
+from flowproof.config import Settings
+from flowproof.connect import redis_client
+from publisher.encoding import Message
+from publisher.kafka_sink import producer_options
+from schemas.envelope import PAYLOAD_FIELD
+
+SINGLE_ROW = """
+INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)
+VALUES ($1, $2, $3, $4::jsonb)
+"""
+
+
+def batches(items: Sequence[Message], size: int) -> list[Sequence[Message]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def postgres_single_rows(
+    scratch: Scratch, pool: Pool, connections: int, seconds: float
+) -> float:
+    """Rows/s, each INSERT its own transaction (autocommit), `connections` writers at once."""
+    rows = pool.cycle()
+    stop_at = time.monotonic() + seconds
+    conns = [await scratch.connect() for _ in range(connections)]
+
+    async def writer(conn: asyncpg.Connection, index: int) -> int:
+        done = 0
+        while time.monotonic() < stop_at:
+            row: Row = next(rows)  # the writers share one sequence of rows
+            await conn.execute(
+                SINGLE_ROW, row.aggregatetype, f"{row.aggregateid}.w{index}", row.type, row.payload
+            )
+            done += 1
+        return done
+
+    try:
+        started = time.monotonic()
+        counts = await asyncio.gather(*(writer(c, i) for i, c in enumerate(conns)))
+        elapsed = time.monotonic() - started
+    finally:
+        for conn in conns:
+            await conn.close()
+    return sum(counts) / elapsed
+
+
+async def postgres_batched(scratch: Scratch, pool: Pool, batch: int, seconds: float) -> float:
+    """Rows/s, one multi-row INSERT (a transaction) of `batch` rows at a time, one connection."""
+    rows = pool.cycle()
+    conn = await scratch.connect()
+    try:
+        done = 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            chunk = list(islice(rows, batch))
+            await conn.execute(INSERT_ROWS, *pool.columns(chunk))
+            done += len(chunk)
+        return done / (time.monotonic() - started)
+    finally:
+        await conn.close()
+
+
+async def redis_xadd(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of pipelined XADD, one pipeline per relay batch, each awaited in turn."""
+    client = redis_client(settings)
+    try:
+        await client.ping()
+        started = time.monotonic()
+        for chunk in batches(messages, settings.relay_batch_size):
+            pipe = client.pipeline(transaction=False)
+            for message in chunk:
+                fields = {**message.fields, PAYLOAD_FIELD: message.value}
+                pipe.xadd(message.destination, fields)  # type: ignore[arg-type]
+            await pipe.execute()
+        return len(messages) / (time.monotonic() - started)
+    finally:
+        await client.aclose()
+
+
+async def kafka_produce(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of the relay's producer settings, one relay batch sent, then awaited."""
+    producer = AIOKafkaProducer(**producer_options(settings))
+    await producer.start()
+    try:
+        first = messages[0]
+        # Outside the clock: the topic is created (auto-creation) and its metadata fetched.
+        await producer.send_and_wait(first.destination, value=first.value, key=first.key)
+        started = time.monotonic()
+        for chunk in batches(messages, settings.relay_batch_size):
+            futures = [
+                await producer.send(
+                    m.destination, value=m.value, key=m.key, headers=list(m.fields.items())
+                )
+                for m in chunk
+            ]
+            await asyncio.gather(*futures)
+        return len(messages) / (time.monotonic() - started)
+    finally:
+        await producer.stop()
