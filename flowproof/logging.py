@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 
@@ -43,17 +43,33 @@ def redact_secrets(
     return {key: _scrub_value(value) for key, value in event_dict.items()}
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of writing.
+
+    Binding the stream at configure time breaks when stderr is replaced later (test runners,
+    CliRunner) and the bound object is closed.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
 ) -> None:
     """Configure structlog for the whole process; safe to call more than once."""
-    out = stream if stream is not None else sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    probe = stream if stream is not None else sys.stderr
+    tty = probe.isatty()
+    use_json = fmt == "json" or (fmt == "auto" and not tty)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        else structlog.dev.ConsoleRenderer(colors=tty)
     )
+    out = stream if stream is not None else cast(TextIO, _CurrentStderr())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
