@@ -70,6 +70,7 @@ def configure_logging(
         else structlog.dev.ConsoleRenderer(colors=tty)
     )
     out = stream if stream is not None else cast(TextIO, _CurrentStderr())
+    _route_standard_logging(_LEVELS[level], renderer, out)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -83,6 +84,40 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+def _module_from_logger_name(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["module"] = record.name
+    return event_dict
+
+
+def _route_standard_logging(level: int, renderer: structlog.typing.Processor, out: TextIO) -> None:
+    """Send the standard-library logs of the drivers (aiokafka, asyncpg) through the same
+    renderer and secret scrubbing, so that every line is JSON (or readable) and redacted."""
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                _module_from_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_secrets,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # Drivers are chatty at INFO; their warnings and errors are what an operator needs.
+    root.setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -171,3 +171,22 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(ValueError):
         settings.sinks = ("redis",)  # type: ignore[misc]
+
+
+def test_driver_log_lines_are_rendered_and_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    try:
+        logging.getLogger("aiokafka.conn").warning(
+            "cannot connect to %s", "redis://user:Driver-Secret-3@r:6379/0"
+        )
+        logging.getLogger("aiokafka.conn").info("chatter below WARNING is dropped")
+    finally:
+        configure_logging("info", "json")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 1
+    assert lines[0]["module"] == "aiokafka.conn"
+    assert lines[0]["level"] == "warning"
+    assert lines[0]["event"] == "cannot connect to redis://user:***@r:6379/0"
