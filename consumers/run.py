@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from consumers.app import Consumer
 from consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
@@ -23,6 +24,7 @@ from flowproof.config import Settings, Sink
 from flowproof.connect import (
     create_postgres_pool,
     kafka_client_kwargs,
+    kafka_refusal,
     ping_redis,
     redis_client,
 )
@@ -122,11 +124,17 @@ async def _consume_kafka(
         **common, client_id=f"{options.name}-dlq", acks="all", enable_idempotence=True
     )
     try:
-        await _start_kafka(kafka, producer)
+        await _start_kafka(kafka, producer, settings)
         dead_letters: DeadLetterSink = KafkaDeadLetters(producer, options)
         committer = BatchCommitter(options, writer, dead_letters, stop)
         consumer = KafkaConsumer(kafka, Processor(app, options), committer, options)
-        await consumer.run(stop, drain=drain)
+        try:
+            await consumer.run(stop, drain=drain)
+        except KafkaError as exc:
+            refusal = kafka_refusal(exc, settings)
+            if refusal is None:
+                raise
+            raise refusal from None
         return committer.stats
     finally:
         # stop() leaves the group at once, so the partitions move without a session timeout.
@@ -134,11 +142,16 @@ async def _consume_kafka(
         await producer.stop()
 
 
-async def _start_kafka(kafka: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+async def _start_kafka(
+    kafka: AIOKafkaConsumer, producer: AIOKafkaProducer, settings: Settings
+) -> None:
     try:
         await kafka.start()
         await producer.start()
     except Exception as exc:  # aiokafka raises many unrelated types on connect
+        refusal = kafka_refusal(exc, settings)
+        if refusal is not None:
+            raise refusal from None
         raise ComponentUnreachable("kafka", scrub(str(exc)) or type(exc).__name__) from None
 
 

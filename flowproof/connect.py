@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable
+from flowproof.errors import ComponentUnreachable, ConfigError
 from flowproof.redact import scrub
 
 CONNECT_TIMEOUT = 10.0
@@ -94,6 +94,29 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
         password = settings.kafka_sasl_password
         kwargs["sasl_plain_password"] = password.get_secret_value() if password else None
     return kwargs
+
+
+_KAFKA_REFUSALS = (
+    "ClusterAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
+    "TopicAuthorizationFailedError",
+    "TransactionalIdAuthorizationFailed",
+)
+
+
+def kafka_refusal(exc: BaseException, settings: Settings) -> ConfigError | None:
+    """A ConfigError naming the user when Kafka refused on its ACLs, else None.
+
+    A refusal is not an unreachable broker: the fix is a grant, so it is reported as the
+    configuration problem it is (exit 2), not retried.
+    """
+    if type(exc).__name__ not in _KAFKA_REFUSALS:
+        return None
+    user = settings.kafka_sasl_username or "the anonymous user"
+    return ConfigError(
+        f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {type(exc).__name__}: "
+        f"{scrub(str(exc))}; grant the ACLs listed in README.md (Security)"
+    )
 
 
 async def ping_kafka(settings: Settings) -> None:
