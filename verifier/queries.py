@@ -1,7 +1,7 @@
 """The verifier's named SQL queries (`verifier/sql/*.sql`), rendered for a table and a sink.
 
-`{{outbox}}` stands for the configured outbox table, `{{sink}}` for a sink name (both validated
-before they get here) and `{{sampled}}` for the receipt-sampling predicate on the outbox id.
+`{{outbox}}` stands for the configured outbox table and `{{sink}}` for a sink name (both
+validated before they get here).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from importlib import resources
 
 from flowproof.config import SINK_NAMES
 from flowproof.identifiers import validate_sql_identifier
-from flowproof.sampling import sql_predicate
 
 
 @lru_cache(maxsize=64)
@@ -27,5 +26,4 @@ def query(name: str, outbox: str, sink: str | None = None) -> str:
         if sink not in SINK_NAMES:
             raise ValueError(f"query {name} needs a sink, got {sink!r}")
         sql = sql.replace("{{sink}}", sink)
-    # The flow query binds the sampling threshold as $4.
-    return sql.replace("{{sampled}}", sql_predicate("o.id", "$4"))
+    return sql
