@@ -8,8 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_ENV := .devstack/env
 PYTEST_ARGS ?=
+ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status test lint demo clean
+.PHONY: help install stack-up stack-down stack-status test faults lint demo clean bench bench-quick soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,6 +34,18 @@ stack-status: ## say what runs where
 
 test: stack-up ## start the stack, run the whole test suite (the stack stays up for reruns)
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest $(PYTEST_ARGS)
+
+faults: stack-up ## every fault scenario (tests/faults; `make test` runs the fast ones), then the fault table
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest -m "" tests/faults $(PYTEST_ARGS)
+
+bench: stack-up ## benchmarks beside the raw limits of this machine: a table and bench/results/latest.json
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench $(ARGS)
+
+bench-quick: stack-up ## make bench ARGS=--quick: the same benchmarks, smaller
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --quick $(ARGS)
+
+soak: stack-up ## the whole pipeline 10 min at half the measured maximum: RSS and latency over time (not CI)
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench.soak $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

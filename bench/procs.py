@@ -21,6 +21,16 @@ from pathlib import Path
 MB = 1024 * 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of the whole line; 12 and 13 after "(comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM of `pid` in bytes (empty when the process is gone)."""
     found: dict[str, int] = {}
@@ -48,6 +58,7 @@ class Flowproof:
         self.process: asyncio.subprocess.Process | None = None
         self._profiler: asyncio.subprocess.Process | None = None
         self.peak_rss = 0
+        self.cpu = 0.0  # CPU seconds used, read just before it is stopped
         self.samples: list[tuple[float, int]] = []
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open while it runs
             prefix=f"flowproof-bench-{name}-", suffix=".log", delete=False
@@ -117,9 +128,10 @@ class Flowproof:
         assert self.process is not None
         if self.process.returncode is None:
             self.read_memory()
+            self.cpu = cpu_seconds(self.pid)
             self.process.send_signal(signal.SIGTERM)
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(within):
                     await self.process.wait()
             except TimeoutError:
                 self.process.kill()
@@ -150,7 +162,7 @@ def run_once(args: list[str], env: dict[str, str], within: float) -> tuple[int, 
             [sys.executable, "-m", "flowproof", *args], env=env, stdout=subprocess.PIPE, stderr=err
         )
         assert child.stdout is not None
-        killer = threading.Timer(timeout, child.kill)
+        killer = threading.Timer(within, child.kill)
         killer.start()
         try:
             out = child.stdout.read()
@@ -159,7 +171,7 @@ def run_once(args: list[str], env: dict[str, str], within: float) -> tuple[int, 
             killer.cancel()
         child.returncode = os.waitstatus_to_exitcode(status)
         if child.returncode == -signal.SIGKILL:
-            raise TimeoutError(f"flowproof {' '.join(args)} took longer than {timeout} s")
+            raise TimeoutError(f"flowproof {' '.join(args)} took longer than {within} s")
         err.seek(0)
         tail = "\n".join(err.read().decode(errors="replace").splitlines()[-30:])
     return child.returncode, out, usage.ru_maxrss * 1024, tail

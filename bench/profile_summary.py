@@ -1,6 +1,6 @@
 """Summarise a py-spy profile in collapsed-stack form (`--format raw`, what `--profile` writes).
 
-    .venv/bin/python -m bench.profile_summary bench/results/profiles/relay-redis,kafka.txt [--top 25]
+    .venv/bin/python -m bench.profile_summary /tmp/prof/relay-redis+kafka.txt [--top 25]
 
 Prints the functions with the most samples on the CPU themselves (self) and with the most samples
 anywhere on the stack (inclusive), as shares of all samples.

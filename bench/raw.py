@@ -3,21 +3,28 @@
 - PostgreSQL: outbox rows inserted in single-row transactions from several connections, and in
   batches (one multi-row INSERT per relay batch) from one connection.
 - Redis: pipelined XADD of the relay's exact messages (fields and framed Avro), one pipeline per
-  relay batch, on a client made like the relay's (redis-py with hiredis).
+  relay batch, on a client made like the relay's (redis-py with hiredis): through redis-py's
+  `pipeline()`, and packed by hiredis and written to a pooled connection at once (what the relay
+  does). The raw limit is the faster of the two.
 - Kafka: aiokafka producer with the relay's very settings (`publisher.kafka_sink.producer_options`:
   idempotent, acks=all, its linger and batch size), the relay's messages with key and headers,
-  one relay batch sent then awaited at a time.
+  one relay batch sent then awaited at a time: `send()` per message, and one `send_batch()` per
+  partition (what the relay does). The raw limit is the faster of the two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Sequence
 from itertools import islice
 
 import asyncpg
+import hiredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bench.payloads import INSERT_ROWS, Pool, Row
 from bench.scratch import Scratch
@@ -81,8 +88,8 @@ async def postgres_batched(scratch: Scratch, pool: Pool, batch: int, seconds: fl
         await conn.close()
 
 
-async def redis_xadd(settings: Settings, messages: Sequence[Message]) -> float:
-    """Messages/s of pipelined XADD, one pipeline per relay batch, each awaited in turn."""
+async def redis_pipeline(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of redis-py's pipeline of XADD, one per relay batch, each awaited in turn."""
     client = redis_client(settings)
     try:
         await client.ping()
@@ -98,14 +105,40 @@ async def redis_xadd(settings: Settings, messages: Sequence[Message]) -> float:
         await client.aclose()
 
 
-async def kafka_produce(settings: Settings, messages: Sequence[Message]) -> float:
-    """Messages/s of the relay's producer settings, one relay batch sent, then awaited."""
+async def redis_packed(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of XADDs packed by hiredis and written at once, a relay batch at a time."""
+    client = redis_client(settings)
+    pool = client.connection_pool
+    try:
+        await client.ping()
+        started = time.monotonic()
+        for chunk in batches(messages, settings.relay_batch_size):
+            commands = []
+            for m in chunk:
+                args: list[str | bytes] = ["XADD", m.destination, "*"]
+                for name, value in m.fields.items():
+                    args += [name, value]
+                args += [PAYLOAD_FIELD, m.value]
+                commands.append(hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.send_packed_command(b"".join(commands))
+                async with asyncio.timeout(settings.relay_sink_timeout_seconds):
+                    for _ in chunk:
+                        await conn.read_response(timeout=math.inf)
+            finally:
+                await pool.release(conn)
+        return len(messages) / (time.monotonic() - started)
+    finally:
+        await client.aclose()
+
+
+async def kafka_send(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of `send()` per message, a relay batch sent, then awaited."""
     producer = AIOKafkaProducer(**producer_options(settings))
     await producer.start()
     try:
-        first = messages[0]
-        # Outside the clock: the topic is created (auto-creation) and its metadata fetched.
-        await producer.send_and_wait(first.destination, value=first.value, key=first.key)
+        await _create(producer, messages[0])
         started = time.monotonic()
         for chunk in batches(messages, settings.relay_batch_size):
             futures = [
@@ -118,3 +151,39 @@ async def kafka_produce(settings: Settings, messages: Sequence[Message]) -> floa
         return len(messages) / (time.monotonic() - started)
     finally:
         await producer.stop()
+
+
+async def kafka_send_batch(settings: Settings, messages: Sequence[Message]) -> float:
+    """Messages/s of one closed `send_batch()` per partition of a relay batch, then awaited."""
+    producer = AIOKafkaProducer(**producer_options(settings))
+    await producer.start()
+    try:
+        await _create(producer, messages[0])
+        started = time.monotonic()
+        for chunk in batches(messages, settings.relay_batch_size):
+            builders: dict[tuple[str, int], list[BatchBuilder]] = {}
+            for m in chunk:
+                partitions = sorted(await producer.partitions_for(m.destination))
+                partition = partitions[(murmur2(m.key) & 0x7FFFFFFF) % len(partitions)]
+                batch = builders.get((m.destination, partition))
+                if batch is None:
+                    batch = builders[(m.destination, partition)] = [producer.create_batch()]
+                headers = list(m.fields.items())
+                record = {"timestamp": None, "key": m.key, "value": m.value, "headers": headers}
+                if batch[-1].append(**record) is None:  # full: a new record batch
+                    batch.append(producer.create_batch())
+                    batch[-1].append(**record)
+            futures = []
+            for (topic, partition), batch in builders.items():
+                for builder in batch:
+                    builder.close()  # sent at once, not after the linger
+                    futures.append(await producer.send_batch(builder, topic, partition=partition))
+            await asyncio.gather(*futures)
+        return len(messages) / (time.monotonic() - started)
+    finally:
+        await producer.stop()
+
+
+async def _create(producer: AIOKafkaProducer, first: Message) -> None:
+    # Outside the clock: the topic is created (auto-creation) and its metadata fetched.
+    await producer.send_and_wait(first.destination, value=first.value, key=first.key)

@@ -31,7 +31,6 @@ LIBRARIES = (
     "pydantic",
     "prometheus-client",
     "structlog",
-    "uvloop",
 )
 
 
@@ -152,6 +151,9 @@ def render(results: Results) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {f.name}: {f.note}" for f in results.figures if f.note]
+    if notes:
+        lines += ["", "notes:", *notes]
     return "\n".join(lines)
 
 

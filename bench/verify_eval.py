@@ -7,18 +7,21 @@ created over the last 50 minutes and published to both sinks, a receipt per even
 lost, duplicated and reordered events; then times full evaluations (PostgreSQL, Redis and Kafka
 all read; the streams and topics are empty under a scratch prefix) and prints the numbers.
 
-    .venv/bin/python bench/verify_eval.py [--events 1000000] [--runs 3]
+    .venv/bin/python -m bench.verify_eval [--events 1000000] [--runs 3] [--sample-ratio 0.1]
+
+(As a module: run as a script, bench/verifier.py would shadow the verifier package.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -117,11 +120,16 @@ async def breakdown(settings: Settings) -> None:
 
 
 class _OneConnection:
-    """The two pool methods the checks use, on one connection."""
+    """The pool methods the checks use, on one connection."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.fetchrow = conn.fetchrow
         self.fetch = conn.fetch
+        self._conn = conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self._conn
 
 
 async def main() -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from flowproof.config import Settings, Sink
+from flowproof.errors import ConfigError
 from flowproof.identifiers import validate_group_name
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
@@ -45,10 +46,15 @@ class ConsumerOptions:
     def from_settings(
         cls, settings: Settings, *, sink: Sink, group: str | None = None, **overrides: Any
     ) -> ConsumerOptions:
-        """The options of a consumer of `sink` in `group` (default FLOWPROOF_CONSUMER_GROUP)."""
+        """The options of a consumer of `sink` in `group` (default FLOWPROOF_CONSUMER_GROUP);
+        ConfigError for a group name Redis and Kafka should not get."""
+        try:
+            group_name = validate_group_name(group or settings.consumer_group)
+        except ValueError as exc:
+            raise ConfigError(f"group: {exc}") from None
         options = cls(
             sink=sink,
-            group=validate_group_name(group or settings.consumer_group),
+            group=group_name,
             name=settings.consumer_name or default_consumer_name(),
             prefix=settings.stream_prefix if sink == "redis" else settings.topic_prefix,
             aggregatetypes=settings.consumer_aggregatetypes,

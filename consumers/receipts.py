@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
+from operator import attrgetter
 
 import asyncpg
 
@@ -53,25 +54,53 @@ class Receipt:
 
 
 COLUMNS = tuple(f.name for f in fields(Receipt))
+# The COPY row of a receipt. Not dataclasses.astuple: it deep-copies every value (UUIDs,
+# datetimes), which cost more than everything else a consumer does per message.
+as_row = attrgetter(*COLUMNS)
+
+
+# A receipt write taking longer than this failed (and is retried on another connection): a
+# connection the network left half-open would otherwise hold the consumer forever, silently.
+WRITE_TIMEOUT = 30.0
+# How long to wait for a pool connection; asyncpg bounds the release by it too, and a release
+# after a COPY that timed out waits for the server to confirm the cancel, which a dead
+# connection never does: past it the connection is terminated instead of given back.
+CONNECTION_TIMEOUT = 5.0
+_WRITE_FAILED = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # What asyncpg raises when the server ends the session in the middle of the COPY (a
+    # PostgreSQL restart): "cannot switch to state ...", then "release() called on a free
+    # connection holder" as the pool has already taken the closed connection back.
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 class ReceiptWriter:
     """Writes receipts with one COPY per batch on a pool it is given (and does not close)."""
 
-    def __init__(self, pool: asyncpg.Pool, table: str = RECEIPTS_TABLE) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, table: str = RECEIPTS_TABLE, timeout: float = WRITE_TIMEOUT
+    ) -> None:
         self._pool = pool
         self._table = table
+        self._timeout = timeout
 
     async def write(self, receipts: Sequence[Receipt]) -> None:
         """Write `receipts` durably (COPY commits on its own), or raise ReceiptWriteFailed."""
         if not receipts:
             return
         try:
-            async with self._pool.acquire() as conn:
+            async with self._pool.acquire(timeout=CONNECTION_TIMEOUT) as conn:
                 await conn.copy_records_to_table(
-                    self._table, records=[astuple(r) for r in receipts], columns=COLUMNS
+                    self._table,
+                    records=[as_row(r) for r in receipts],
+                    columns=COLUMNS,
+                    timeout=self._timeout,
                 )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _WRITE_FAILED as exc:
             raise ReceiptWriteFailed(
                 f"writing {len(receipts)} receipts failed: {scrub(str(exc)) or type(exc).__name__}"
             ) from exc

@@ -21,6 +21,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -36,12 +37,21 @@ from flowproof import metrics
 from flowproof.logging import get_logger
 from flowproof.retry import RetryPolicy
 from schemas.envelope import PAYLOAD_FIELD
-from schemas.routing import destination, is_dlq
+from schemas.routing import InvalidDestination, destination, is_dlq
 
 log = get_logger(__name__)
 
 # An entry as redis-py returns it: (entry id, fields), fields None when the entry was trimmed.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
+
+
+_PAYLOAD = PAYLOAD_FIELD.encode()
+
+
+@lru_cache(maxsize=4096)
+def _field_name(raw: bytes) -> str:
+    # The same few field names on every entry: decoded once.
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _text(value: bytes | str) -> str:
@@ -100,6 +110,7 @@ class RedisConsumer:
         self._options = options
         self._streams: list[str] = []
         self._groups_ready: set[str] = set()
+        self._ignored: set[str] = set()  # streams under the prefix that are not flowproof's
         self._claim_cursors: dict[str, bytes] = {}
         self._own_pending = True
         self._next_discovery = 0.0
@@ -159,22 +170,38 @@ class RedisConsumer:
         if self._options.aggregatetypes:
             found = [destination(self._options.prefix, a) for a in self._options.aggregatetypes]
         else:
-            found = sorted(
-                name
-                for name in {
-                    _text(key)
-                    async for key in self._client.scan_iter(
-                        match=f"{self._options.prefix}*", _type="stream", count=1000
-                    )
-                }
-                if not is_dlq(name)
-            )
+            keys = {
+                key
+                async for key in self._client.scan_iter(
+                    match=f"{self._options.prefix}*", _type="stream", count=1000
+                )
+            }
+            found = sorted(name for name in map(self._consumable, keys) if name is not None)
         for stream in found:
             if stream not in self._groups_ready:
                 await self._ensure_group(stream)
         if found != self._streams:
             log.info("consumer.streams", streams=found, group=self._options.group)
         self._streams = found
+
+    def _consumable(self, key: bytes | str) -> str | None:
+        """The stream's name if a relay could have written it, else None.
+
+        Redis keys are binary: a stream under the prefix may have a name no aggregatetype gives
+        (not UTF-8, a NUL, a space), which would crash the decoding or make receipts PostgreSQL
+        refuses. Such a stream is not flowproof's: it is left alone, and said so once.
+        """
+        name = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+        if is_dlq(name):
+            return None
+        try:
+            destination("", name)
+        except InvalidDestination as exc:
+            if name not in self._ignored:
+                self._ignored.add(name)
+                log.warning("consumer.stream_ignored", stream=ascii(name), error=str(exc))
+            return None
+        return name
 
     async def _ensure_group(self, stream: str) -> None:
         try:
@@ -265,11 +292,9 @@ class RedisConsumer:
             if not fields:  # trimmed from the stream before anyone acknowledged it
                 trimmed.append(position)
                 continue
-            payload = fields.get(PAYLOAD_FIELD.encode())
+            payload = fields.get(_PAYLOAD)
             headers = tuple(
-                (name.decode("utf-8", "surrogateescape"), value)
-                for name, value in fields.items()
-                if name != PAYLOAD_FIELD.encode()
+                (_field_name(name), value) for name, value in fields.items() if name != _PAYLOAD
             )
             deliveries.append(
                 Delivery(

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -43,6 +43,7 @@ from flowproof.redact import register_secret
 ENV_PREFIX = "FLOWPROOF_"
 FILE_SUFFIX = "_FILE"
 SINK_NAMES = ("redis", "kafka")
+MAX_FLOAT = 1e15  # seconds: about 30 million years, and still finite in milliseconds
 
 Sink = Literal["redis", "kafka"]
 # Set per load_settings call: pydantic-settings builds sources from the class, not the instance.
@@ -58,6 +59,8 @@ class Settings(BaseSettings):
         extra="forbid",
         validate_default=True,
         frozen=True,
+        # "inf" and "nan" parse as floats; every float here is a duration, ratio or threshold.
+        allow_inf_nan=False,
     )
 
     # --- services -----------------------------------------------------------------------------
@@ -147,7 +150,11 @@ class Settings(BaseSettings):
         description="approximate MAXLEN of each stream (XADD MAXLEN ~); none keeps every entry",
     )
     relay_kafka_linger_ms: int = Field(
-        default=5, ge=0, le=1000, description="how long the Kafka producer waits to fill a batch"
+        default=0,
+        ge=0,
+        le=1000,
+        description="how long a record batch waits before it is sent; 0 sends each at once "
+        "(the relay hands Kafka a whole claimed batch at a time, so waiting only adds latency)",
     )
     relay_sink_timeout_seconds: float = Field(
         default=30.0,
@@ -380,6 +387,19 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("*")
+    @classmethod
+    def _usable_number(cls, value: Any) -> Any:
+        # Numbers reach PostgreSQL (bigint), Redis and Kafka, seconds become milliseconds: a
+        # value past these bounds loads, then fails there, late (a relay task dies on it).
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"is out of range (at most {2**63 - 1})")
+        if isinstance(value, float) and abs(value) > MAX_FLOAT:
+            raise ValueError(f"is out of range (at most {MAX_FLOAT:g})")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
@@ -398,9 +418,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         url = info.data.get("redis_url")
-        if value is not None and url is not None:
-            if not url.get_secret_value().startswith("rediss://"):
-                raise ValueError("is set but FLOWPROOF_REDIS_URL is not a rediss:// URL")
+        if value is not None and url and not url.get_secret_value().startswith("rediss://"):
+            raise ValueError("is set but FLOWPROOF_REDIS_URL is not a rediss:// URL")
         return _readable_file(value)
 
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
@@ -538,6 +557,8 @@ def _read_secret_files(environ: Mapping[str, str]) -> dict[str, str]:
             values[field] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(f"{file_var}: cannot read {path!r}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file_var}: {path!r} is not UTF-8 text") from None
     return values
 
 
@@ -545,7 +566,8 @@ def _describe(error: Mapping[str, Any], from_file: set[str]) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     name = env_name(field) + (FILE_SUFFIX if field in from_file else "")
     message = str(error["msg"]).removeprefix("Value error, ")
-    if field in SECRET_FIELDS or error["type"] in ("extra_forbidden", "missing"):
+    unset = error.get("input") is None  # e.g. a setting another one requires
+    if field in SECRET_FIELDS or error["type"] in ("extra_forbidden", "missing") or unset:
         return f"{name}: {message}"
     return f"{name}={error.get('input')!r}: {message}"
 
@@ -573,7 +595,10 @@ def load_settings(config_file: Path | None = None) -> Settings:
         _toml_path = None
     for secret in settings.secret_values():
         register_secret(secret)
-        register_secret(_password_of(secret))
+        password = _password_of(secret)
+        register_secret(password)
+        # A driver may quote the password as it uses it: decoded from the URL (%40 -> @).
+        register_secret(unquote(password) if password else None)
     for problem in unknown:
         get_logger(__name__).warning("config.unknown_variable", problem=problem)
     return settings

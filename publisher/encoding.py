@@ -3,6 +3,11 @@ destination, and the size check; or the reason a row can never be published.
 
 Each row is encoded with the newest schema of its type (the writer schema of the registry). The
 sink modules only send what this module produced.
+
+The relay's sink workers claim the same rows, each for its sink: with
+`publisher.shared_encoding.EncodedRows` the first worker's encoding serves the others (only the
+destination depends on the sink). Rows and messages are named tuples: a relay makes one of each
+per row and sink, and a frozen dataclass costs several times more to build.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -23,11 +29,15 @@ from schemas.errors import ContractError, PayloadInvalid
 from schemas.registry import SchemaRegistry, SchemaVersion
 from schemas.routing import destination
 
+if TYPE_CHECKING:
+    import asyncio
+
+    from publisher.shared_encoding import EncodedRows
+
 Aggregate = tuple[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     """One claimed row, as the claim query returns it (payload and headers as JSON text)."""
 
     seq: int
@@ -37,7 +47,7 @@ class OutboxRow:
     type: str
     payload: str
     headers: str | None
-    created_at: dt.datetime
+    created_at: dt.datetime | None  # None: a created_at Python cannot hold (parked)
 
     @property
     def aggregate(self) -> Aggregate:
@@ -45,20 +55,11 @@ class OutboxRow:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> OutboxRow:
-        return cls(
-            seq=record["seq"],
-            id=record["id"],
-            aggregatetype=record["aggregatetype"],
-            aggregateid=record["aggregateid"],
-            type=record["type"],
-            payload=record["payload"],
-            headers=record["headers"],
-            created_at=record["created_at"],
-        )
+        """The row of a claim query record (its columns are this tuple's fields, in order)."""
+        return cls(*record.values())
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """What a sink sends for one row: value, key and envelope fields, and where to."""
 
     seq: int
@@ -74,6 +75,16 @@ class Message:
         return (
             len(self.value) + len(self.key) + sum(len(k) + len(v) for k, v in self.fields.items())
         )
+
+
+class Encoded(NamedTuple):
+    """What every sink sends for a row, whatever its destination."""
+
+    row: OutboxRow
+    key: bytes
+    value: bytes
+    fields: dict[str, bytes]
+    size: int  # value, key and header fields, as Message.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +112,36 @@ def _frame(schema: SchemaVersion, datum: dict[str, Any]) -> bytes:
         raise PayloadInvalid(schema.event_type, "<payload>", f"does not encode: {exc}") from None
 
 
+def _json(text: str, event_type: str | None) -> Any:
+    """Parse jsonb text, or raise PayloadInvalid (EnvelopeInvalid for headers, `event_type` None).
+
+    PostgreSQL keeps JSON Python cannot read back: numbers of over 4300 digits (`1e5000` is
+    printed in full) and nesting deeper than the recursion limit.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        problem = f"cannot be read: {type(exc).__name__}: {str(exc)[:200]}"
+        if event_type is None:
+            raise EnvelopeInvalid("headers", problem) from None
+        raise PayloadInvalid(event_type, "<payload>", problem) from None
+
+
 def envelope_of(
     *,
     event_id: uuid.UUID,
     event_type: str,
     aggregatetype: str,
     aggregateid: str,
-    created_at: dt.datetime,
+    created_at: dt.datetime | None,
     headers: Mapping[str, Any] | None,
 ) -> Envelope:
     """The validated envelope of an event, or EnvelopeInvalid naming the field."""
     traceparent = (headers or {}).get("traceparent")
     if traceparent is not None and not isinstance(traceparent, str):
         raise EnvelopeInvalid("traceparent", "must be a string")
+    if created_at is None:
+        raise EnvelopeInvalid("created_at", "is infinity, BC or after 9999: no reader can hold it")
     try:
         return Envelope(
             id=event_id,
@@ -130,18 +158,61 @@ def envelope_of(
 
 
 class Encoder:
-    """Encodes rows for one sink (its prefix names the destination) under a size limit."""
+    """Encodes rows for one sink (its prefix names the destination) under a size limit.
 
-    def __init__(self, registry: SchemaRegistry, prefix: str, max_message_bytes: int) -> None:
+    With `shared`, the encodings (all but the destination) are shared with the encoders of the
+    other sinks of the same relay; `sink` names this encoder's.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        prefix: str,
+        max_message_bytes: int,
+        *,
+        shared: EncodedRows | None = None,
+        sink: str = "",
+    ) -> None:
         self._registry = registry
         self._prefix = prefix
         self._max = max_message_bytes
+        self._shared = shared
+        self._sink = sink
+        # Few aggregate types, each named once per row: remember their (valid) destinations.
+        self._destination = lru_cache(maxsize=1024)(self._name)
+
+    async def pace(self, stop: asyncio.Event) -> None:
+        """Before a claim: let the other sinks catch up when this one is far ahead of them."""
+        if self._shared is not None:
+            await self._shared.pace(self._sink, stop)
+
+    def _name(self, aggregatetype: str) -> str:
+        return destination(self._prefix, aggregatetype)
 
     def encode(self, row: OutboxRow) -> Message:
         """The message of `row`, or a ContractError whose `reason` is the park reason."""
+        shared = self._shared
+        encoded = shared.get(self._sink, row) if shared is not None else None
+        if encoded is None:
+            encoded = self._encode(row)
+            if shared is not None:
+                shared.put(self._sink, encoded)
+        message = Message(
+            row.seq,
+            (row.aggregatetype, row.aggregateid),
+            self._destination(row.aggregatetype),
+            encoded.key,
+            encoded.value,
+            encoded.fields,
+        )
+        if encoded.size > self._max:
+            raise Oversized(encoded.size, self._max)
+        return message
+
+    def _encode(self, row: OutboxRow) -> Encoded:
         schema = self._registry.latest(row.type)
-        datum = schema.validate(json.loads(row.payload))
-        headers = json.loads(row.headers) if row.headers is not None else None
+        datum = schema.validate(_json(row.payload, schema.event_type))
+        headers = _json(row.headers, None) if row.headers is not None else None
         envelope = envelope_of(
             event_id=row.id,
             event_type=row.type,
@@ -150,17 +221,11 @@ class Encoder:
             created_at=row.created_at,
             headers=headers,
         )
-        message = Message(
-            seq=row.seq,
-            aggregate=row.aggregate,
-            destination=destination(self._prefix, row.aggregatetype),
-            key=row.aggregateid.encode(),
-            value=_frame(schema, datum),
-            fields=envelope.wire_fields(),
-        )
-        if message.size > self._max:
-            raise Oversized(message.size, self._max)
-        return message
+        key = row.aggregateid.encode()
+        value = _frame(schema, datum)
+        fields = envelope.wire_fields()
+        size = len(value) + len(key) + sum(len(k) + len(v) for k, v in fields.items())
+        return Encoded(row, key, value, fields, size)
 
     def plan(self, rows: Iterable[OutboxRow]) -> Plan:
         """Sort a batch (in seq order) into messages and parked rows.

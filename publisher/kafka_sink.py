@@ -4,22 +4,32 @@ The key decides the partition, so the events of one aggregate share a partition 
 order there. The relay awaits every send of a batch and marks only what the broker acknowledged.
 After a failure the producer is thrown away and a new one started: a fresh idempotent session
 instead of one whose sequence numbers may no longer match the broker's.
+
+A claimed batch is already a batch: its messages are put into one record batch per partition
+(aiokafka's `create_batch`/`send_batch`, partitioned as its default partitioner and the Java
+client do, murmur2 of the key) and each record batch is sent at once, instead of handing every
+message to the producer's accumulator one by one (a coroutine, a future and a partitioner call
+per message) and waiting out the linger time.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.partitioner import murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from flowproof.config import Settings
 from flowproof.connect import kafka_client_kwargs
 from flowproof.logging import get_logger
 from flowproof.redact import scrub
-from publisher.encoding import Aggregate, Message
+from publisher.encoding import Message
 from publisher.errors import SinkError
 from publisher.sink import Outcomes
 
@@ -33,6 +43,23 @@ log = get_logger(__name__)
 
 def _error(exc: BaseException) -> SinkError:
     return SinkError(NAME, scrub(f"{type(exc).__name__}: {exc}"))
+
+
+@lru_cache(maxsize=65536)
+def key_hash(key: bytes) -> int:
+    """The partitioner hash of a key (murmur2, positive), as aiokafka's and Java's default."""
+    hashed: int = murmur2(key) & 0x7FFFFFFF
+    return hashed
+
+
+@dataclass(slots=True)
+class RecordBatch:
+    """The messages of one partition in one record batch, and where they are in the batch."""
+
+    topic: str
+    partition: int
+    builder: BatchBuilder
+    indexes: list[int] = field(default_factory=list)
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
@@ -75,48 +102,70 @@ class KafkaSink:
         if producer is None:
             return [SinkError(NAME, "producer not started")] * len(messages)
         outcomes: Outcomes = [None] * len(messages)
+        batches = await self._record_batches(producer, messages, outcomes)
         pending: dict[int, asyncio.Future[object]] = {}
         broken: SinkError | None = None
-        failed: set[Aggregate] = set()
-        for index, message in enumerate(messages):
-            if broken is not None:
-                outcomes[index] = broken
-                continue
-            if message.aggregate in failed:
-                # Sending it would let it overtake the earlier event of its aggregate that failed.
-                outcomes[index] = SinkError(
-                    NAME, "not sent: an earlier event of its aggregate failed"
-                )
-                continue
-            try:
-                pending[index] = await producer.send(
-                    message.destination,
-                    value=message.value,
-                    key=message.key,
-                    headers=list(message.fields.items()),
-                )
-            except (KafkaConnectionError, KafkaTimeoutError) as exc:
-                # The cluster is unreachable: each further send would wait out the timeout too.
-                broken = outcomes[index] = _error(exc)
-            except KafkaError as exc:
-                outcomes[index] = _error(exc)
-                failed.add(message.aggregate)
+        failed: set[tuple[str, int]] = set()
+        for number, batch in enumerate(batches):
+            error = broken
+            if error is None and (batch.topic, batch.partition) in failed:
+                # Sending it would let its events overtake the earlier ones of their aggregates.
+                error = SinkError(NAME, "not sent: an earlier batch of its partition failed")
+            if error is None:
+                try:
+                    pending[number] = await producer.send_batch(
+                        batch.builder, batch.topic, partition=batch.partition
+                    )
+                    continue
+                except (KafkaConnectionError, KafkaTimeoutError) as exc:
+                    # The cluster is unreachable: each further send would wait out the timeout.
+                    broken = error = _error(exc)
+                except KafkaError as exc:
+                    error = _error(exc)
+                    failed.add((batch.topic, batch.partition))
+            for index in batch.indexes:
+                outcomes[index] = error
         if pending:
             # aiokafka retries a batch for a leader that is down forever (its batches expire
             # only while a partition has no leader), so the relay bounds the wait itself.
             await asyncio.wait(pending.values(), timeout=self._settings.relay_sink_timeout_seconds)
-        for index, future in pending.items():
-            if not future.done():
-                outcomes[index] = SinkError(
-                    NAME,
-                    f"no acknowledgement within {self._settings.relay_sink_timeout_seconds} s",
-                )
-                future.add_done_callback(_observed)
-            elif future.cancelled():
-                outcomes[index] = SinkError(NAME, "send cancelled")
-            elif (problem := future.exception()) is not None:
-                outcomes[index] = _error(problem)
+        for number, future in pending.items():
+            problem = _problem(future, self._settings.relay_sink_timeout_seconds)
+            if problem is not None:
+                for index in batches[number].indexes:
+                    outcomes[index] = problem
         return outcomes
+
+    async def _record_batches(
+        self, producer: AIOKafkaProducer, messages: Sequence[Message], outcomes: Outcomes
+    ) -> list[RecordBatch]:
+        """The messages in record batches by partition, in order; a message whose topic has no
+        metadata gets its outcome here instead."""
+        partitions: dict[str, list[int] | SinkError] = {}
+        filling: dict[tuple[str, int], RecordBatch] = {}
+        batches: list[RecordBatch] = []
+        for index, message in enumerate(messages):
+            topic = message.destination
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = await _partitions(producer, topic)
+            if isinstance(known, SinkError):
+                outcomes[index] = known
+                continue
+            partition = known[key_hash(message.key) % len(known)]
+            batch = filling.get((topic, partition))
+            headers = list(message.fields.items())
+            if batch is None or not _append(batch.builder, message, headers):
+                batch = filling[(topic, partition)] = RecordBatch(
+                    topic, partition, producer.create_batch()
+                )
+                batches.append(batch)
+                _append(batch.builder, message, headers)  # a batch always takes its first record
+            batch.indexes.append(index)
+        if self._settings.relay_kafka_linger_ms == 0:
+            for batch in batches:
+                batch.builder.close()  # a closed batch is sent at once, not after the linger
+        return batches
 
     async def reset(self) -> None:
         """Abandon the producer: its unsent batches are dropped, not delivered later (which
@@ -157,6 +206,31 @@ async def _abandon(producer: AIOKafkaProducer) -> None:
     if callable(fail_all):
         fail_all(KafkaTimeoutError("producer abandoned after a failed batch"))
     await producer.stop()
+
+
+async def _partitions(producer: AIOKafkaProducer, topic: str) -> list[int] | SinkError:
+    """The partitions of `topic` (waiting for its metadata, as `send` does), or the error."""
+    try:
+        return sorted(await producer.partitions_for(topic))
+    except KafkaError as exc:
+        return _error(exc)
+
+
+def _append(builder: BatchBuilder, message: Message, headers: list[tuple[str, bytes]]) -> bool:
+    """Add the message to the record batch; False when the batch is full."""
+    appended = builder.append(timestamp=None, key=message.key, value=message.value, headers=headers)
+    return appended is not None
+
+
+def _problem(future: asyncio.Future[object], timeout: float) -> SinkError | None:
+    """What went wrong with a sent record batch, or None when the broker acknowledged it."""
+    if not future.done():
+        future.add_done_callback(_observed)
+        return SinkError(NAME, f"no acknowledgement within {timeout} s")
+    if future.cancelled():
+        return SinkError(NAME, "send cancelled")
+    problem = future.exception()
+    return None if problem is None else _error(problem)
 
 
 def _observed(future: asyncio.Future[object]) -> None:

@@ -37,6 +37,7 @@ from publisher.encoding import Encoder, OutboxRow
 from publisher.errors import EnvelopeInvalid, OutboxMissing
 from publisher.queries import query
 from schemas.errors import PayloadInvalid
+from schemas.payload import unstorable
 from schemas.registry import SchemaRegistry, load_registry
 
 DEFAULT_TABLE = "flowproof_outbox"
@@ -46,6 +47,22 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 
 def _refuse(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _unstorable_json(value: Any) -> str | None:
+    """Why jsonb cannot hold `value` (a string with NUL or a lone surrogate), or None."""
+    stack = [value]  # not recursive: the value may be as deep as json.dumps allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = unstorable(item)
+            if problem:
+                return f"has a string that {problem}"
+        elif isinstance(item, Mapping):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            stack += item
+    return None
 
 
 class Outbox:
@@ -94,14 +111,21 @@ class Outbox:
             raise EnvelopeInvalid("headers", "must be a JSON object")
         try:
             payload_text = json.dumps(payload, allow_nan=False, default=_refuse)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise PayloadInvalid(type, "<payload>", f"is not JSON: {exc}") from None
         try:
             headers_text = (
                 None if headers is None else json.dumps(headers, allow_nan=False, default=_refuse)
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise EnvelopeInvalid("headers", f"is not JSON: {exc}") from None
+        # PostgreSQL would refuse these with a driver error (the payload is checked by its schema).
+        problem = unstorable(aggregate_id) if isinstance(aggregate_id, str) else None
+        if problem:
+            raise EnvelopeInvalid("aggregateid", problem)
+        problem = _unstorable_json(headers)
+        if problem:
+            raise EnvelopeInvalid("headers", problem)
         row = OutboxRow(
             seq=0,
             id=event_id or uuid.uuid4(),

@@ -32,8 +32,9 @@ from publisher.listener import Listener
 from publisher.maintenance import prune, refresh_gauges
 from publisher.queries import query
 from publisher.redis_sink import RedisSink
+from publisher.shared_encoding import EncodedRows
 from publisher.sink import Sink
-from publisher.worker import SinkStats, SinkWorker, retry_policy
+from publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
 from schemas.registry import SchemaRegistry, load_registry
 
 log = get_logger(__name__)
@@ -58,15 +59,27 @@ class Relay:
         self.registry = registry if registry is not None else load_registry(settings.schema_dir)
         self._stop = asyncio.Event()
         self._busy = False
+        self._aux_pool: asyncpg.Pool | None = None  # gauges and pruning, while running
         self.workers: dict[str, SinkWorker] = {}
+        # The workers claim the same rows: each row is encoded once for all of them, with room
+        # for one sink to run a few batches ahead of another.
+        shared = EncodedRows(settings.sinks, capacity=16 * settings.relay_batch_size)
+        start_line = StartLine(len(settings.sinks))
         for name in settings.sinks:
             prefix = settings.stream_prefix if name == "redis" else settings.topic_prefix
             self.workers[name] = SinkWorker(
                 settings,
                 make_sink(settings, name),
-                Encoder(self.registry, prefix, settings.relay_max_message_bytes),
+                Encoder(
+                    self.registry,
+                    prefix,
+                    settings.relay_max_message_bytes,
+                    shared=shared,
+                    sink=name,
+                ),
                 wake=asyncio.Event(),
                 stop=self._stop,
+                start_line=start_line,
             )
         self.listener = Listener(
             settings, settings.outbox_table, self.wake, self._stop, retry_policy(settings)
@@ -97,7 +110,7 @@ class Relay:
 
     async def _run(self) -> None:
         await self.preflight()
-        pool = await relay_pool(self.settings)
+        pool = self._aux_pool = await relay_pool(self.settings)
         settings = self.settings
         tasks = [
             asyncio.create_task(worker.run(), name=f"relay.worker.{name}")
@@ -229,6 +242,12 @@ class Relay:
             )
             for task in busy:
                 task.cancel()
+            if self._aux_pool is not None:
+                # A cancelled gauge or prune job may hold a connection that will never answer
+                # (left half-open by the network): giving it back to the pool waits for the
+                # server to confirm the cancel, up to the command timeout. Drop the pool's
+                # connections so that nothing holds the stop up.
+                self._aux_pool.terminate()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for task, result in zip(tasks, results, strict=True):
             if isinstance(result, Exception):

@@ -46,6 +46,27 @@ class BatchOutcome:
     failed: int = 0
 
 
+# How long a worker whose sink is connected waits for the other sinks to connect before its
+# first claim. Workers that start together keep claiming the same rows at about the same time,
+# which is what lets one encoding serve them all (publisher.encoding.EncodedRows).
+START_GRACE_SECONDS = 3.0
+
+
+class StartLine:
+    """Where the workers of one relay wait for each other once, before their first claim."""
+
+    def __init__(self, workers: int) -> None:
+        self._left = workers
+        self._everyone = asyncio.Event()
+
+    async def arrive(self, stop: asyncio.Event) -> None:
+        """Wait until every worker arrived, the grace passed, or a stop was requested."""
+        self._left -= 1
+        if self._left <= 0:
+            self._everyone.set()
+        await wait_any([self._everyone, stop], START_GRACE_SECONDS)
+
+
 def retry_policy(settings: Settings) -> RetryPolicy:
     """The relay's policy: capped, jittered, forever (a down sink must not lose events)."""
     base = settings.relay_retry_base_seconds
@@ -63,9 +84,11 @@ class SinkWorker:
         *,
         wake: asyncio.Event,
         stop: asyncio.Event,
+        start_line: StartLine | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
+        self._start_line = start_line
         self.name = sink.name
         self.encoder = encoder
         self.leases = SlotLeases(settings.outbox_table, sink.name)
@@ -78,6 +101,11 @@ class SinkWorker:
         self._conn: asyncpg.Connection | None = None
         self._next_rebalance = 0.0
         self._failing = False
+        # Where the next claim starts: the first seq of the previous claim while it came back
+        # full (a backlog), else 0. Rows below it that become pending meanwhile (a transaction
+        # committing late, a retried parked row) wait until the backlog is worked off; a change
+        # of slots or connection starts from 0 again.
+        self._claim_from = 0
         table, sink_name = settings.outbox_table, sink.name
         self._claim = query("claim", table, sink_name)
         self._mark = query("mark_published", table, sink_name)
@@ -91,6 +119,7 @@ class SinkWorker:
         """Publish until stopped, or, with `until_idle`, until nothing is left to claim."""
         attempt = 0
         try:
+            await self._start()
             while not self._stop.is_set():
                 try:
                     outcome = await self._cycle()
@@ -116,9 +145,20 @@ class SinkWorker:
             await self._drop_connection()
             await self.sink.close()
 
+    async def _start(self) -> None:
+        """Connect the sink before the first claim (a failure is retried by the loop), then
+        wait a little for the other sinks of the relay to be connected too."""
+        try:
+            await self.sink.start()
+        except SinkError as exc:
+            log.warning("relay.sink_unavailable", sink=self.name, error=str(exc))
+        if self._start_line is not None:
+            await self._start_line.arrive(self._stop)
+
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self.leases.lost()
+            self._claim_from = 0
             self._conn = await connect_relay(self.settings, self.name)
             self._next_rebalance = 0.0
         return self._conn
@@ -135,15 +175,24 @@ class SinkWorker:
                 await self.leases.join(conn)
             now = asyncio.get_running_loop().time()
             if now >= self._next_rebalance:
+                owned = self.leases.owned
                 await self.leases.rebalance(conn)
                 self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
+                if self.leases.owned != owned:
+                    self._claim_from = 0
             if not self.leases.owned:
                 return BatchOutcome()
+            await self.encoder.pace(self._stop)
             # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
             self._wake.clear()
             records = await conn.fetch(
-                self._claim, sorted(self.leases.owned), self.settings.relay_batch_size
+                self._claim,
+                sorted(self.leases.owned),
+                self.settings.relay_batch_size,
+                self._claim_from,
             )
+        full = len(records) == self.settings.relay_batch_size
+        self._claim_from = records[0]["seq"] if full else 0
         if not records:
             return BatchOutcome()
         self.stats.batches += 1
@@ -151,11 +200,7 @@ class SinkWorker:
         if plan.parked:
             await self._park(conn, plan.parked)
         failed = await self._publish(conn, plan.messages)
-        return BatchOutcome(
-            claimed=len(records),
-            full=len(records) == self.settings.relay_batch_size,
-            failed=failed,
-        )
+        return BatchOutcome(claimed=len(records), full=full, failed=failed)
 
     async def _park(self, conn: asyncpg.Connection, parked: Sequence[Parked]) -> None:
         async with database_boundary(f"{self.name} worker parking rows"):

@@ -24,7 +24,8 @@ _EVENT_TYPE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 def format_timestamp(value: dt.datetime) -> str:
     """RFC 3339 in UTC with microseconds and a Z, the wire form of `created_at`."""
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: its %Y gives "1-01-01" for years below 1000, which RFC 3339 parsers refuse.
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _must_be_utc_aware(value: dt.datetime) -> dt.datetime:
@@ -76,9 +77,11 @@ class Envelope(BaseModel):
         items = fields.items() if isinstance(fields, Mapping) else fields
         values: dict[str, Any] = {}
         for key, raw in items:
-            name = key.decode() if isinstance(key, bytes) else key
-            if name == PAYLOAD_FIELD or name in values:
-                continue  # the first header of a name wins, as Kafka clients read them
+            name = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
+            if name not in cls.model_fields or name in values:
+                # Other headers are not the envelope's (their values may be binary); the first
+                # header of a name wins, as Kafka clients read them.
+                continue
             try:
                 values[name] = raw.decode("utf-8") if raw is not None else None
             except UnicodeDecodeError:

@@ -9,6 +9,7 @@ schema does not declare are refused rather than silently dropped on encoding.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from schemas.errors import PayloadInvalid
@@ -23,6 +24,21 @@ _TIMESTAMPS = (
 )
 
 Schema = Any  # a fastavro-parsed schema: str, list (union) or dict
+
+# A payload is stored as jsonb, which holds no NUL (\u0000) and, being UTF-8, no lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICROS = {"timestamp-millis": 1000, "local-timestamp-millis": 1000}
+
+
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL cannot store `text` (as text or in jsonb), or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "contains a NUL character (\\u0000), which PostgreSQL cannot store"
+    return f"contains a lone surrogate ({found.group()!a}), which is not UTF-8"
 
 
 class _Mismatch(Exception):
@@ -85,7 +101,7 @@ def _convert(schema: Schema, value: Any, path: str, named: dict[str, Schema]) ->
     if isinstance(schema, dict):
         kind = schema["type"]
         if schema.get("logicalType") in _TIMESTAMPS and kind == "long":
-            return _timestamp(value, path)
+            return _timestamp(value, path, _MICROS.get(schema["logicalType"], 1))
         handler = _COMPLEX.get(kind) if isinstance(kind, str) else None
         if handler is None:  # {"type": "string"} and the like
             return _convert(kind, value, path, named)
@@ -108,6 +124,10 @@ def _convert_array(schema: Schema, value: Any, path: str, named: dict[str, Schem
 def _convert_map(schema: Schema, value: Any, path: str, named: dict[str, Schema]) -> Any:
     if not isinstance(value, dict):
         raise _Mismatch(path, f"must be an object, not {_kind(value)}")
+    for key in value:
+        problem = unstorable(key) if isinstance(key, str) else None
+        if problem:
+            raise _Mismatch(_join(path, key), f"has a key that {problem}")
     return {k: _convert(schema["values"], v, _join(path, k), named) for k, v in value.items()}
 
 
@@ -179,26 +199,42 @@ def _primitive(kind: str, value: Any, path: str) -> Any:
             raise _Mismatch(path, f"must be a number ({kind}), not {_kind(value)}")
         return float(value)
     if kind == "string":
-        if not isinstance(value, str):
-            raise _Mismatch(path, f"must be a string, not {_kind(value)}")
-        return value
+        return _string(value, path)
     if kind == "bytes":
         return _bytes(value, path)
     raise _Mismatch(path, f"has a schema type flowproof cannot check: {kind!r}")
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch(path, f"must be a string, not {_kind(value)}")
+    problem = unstorable(value)
+    if problem:
+        raise _Mismatch(path, problem)
+    return value
 
 
 def _bytes(value: Any, path: str) -> bytes:
     # JSON carries bytes as a string of code points 0-255, as Avro's JSON encoding does.
     if not isinstance(value, str):
         raise _Mismatch(path, f"must be a string of bytes, not {_kind(value)}")
+    if "\x00" in value:
+        raise _Mismatch(path, unstorable(value) or "")
     try:
         return value.encode("latin-1")
     except UnicodeEncodeError:
         raise _Mismatch(path, "has characters outside 0-255 for bytes") from None
 
 
-def _timestamp(value: Any, path: str) -> dt.datetime | int:
+def _timestamp(value: Any, path: str, micros: int) -> dt.datetime | int:
+    # Readers turn the number back into a datetime: one outside years 1-9999 (UTC) would be
+    # written here and then fail every consumer, so it is refused here.
+    out_of_range = f"is outside the years 1 to 9999 (UTC) that readers can hold: {value!r}"
     if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            _EPOCH + dt.timedelta(microseconds=value * micros)
+        except OverflowError:
+            raise _Mismatch(path, out_of_range) from None
         return value  # already in the schema's unit since the epoch
     if isinstance(value, str):
         try:
@@ -207,5 +243,9 @@ def _timestamp(value: Any, path: str) -> dt.datetime | int:
             raise _Mismatch(path, f"is not an RFC 3339 timestamp: {value!r}") from None
         if parsed.tzinfo is None:
             raise _Mismatch(path, "must carry a time zone (e.g. Z)")
+        try:
+            parsed.astimezone(dt.UTC)
+        except OverflowError:
+            raise _Mismatch(path, out_of_range) from None
         return parsed
     raise _Mismatch(path, f"must be an RFC 3339 timestamp or an integer, not {_kind(value)}")

@@ -30,6 +30,7 @@ no access unless an ACL grants it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -583,10 +584,15 @@ class PrivateRedis(PrivateService):
             hello = b"AUTH " + name + b" " + password + b"\r\n" + hello
             expected = b"+OK\r\n+PONG"
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
-                sock = raw
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.5)
+                )
                 if self.tls is not None:
-                    sock = _client_tls(self.tls.ca).wrap_socket(raw, server_hostname="127.0.0.1")
+                    context = _client_tls(self.tls.ca)
+                    sock = stack.enter_context(
+                        context.wrap_socket(sock, server_hostname="127.0.0.1")
+                    )
                 sock.sendall(hello)
                 reply = b""
                 while len(reply) < len(expected) and (chunk := sock.recv(64)):
@@ -640,9 +646,13 @@ class PrivateKafka(PrivateService):
         heap: str = "512m",
         partitions: int = 3,
         security: KafkaSecurity | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
+        # Clients connect to the advertised port after bootstrap: a fault proxy in front of the
+        # broker (tests/faults/proxy.py) listens there and forwards to `port`.
+        self.advertised_port = advertised_port or self.port
         self.controller_port = free_port()
         self.heap = heap
         self.partitions = partitions
@@ -674,7 +684,7 @@ class PrivateKafka(PrivateService):
         plain = [
             f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
             f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.advertised_port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",

@@ -31,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import BinaryIO, Self
 
+ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 64 * 1024
 MODES = ("pass", "delay", "drop", "half-open")
 
@@ -242,6 +243,10 @@ async def serve(specs: Sequence[str]) -> None:
             await route.close()
 
 
+def _append(path: Path) -> BinaryIO:
+    return path.open("ab")
+
+
 class ProxyProcess:
     """The proxy as a child process, driven over its stdin/stdout from async test code."""
 
@@ -256,7 +261,7 @@ class ProxyProcess:
 
     async def start(self, env: dict[str, str]) -> Self:
         specs = [f"{n}={p}:{h}:{t}" for n, (p, h, t) in self.routes.items()]
-        with self.log_path.open("ab") as log:
+        with _append(self.log_path) as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -266,7 +271,7 @@ class ProxyProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 env=env,
-                cwd=Path(__file__).resolve().parents[2],
+                cwd=ROOT,
             )
         assert self.process.stdout is not None
         async with asyncio.timeout(20):

@@ -1,0 +1,368 @@
+"""PostgreSQL over TLS with certificate verification, and the least-privilege roles we ship.
+
+A private PostgreSQL (tests/private_services.py) accepts only `hostssl` connections with
+scram-sha-256 passwords, with a server certificate signed by a CA made here. The roles come from
+deploy/sql/roles.sql and deploy/sql/grants.sql, applied with psql exactly as the README says,
+with `flowproof db migrate` run in between as flowproof_owner. Each role is then shown to be able
+to do what its component does and refused everything else. The components themselves run as
+these roles in tests/test_security_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from flowproof.config import Settings
+from flowproof.connect import connect_postgres
+from flowproof.errors import ComponentUnreachable
+from tests.private_services import PrivatePostgres, TestCA
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES_SQL = ROOT / "deploy" / "sql" / "roles.sql"
+GRANTS_SQL = ROOT / "deploy" / "sql" / "grants.sql"
+FLOWPROOF = [sys.executable, "-m", "flowproof"]
+DATABASE = "flowproof"
+# Short name -> role; every one gets a login here (writer and smoke are optional in roles.sql).
+ROLES = ("owner", "writer", "relay", "consumer", "verifier", "smoke")
+
+
+@dataclass(frozen=True)
+class SecuredPostgres:
+    """A TLS-only PostgreSQL with flowproof's roles, its tables migrated and granted."""
+
+    server: PrivatePostgres
+    passwords: Mapping[str, str]  # by short role name
+    secrets_dir: Path
+
+    def dsn(
+        self,
+        role: str,
+        *,
+        password: str | None = None,
+        sslmode: str = "verify-full",
+        ca: Path | None = None,
+    ) -> str:
+        """The DSN `flowproof_<role>` connects with (verify-full against the test CA)."""
+        return self.server.dsn(
+            f"flowproof_{role}",
+            password if password is not None else self.passwords[role],
+            DATABASE,
+            sslmode=sslmode,
+            ca=ca,
+        )
+
+    def dsn_file(self, role: str) -> Path:
+        """A file holding the role's DSN, for FLOWPROOF_DATABASE_URL_FILE."""
+        path = self.secrets_dir / f"database_url.{role}"
+        if not path.exists():
+            path.write_text(self.dsn(role) + "\n", encoding="utf-8")
+            path.chmod(0o600)
+        return path
+
+
+def psql(
+    server: PrivatePostgres,
+    *args: str,
+    user: str | None = None,
+    password: str | None = None,
+    database: str = "postgres",
+) -> subprocess.CompletedProcess[str]:
+    """Run psql against `server` over TLS (verify-full); the password goes in PGPASSWORD."""
+    env = {**os.environ, **server.libpq_env(user, password), "PGDATABASE": database}
+    return subprocess.run(
+        [str(server.bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def flowproof_env(**values: str) -> dict[str, str]:
+    """The environment of a flowproof subprocess: no FLOWPROOF_* of ours, JSON logs, `values`."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLOWPROOF_")}
+    env.update(FLOWPROOF_LOG_FORMAT="json", FLOWPROOF_METRICS_PORT="0", **values)
+    return env
+
+
+def _checked(result: subprocess.CompletedProcess[str], what: str) -> None:
+    assert result.returncode == 0, f"{what} failed ({result.returncode}): {result.stderr}"
+
+
+def provision(server: PrivatePostgres, secrets_dir: Path) -> SecuredPostgres:
+    """Create the database and the roles, migrate as the owner, grant: the documented steps."""
+    secrets_dir.mkdir(parents=True, exist_ok=True)
+    passwords = {role: f"pg-{role}-{os.urandom(9).hex()}" for role in ROLES}
+    files = []
+    for role, password in passwords.items():
+        path = secrets_dir / f"pg_{role}"
+        path.write_text(password + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        files += ["-v", f"{role}_password_file={path}"]
+    _checked(psql(server, "-c", f"CREATE DATABASE {DATABASE}"), "CREATE DATABASE")
+    _checked(psql(server, *files, "-f", str(ROLES_SQL), database=DATABASE), "roles.sql")
+    secured = SecuredPostgres(server, passwords, secrets_dir)
+    migrate = subprocess.run(
+        [*FLOWPROOF, "db", "migrate"],
+        env=flowproof_env(FLOWPROOF_DATABASE_URL_FILE=str(secured.dsn_file("owner"))),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert migrate.returncode == 0, f"migrate as flowproof_owner failed: {migrate.stderr}"
+    grants = psql(
+        server,
+        "-f",
+        str(GRANTS_SQL),
+        user="flowproof_owner",
+        password=passwords["owner"],
+        database=DATABASE,
+    )
+    _checked(grants, "grants.sql as flowproof_owner")
+    return secured
+
+
+@pytest.fixture(scope="module")
+def certificate_authority(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("pg-ca"))
+
+
+@pytest.fixture(scope="module")
+def secured_pg(
+    tmp_path_factory: pytest.TempPathFactory, certificate_authority: TestCA
+) -> Iterator[SecuredPostgres]:
+    certificate = certificate_authority.issue("flowproof-test-postgres")
+    with PrivatePostgres(tmp_path_factory.mktemp("pg"), tls=certificate) as server:
+        yield provision(server, tmp_path_factory.mktemp("pg-secrets"))
+
+
+def role_settings(secured: SecuredPostgres, role: str, **dsn: object) -> Settings:
+    return Settings(database_url=SecretStr(secured.dsn(role, **dsn)))  # type: ignore[arg-type]
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+async def test_verify_full_connects_over_tls(secured_pg: SecuredPostgres) -> None:
+    settings = role_settings(secured_pg, "verifier")
+    assert "sslmode=verify-full" in settings.database_url.get_secret_value()
+    conn = await connect_postgres(settings)
+    try:
+        row = await conn.fetchrow(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        )
+        user = await conn.fetchval("SELECT current_user")
+    finally:
+        await conn.close()
+    assert row is not None and row["ssl"] is True, row
+    assert row["version"].startswith("TLSv1."), row
+    assert user == "flowproof_verifier"
+
+
+async def test_a_server_certificate_from_another_ca_is_refused(
+    secured_pg: SecuredPostgres, tmp_path: Path
+) -> None:
+    stranger = TestCA(tmp_path / "other-ca", name="someone else's CA")
+    with pytest.raises(ComponentUnreachable) as refused:
+        await connect_postgres(role_settings(secured_pg, "verifier", ca=stranger.cert))
+    assert refused.value.component == "postgresql"
+    assert "certificate verify failed" in str(refused.value), refused.value
+
+
+async def test_a_plain_connection_is_refused_by_the_server(secured_pg: SecuredPostgres) -> None:
+    with pytest.raises(ComponentUnreachable) as refused:
+        await connect_postgres(role_settings(secured_pg, "verifier", sslmode="disable"))
+    assert refused.value.component == "postgresql"
+    assert "no pg_hba.conf entry" in str(refused.value), refused.value
+    assert "no encryption" in str(refused.value), refused.value
+
+
+async def test_a_wrong_password_is_refused_and_not_repeated(secured_pg: SecuredPostgres) -> None:
+    wrong = "pg-wrong-" + os.urandom(6).hex()
+    with pytest.raises(ComponentUnreachable) as refused:
+        await connect_postgres(role_settings(secured_pg, "relay", password=wrong))
+    message = str(refused.value)
+    assert "password authentication failed" in message, message
+    assert wrong not in message
+    assert secured_pg.passwords["relay"] not in message
+
+
+# --- the roles -------------------------------------------------------------------------------
+
+OUTBOX_ROW = (
+    "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload) "
+    "VALUES ('order', 'o-1', 'flowproof.Canary', '{}')"
+)
+RECEIPT_ROW = (
+    "INSERT INTO flowproof_receipts (sink, consumer_group, consumer, source, position, "
+    "received_at, valid) VALUES ('redis', 'g', 'c', 's', '1-0', now(), true)"
+)
+
+# (role, statement, allowed): each role may do what its component does, and nothing else.
+PRIVILEGES = [
+    ("writer", OUTBOX_ROW, True),
+    ("writer", "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, "
+     "redis_published_at) VALUES ('order', 'o-1', 'flowproof.Canary', '{}', now())", False),
+    ("writer", "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, "
+     "created_at) VALUES ('order', 'o-1', 'flowproof.Canary', '{}', now())", False),
+    ("writer", "SELECT id FROM flowproof_outbox", False),
+    ("writer", "UPDATE flowproof_outbox SET payload = '{}'", False),
+    ("writer", "DELETE FROM flowproof_outbox", False),
+    ("writer", RECEIPT_ROW, False),
+    ("relay", "SELECT seq, id, payload, created_at FROM flowproof_outbox", True),
+    ("relay", "UPDATE flowproof_outbox SET redis_published_at = now(), kafka_parked_reason = "
+     "'oversized', kafka_parked_at = now(), kafka_parked_error = 'e' WHERE seq = 1", True),
+    ("relay", "DELETE FROM flowproof_outbox WHERE seq IN (SELECT seq FROM flowproof_outbox "
+     "WHERE redis_published_at IS NOT NULL FOR UPDATE SKIP LOCKED)", True),
+    ("relay", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", True),
+    ("relay", "LISTEN flowproof_outbox", True),
+    ("relay", "UPDATE flowproof_outbox SET payload = '{}' WHERE seq = 1", False),
+    ("relay", "UPDATE flowproof_outbox SET created_at = now() WHERE seq = 1", False),
+    ("relay", OUTBOX_ROW, False),
+    ("relay", "SELECT count(*) FROM flowproof_receipts", False),
+    ("relay", RECEIPT_ROW, False),
+    ("consumer", RECEIPT_ROW, True),
+    ("consumer", "SELECT count(*) FROM flowproof_receipts", False),
+    ("consumer", "UPDATE flowproof_receipts SET valid = false", False),
+    ("consumer", "DELETE FROM flowproof_receipts", False),
+    ("consumer", "SELECT count(*) FROM flowproof_outbox", False),
+    ("consumer", "UPDATE flowproof_outbox SET redis_published_at = now()", False),
+    ("consumer", OUTBOX_ROW, False),
+    ("verifier", "SELECT count(*) FROM flowproof_outbox", True),
+    ("verifier", "SELECT count(*) FROM flowproof_receipts", True),
+    ("verifier", RECEIPT_ROW, False),
+    ("verifier", OUTBOX_ROW, False),
+    ("verifier", "UPDATE flowproof_outbox SET redis_published_at = now()", False),
+    ("verifier", "DELETE FROM flowproof_receipts", False),
+    ("smoke", OUTBOX_ROW + " RETURNING created_at", True),
+    ("smoke", "SELECT count(*) FROM flowproof_receipts", True),
+    ("smoke", "DELETE FROM flowproof_outbox", False),
+    ("smoke", RECEIPT_ROW, False),
+    *[(role, "CREATE TABLE flowproof_intruder (x int)", False) for role in ROLES[1:]],
+    *[(role, "DROP TABLE flowproof_receipts", False) for role in ROLES[1:]],
+    *[(role, "TRUNCATE flowproof_outbox", False) for role in ROLES[1:]],
+    ("owner", "CREATE ROLE flowproof_intruder", False),
+    ("owner", f"CREATE DATABASE {DATABASE}_intruder", False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("role", "statement", "allowed"),
+    PRIVILEGES,
+    ids=[f"{role}-{'may' if ok else 'not'}-{i}" for i, (role, _, ok) in enumerate(PRIVILEGES)],
+)
+async def test_each_role_may_do_its_work_and_nothing_else(
+    secured_pg: SecuredPostgres, role: str, statement: str, allowed: bool
+) -> None:
+    conn = await asyncpg.connect(secured_pg.dsn(role))
+    try:
+        if statement.startswith("CREATE DATABASE"):  # not allowed in a transaction block
+            outcome = await _attempt(conn, statement)
+        else:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                outcome = await _attempt(conn, statement)
+            finally:
+                await transaction.rollback()  # the allowed ones change nothing either
+    finally:
+        await conn.close()
+    if allowed:
+        assert outcome is None, f"flowproof_{role} must be allowed: {statement}: {outcome}"
+    else:
+        assert outcome is not None, f"flowproof_{role} must be refused: {statement}"
+        assert isinstance(outcome, asyncpg.InsufficientPrivilegeError), (
+            f"flowproof_{role}: {statement}: expected permission denied, got {outcome!r}"
+        )
+
+
+async def _attempt(conn: asyncpg.Connection, statement: str) -> asyncpg.PostgresError | None:
+    try:
+        await conn.execute(statement)
+    except asyncpg.PostgresError as exc:
+        return exc
+    return None
+
+
+async def test_roles_are_plain_logins_and_own_nothing_but_the_owner(
+    secured_pg: SecuredPostgres,
+) -> None:
+    conn = await asyncpg.connect(secured_pg.dsn("verifier"))
+    try:
+        roles = await conn.fetch(
+            "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolreplication, "
+            "rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname LIKE 'flowproof\\_%'"
+        )
+        owners = await conn.fetch(
+            "SELECT DISTINCT tableowner FROM pg_tables WHERE tablename LIKE 'flowproof\\_%'"
+        )
+    finally:
+        await conn.close()
+    assert sorted(r["rolname"] for r in roles) == sorted(f"flowproof_{r}" for r in ROLES)
+    for role in roles:
+        powers = [k for k in ("rolsuper", "rolcreaterole", "rolcreatedb", "rolreplication",
+                              "rolbypassrls") if role[k]]  # fmt: skip
+        assert not powers, f"{role['rolname']} has {powers}"
+        assert role["rolcanlogin"], role["rolname"]
+    assert [r["tableowner"] for r in owners] == ["flowproof_owner"]
+
+
+def test_roles_and_grants_can_be_applied_again(secured_pg: SecuredPostgres) -> None:
+    files = [
+        arg
+        for role in ROLES
+        for arg in ("-v", f"{role}_password_file={secured_pg.secrets_dir / f'pg_{role}'}")
+    ]
+    again = psql(secured_pg.server, *files, "-f", str(ROLES_SQL), database=DATABASE)
+    _checked(again, "roles.sql a second time")
+    grants = psql(
+        secured_pg.server,
+        "-f",
+        str(GRANTS_SQL),
+        user="flowproof_owner",
+        password=secured_pg.passwords["owner"],
+        database=DATABASE,
+    )
+    _checked(grants, "grants.sql a second time")
+
+
+def test_roles_sql_refuses_to_run_without_a_password(secured_pg: SecuredPostgres) -> None:
+    result = psql(
+        secured_pg.server, "-v", "owner_password=x", "-f", str(ROLES_SQL), database=DATABASE
+    )
+    assert result.returncode != 0
+    assert "give -v relay_password_file=PATH" in result.stderr, result.stderr
+
+
+async def test_a_writer_role_without_login_is_a_group_for_applications(
+    secured_pg: SecuredPostgres,
+) -> None:
+    # The documented alternative: roles.sql without writer_password leaves flowproof_writer a
+    # group role, granted to the application's own login.
+    app_password = "pg-app-" + os.urandom(6).hex()
+    setup = psql(
+        secured_pg.server,
+        "-c",
+        f"CREATE ROLE orders_app LOGIN PASSWORD '{app_password}' IN ROLE flowproof_writer",
+        database=DATABASE,
+    )
+    _checked(setup, "CREATE ROLE orders_app")
+    conn = await asyncpg.connect(secured_pg.server.dsn("orders_app", app_password, DATABASE))
+    try:
+        async with conn.transaction():
+            await conn.execute(OUTBOX_ROW)
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM flowproof_outbox")
+    finally:
+        await conn.close()
