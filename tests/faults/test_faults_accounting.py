@@ -1,0 +1,93 @@
+"""The fault table's accounting counts what it claims to: on receipts made to hold exactly one
+lost, known duplicates and known reorderings, its numbers are those, and the verifier's equal
+them (`disagreements` is empty). Without this, a table of zeros would prove nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from flowproof.config import Settings
+from tests.faults.accounting import account, disagreements, first_missing
+from verifier.commands import check_once
+
+GROUP = "g-accounting"
+
+
+async def _receipt(
+    conn: asyncpg.Connection, event_id: object, sink: str, position: str, *, valid: bool = True
+) -> None:
+    await conn.execute(
+        """INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source,
+               position, created_at, received_at, valid, reason)
+           VALUES ($1, $2, $3, 'c', 'orders', $4, now(), now(), $5, $6)""",
+        event_id,
+        sink,
+        GROUP,
+        position,
+        valid,
+        None if valid else "corrupt_avro",
+    )
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url, server_settings={"enable_nestloop": "off"})
+    yield connection
+    await connection.close()
+
+
+async def test_accounting_counts_lost_duplicated_and_reordered_events(
+    conn: asyncpg.Connection, settings: Settings
+) -> None:
+    # Two aggregates, three events each (seq order a1 a2 a3, b1 b2 b3), all published.
+    await conn.execute(
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload,
+               redis_published_at, kafka_published_at)
+           SELECT 'orders', a, 'orders.OrderPlaced', '{}', now(), now()
+           FROM unnest(ARRAY['a', 'a', 'a', 'b', 'b', 'b']) AS a"""
+    )
+    rows = await conn.fetch("SELECT id, seq FROM flowproof_outbox ORDER BY seq")
+    a1, a2, a3, b1, b2, b3 = (r["id"] for r in rows)
+    seqs = [r["seq"] for r in rows]
+    # Redis: a1 a2 a3 in order; b2 before b1 (one reordered); b3 lost; a2 redelivered at the
+    # same position, a3 published twice (a second position).
+    for event, position in ((a1, "100-0"), (a2, "100-1"), (a3, "101-0"), (b2, "102-0")):
+        await _receipt(conn, event, "redis", position)
+    await _receipt(conn, b1, "redis", "103-0")
+    await _receipt(conn, a2, "redis", "100-1")
+    await _receipt(conn, a3, "redis", "104-5")
+    # Kafka: a in partition 0 in order; b in partition 2 with b3 before b2 (one reordered); a1
+    # only received as invalid (lost: no valid receipt), so a2 and a3 follow nothing there.
+    await _receipt(conn, a1, "kafka", "0:7", valid=False)
+    for event, position in ((a2, "0:8"), (a3, "0:9"), (b1, "2:3"), (b3, "2:4"), (b2, "2:5")):
+        await _receipt(conn, event, "kafka", position)
+
+    redis = await account(conn, "redis", GROUP)
+    kafka = await account(conn, "kafka", GROUP)
+    assert (redis.events, redis.lost, redis.duplicated, redis.published_twice) == (6, 1, 2, 1)
+    assert (redis.reordered, redis.split, redis.invalid, redis.unexpected) == (1, 0, 0, 0)
+    assert redis.lost_examples == (str(b3),)
+    assert (kafka.lost, kafka.duplicated, kafka.reordered, kafka.invalid) == (1, 0, 1, 1)
+    assert kafka.lost_examples == (str(a1),)
+    both = [("redis", GROUP), ("kafka", GROUP)]
+    assert await first_missing(conn, 0, seqs[-1], both) == seqs[0]  # a1: no valid Kafka receipt
+    assert await first_missing(conn, seqs[0], seqs[4], both) is None
+    assert await first_missing(conn, seqs[0], seqs[5], [("redis", GROUP)]) == seqs[5]  # b3
+
+    report = await check_once(
+        settings.model_copy(
+            update={
+                "consumer_group": GROUP,
+                "flow_lost_grace_seconds": 0.0,
+                "flow_duplicates_grace_seconds": 0.0,
+                "flow_order_grace_seconds": 0.0,
+            }
+        )
+    )
+    # The verifier's "lost" is "no receipt at all": Kafka's a1 has an invalid one. Every other
+    # number is the accounting's.
+    problems = disagreements(report, [redis, kafka])
+    assert problems == ["kafka/g-accounting lost: verifier 0, accounting 1"]
