@@ -215,26 +215,36 @@ class Bench:
             await conn.close()
         self.results.details["outbox_fill"] = {"rows": rows, "seconds": round(seconds, 1)}
         print(f"  outbox pre-filled with {rows:,} rows in {seconds:.1f} s", flush=True)
-        for mode, label in (
-            ("redis", "Redis only"),
-            ("kafka", "Kafka only"),
-            ("redis,kafka", "both"),
+        # The last: the same as "both" with two relay processes sharing the slots (one Python
+        # process uses one core; this shows what a second one adds on the same machine).
+        for mode, label, processes in (
+            ("redis", "Redis only", 1),
+            ("kafka", "Kafka only", 1),
+            ("redis,kafka", "both", 1),
+            ("redis,kafka", "both, 2 relay processes", 2),
         ):
+            key = mode if processes == 1 else f"{mode} x{processes}"
             scratch = await self.scratch("relay", template=template.db_name)
             run = await relay_throughput(
                 scratch,
                 mode,
                 within=self.plan.relay_timeout,
                 extra_env=self.overrides,
-                profile=self._profile(f"relay-{mode.replace(',', '+')}"),
+                profile=self._profile(f"relay-{key.replace(',', '+').replace(' ', '')}"),
+                processes=processes,
             )
-            self.relay[mode] = run
+            self.relay[key] = run
             raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
-            target = ">= 20000; ratio >= 0.8" if mode == "redis,kafka" else None
+            target = ">= 20000; ratio >= 0.8" if key == "redis,kafka" else None
             note = f"{run.events:,} events in {run.seconds:.1f} s"
             if run.seconds < 30:
                 note += " (under 30 s)"
             note += f"; relay CPU {run.cpu_seconds / run.events * 1e6:.0f} us/event"
+            if processes > 1:
+                note += f" (summed over the {processes} processes)"
+            if run.cores:
+                used = ", ".join(f"{name} {value:.2f}" for name, value in run.cores.items())
+                note += f"; cores in use: {used} (of {os.cpu_count()})"
             self.add(
                 Figure(
                     "relay",
@@ -248,8 +258,8 @@ class Bench:
                     note=note,
                 )
             )
-            self.results.details[f"relay_{mode}"] = as_dict(run)
-            if mode == "redis,kafka" and "consumers" in self.only:
+            self.results.details[f"relay_{key}"] = as_dict(run)
+            if key == "redis,kafka" and "consumers" in self.only:
                 self.filled_streams = scratch
             else:
                 await self.release(scratch)

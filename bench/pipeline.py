@@ -22,8 +22,8 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.payloads import Pool, Row
-from bench.procs import Flowproof
-from bench.scratch import Scratch, Services
+from bench.procs import Flowproof, service_cpu
+from bench.scratch import ROOT, Scratch, Services
 
 AGGREGATE_TYPE = "order"
 PARTITIONS = 3  # the devstack broker's num.partitions; what auto-creation would give
@@ -69,7 +69,11 @@ class RelayRun:
     seconds: float
     peak_rss: int
     load: float
-    cpu_seconds: float  # the relay process's, for the whole run (start-up included)
+    cpu_seconds: float  # the relay processes', for the whole run (start-up included)
+    processes: int = 1
+    # Cores used on average from the relays' start until the outbox was drained: "relay" and each
+    # devstack service (what else the machine spent its CPU on during the run).
+    cores: dict[str, float] = field(default_factory=dict)
 
 
 async def _nothing_pending(conn: asyncpg.Connection, sink: str) -> bool:
@@ -80,6 +84,21 @@ async def _nothing_pending(conn: asyncpg.Connection, sink: str) -> bool:
     return row is None
 
 
+async def _wait_drained(
+    conn: asyncpg.Connection, sinks: list[str], relays: list[Flowproof], within: float
+) -> None:
+    deadline = time.monotonic() + within
+    for sink in sinks:
+        while not await _nothing_pending(conn, sink):
+            for relay in relays:
+                relay.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"relay ({','.join(sinks)}) did not drain the outbox in {within} s"
+                )
+            await asyncio.sleep(0.5)
+
+
 async def relay_throughput(
     scratch: Scratch,
     mode: str,
@@ -87,26 +106,36 @@ async def relay_throughput(
     within: float,
     extra_env: dict[str, str] | None = None,
     profile: Path | None = None,
+    processes: int = 1,
 ) -> RelayRun:
-    """Run `flowproof relay` with FLOWPROOF_SINKS=`mode` over the pre-filled outbox until it is
-    drained; the rate is events / (last published_at - first published_at) over the mode's sinks."""
+    """Run `flowproof relay` (`processes` of them, sharing the slots) with FLOWPROOF_SINKS=`mode`
+    over the pre-filled outbox until it is drained; the rate is
+    events / (last published_at - first published_at) over the mode's sinks. CPU is the sum over
+    the relays, peak RSS the largest one's."""
     sinks = mode.split(",")
     if "kafka" in sinks:
         await create_topic(scratch.services, scratch.prefix)
     env = scratch.env(FLOWPROOF_SINKS=mode, **(extra_env or {}))
-    relay = Flowproof(f"relay-{mode}", ["relay"], env, profile=profile)
+    relays = [
+        Flowproof(f"relay-{mode}-{n}", ["relay"], env, profile=profile if n == 0 else None)
+        for n in range(processes)
+    ]
     conn = await scratch.connect()
     load_before = load()
+    services_before = service_cpu(ROOT / ".devstack")
+    started = time.monotonic()
     try:
-        await relay.start(sample_every=1.0)
-        deadline = time.monotonic() + within
-        for sink in sinks:
-            while not await _nothing_pending(conn, sink):
-                relay.check_alive()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"relay ({mode}) did not drain the outbox in {within} s")
-                await asyncio.sleep(0.5)
-        await relay.stop()
+        for relay in relays:
+            await relay.start(sample_every=1.0)
+        await _wait_drained(conn, sinks, relays, within)
+        wall = time.monotonic() - started
+        services_after = service_cpu(ROOT / ".devstack")
+        for relay in relays:
+            await relay.stop()
+        cores = {"relay": sum(relay.cpu for relay in relays) / wall}
+        for name, used in services_after.items():
+            if name in services_before:
+                cores[name] = (used - services_before[name]) / wall
         per_sink: dict[str, float] = {}
         first: list[dt.datetime] = []
         last: list[dt.datetime] = []
@@ -127,14 +156,17 @@ async def relay_throughput(
             rate=events / max(seconds, 1e-6),
             per_sink=per_sink,
             seconds=seconds,
-            peak_rss=relay.peak_rss,
+            peak_rss=max(relay.peak_rss for relay in relays),
             load=max(load_before, load()),
-            cpu_seconds=relay.cpu,
+            cpu_seconds=sum(relay.cpu for relay in relays),
+            processes=processes,
+            cores={name: round(value, 2) for name, value in cores.items()},
         )
     finally:
-        if relay.process is not None and relay.process.returncode is None:
-            await relay.stop()
-        relay.remove_log()
+        for relay in relays:
+            if relay.process is not None and relay.process.returncode is None:
+                await relay.stop()
+            relay.remove_log()
         await conn.close()
 
 

@@ -183,7 +183,7 @@ async def versions(services: Services) -> dict[str, str]:
     found = {"python": platform.python_version(), "python_implementation": sys.implementation.name}
     conn = await asyncpg.connect(services.database_url)
     try:
-        found["postgresql"] = await conn.fetchval("SHOW server_version")
+        found["postgresql_server"] = await conn.fetchval("SHOW server_version")
         fsync = await conn.fetchval("SHOW fsync")
         found["postgresql_fsync"] = fsync
     finally:
@@ -191,14 +191,15 @@ async def versions(services: Services) -> dict[str, str]:
     client = aioredis.Redis.from_url(services.redis_url)
     try:
         info = await client.info("server")
-        found["redis"] = str(info.get("redis_version"))
+        found["redis_server"] = str(info.get("redis_version"))
     finally:
         await client.aclose()
     libs = sorted((ROOT / ".devstack").glob("kafka-libs-*"))
-    found["kafka"] = libs[-1].name.removeprefix("kafka-libs-") if libs else "unknown"
+    found["kafka_server"] = libs[-1].name.removeprefix("kafka-libs-") if libs else "unknown"
     for name in LIBRARIES:
+        key = "redis-py" if name == "redis" else name
         try:
-            found[name] = metadata.version(name)
+            found[key] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[name] = "not installed"
+            found[key] = "not installed"
     return found

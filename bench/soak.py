@@ -36,6 +36,7 @@ from bench.payloads import Pool
 from bench.pipeline import Emitter, Pipeline, load
 from bench.procs import MB, Flowproof
 from bench.scratch import ROOT, Scratch, Services
+from flowproof.logging import configure_logging
 
 RESULTS = ROOT / "bench" / "results"
 GROWTH_LIMIT = 0.10
@@ -261,6 +262,7 @@ async def main() -> int:
     parser.add_argument("--interval", type=float, default=15.0, help="seconds between two lines")
     parser.add_argument("--warmup", type=float, default=120.0, help="seconds before RSS counts")
     args = parser.parse_args()
+    configure_logging("warning", "console")
     rate = args.rate
     if rate is None:
         maximum = measured_maximum() or await measure_maximum()

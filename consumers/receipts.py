@@ -30,7 +30,7 @@ def clean_text(value: str | None, limit: int = TEXT_LIMIT) -> str | None:
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x (one per message)
 class Receipt:
     """One row of flowproof_receipts; field order is the COPY column order."""
 

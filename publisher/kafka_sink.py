@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -45,7 +44,6 @@ def _error(exc: BaseException) -> SinkError:
     return SinkError(NAME, scrub(f"{type(exc).__name__}: {exc}"))
 
 
-@lru_cache(maxsize=65536)
 def key_hash(key: bytes) -> int:
     """The partitioner hash of a key (murmur2, positive), as aiokafka's and Java's default."""
     hashed: int = murmur2(key) & 0x7FFFFFFF

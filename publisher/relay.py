@@ -63,7 +63,7 @@ class Relay:
         self.workers: dict[str, SinkWorker] = {}
         # The workers claim the same rows: each row is encoded once for all of them, with room
         # for one sink to run a few batches ahead of another.
-        shared = EncodedRows(settings.sinks, capacity=16 * settings.relay_batch_size)
+        shared = EncodedRows(settings.sinks, capacity=8 * settings.relay_batch_size)
         start_line = StartLine(len(settings.sinks))
         for name in settings.sinks:
             prefix = settings.stream_prefix if name == "redis" else settings.topic_prefix

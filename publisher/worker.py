@@ -48,7 +48,7 @@ class BatchOutcome:
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
 # first claim. Workers that start together keep claiming the same rows at about the same time,
-# which is what lets one encoding serve them all (publisher.encoding.EncodedRows).
+# which is what lets one encoding serve them all (publisher.shared_encoding).
 START_GRACE_SECONDS = 3.0
 
 
@@ -101,11 +101,6 @@ class SinkWorker:
         self._conn: asyncpg.Connection | None = None
         self._next_rebalance = 0.0
         self._failing = False
-        # Where the next claim starts: the first seq of the previous claim while it came back
-        # full (a backlog), else 0. Rows below it that become pending meanwhile (a transaction
-        # committing late, a retried parked row) wait until the backlog is worked off; a change
-        # of slots or connection starts from 0 again.
-        self._claim_from = 0
         table, sink_name = settings.outbox_table, sink.name
         self._claim = query("claim", table, sink_name)
         self._mark = query("mark_published", table, sink_name)
@@ -158,7 +153,6 @@ class SinkWorker:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self.leases.lost()
-            self._claim_from = 0
             self._conn = await connect_relay(self.settings, self.name)
             self._next_rebalance = 0.0
         return self._conn
@@ -175,24 +169,16 @@ class SinkWorker:
                 await self.leases.join(conn)
             now = asyncio.get_running_loop().time()
             if now >= self._next_rebalance:
-                owned = self.leases.owned
                 await self.leases.rebalance(conn)
                 self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
-                if self.leases.owned != owned:
-                    self._claim_from = 0
             if not self.leases.owned:
                 return BatchOutcome()
             await self.encoder.pace(self._stop)
             # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
             self._wake.clear()
             records = await conn.fetch(
-                self._claim,
-                sorted(self.leases.owned),
-                self.settings.relay_batch_size,
-                self._claim_from,
+                self._claim, sorted(self.leases.owned), self.settings.relay_batch_size
             )
-        full = len(records) == self.settings.relay_batch_size
-        self._claim_from = records[0]["seq"] if full else 0
         if not records:
             return BatchOutcome()
         self.stats.batches += 1
@@ -200,7 +186,11 @@ class SinkWorker:
         if plan.parked:
             await self._park(conn, plan.parked)
         failed = await self._publish(conn, plan.messages)
-        return BatchOutcome(claimed=len(records), full=full, failed=failed)
+        return BatchOutcome(
+            claimed=len(records),
+            full=len(records) == self.settings.relay_batch_size,
+            failed=failed,
+        )
 
     async def _park(self, conn: asyncpg.Connection, parked: Sequence[Parked]) -> None:
         async with database_boundary(f"{self.name} worker parking rows"):

@@ -4,11 +4,6 @@
 -- name: claim
 -- Pending rows of the slots this worker owns, in publication order. Rows behind a parked row of
 -- their aggregate are left where they are: publishing them would overtake the parked one.
--- $3: where to start. While a worker works through a backlog it starts at the first row of its
--- previous (full) claim, otherwise at 0. When most of the table is pending (a backlog as large
--- as what is kept), the planner estimates the primary key as cheap as the pending index and may
--- walk the key from the start, through every row already published, on every claim: the start
--- bounds that walk whatever plan is chosen.
 -- A created_at Python cannot hold (infinity, BC, after 9999) comes back NULL, and the row is
 -- parked for its envelope: decoding it would fail the whole claim, again on every retry.
 SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
@@ -22,7 +17,6 @@ WHERE o.{{sink}}_published_at IS NULL AND o.{{sink}}_parked_reason IS NULL
       SELECT 1 FROM {{outbox}} AS p
       WHERE p.aggregatetype = o.aggregatetype AND p.aggregateid = o.aggregateid
         AND p.seq < o.seq AND p.{{sink}}_parked_reason IS NOT NULL)
-  AND o.seq >= $3::bigint
 ORDER BY o.seq
 LIMIT $2;
 

@@ -94,7 +94,7 @@ class Plan:
 
     name: str
     events: int = 20_000
-    rate: float = 800.0
+    rate: float = 1200.0
     relays: int = 1
     redis_consumers: int = 1
     kafka_consumers: int = 1

@@ -107,7 +107,7 @@ async def test_redis_connections_cut_slowed_and_half_open(
     )
     plan = Plan(
         "proxy Redis: drop, delay, half-open",
-        rate=600.0,
+        rate=1000.0,
         max_duplicates={"redis": 3 * (RELAY_BATCH + CONSUMER_BATCH), "kafka": 0},
         seed=71,
     )
