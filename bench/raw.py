@@ -23,10 +23,12 @@ from itertools import islice
 import asyncpg
 import hiredis
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bench.payloads import INSERT_ROWS, Pool, Row
+from bench.pipeline import PARTITIONS
 from bench.scratch import Scratch
 from flowproof.config import Settings
 from flowproof.connect import redis_client
@@ -138,7 +140,7 @@ async def kafka_send(settings: Settings, messages: Sequence[Message]) -> float:
     producer = AIOKafkaProducer(**producer_options(settings))
     await producer.start()
     try:
-        await _create(producer, messages[0])
+        await _create(settings, producer, messages[0])
         started = time.monotonic()
         for chunk in batches(messages, settings.relay_batch_size):
             futures = [
@@ -158,7 +160,7 @@ async def kafka_send_batch(settings: Settings, messages: Sequence[Message]) -> f
     producer = AIOKafkaProducer(**producer_options(settings))
     await producer.start()
     try:
-        await _create(producer, messages[0])
+        await _create(settings, producer, messages[0])
         started = time.monotonic()
         for chunk in batches(messages, settings.relay_batch_size):
             builders: dict[tuple[str, int], list[BatchBuilder]] = {}
@@ -184,6 +186,14 @@ async def kafka_send_batch(settings: Settings, messages: Sequence[Message]) -> f
         await producer.stop()
 
 
-async def _create(producer: AIOKafkaProducer, first: Message) -> None:
-    # Outside the clock: the topic is created (auto-creation) and its metadata fetched.
+async def _create(settings: Settings, producer: AIOKafkaProducer, first: Message) -> None:
+    # Outside the clock: the topic is made (by the first of the two runs) as a deployment would,
+    # then its metadata fetched by a first send.
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        if first.destination not in await admin.list_topics():
+            await admin.create_topics([NewTopic(first.destination, PARTITIONS, 1)])
+    finally:
+        await admin.close()
     await producer.send_and_wait(first.destination, value=first.value, key=first.key)

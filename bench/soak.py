@@ -112,6 +112,8 @@ class Soak:
         await self.scratch.create()
         pipeline = Pipeline(self.scratch, Pool.generate(50_000, prefix="s"), self.env())
         verifier = Flowproof("verify", ["verify"], self.scratch.env(**self.env()))
+        emitting: asyncio.Task[int] | None = None
+        feeder: asyncpg.Connection | None = None
         try:
             await pipeline.start()
             await verifier.start(sample_every=1.0)
@@ -134,10 +136,15 @@ class Soak:
                     header_printed = True
                 print(self.line(row, processes), flush=True)
             self.emitted = emitting.result()
-            await feeder.close()
             received = await self.wait_for_all(pipeline.conn, pipeline)
             return self.summary(processes, received)
         finally:
+            # Stopped (Ctrl-C) or failed mid-run: the emitter stops before its connection closes.
+            if emitting is not None and not emitting.done():
+                emitting.cancel()
+                await asyncio.wait([emitting])
+            if feeder is not None:
+                feeder.terminate()
             await verifier.stop()
             verifier.remove_log()
             await pipeline.stop()
