@@ -605,6 +605,16 @@ class PrivateRedis(PrivateService):
 # --- Kafka -----------------------------------------------------------------------------------
 
 
+def kraft_cluster_id() -> str:
+    """16 random bytes in URL-safe base64 without padding, never starting with "-": the storage
+    tool's argument parser would take such an id for an option (Kafka's own Uuid.randomUuid()
+    draws again in that case, and so does this)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def kafka_libs() -> Path:
     """The folder of the Kafka broker's jars that `make stack-up` fetched."""
     found = sorted(DEVSTACK.glob("kafka-libs-*/.complete"))
@@ -762,8 +772,7 @@ class PrivateKafka(PrivateService):
             ),
             encoding="utf-8",
         )
-        # A KRaft cluster id is 16 random bytes in URL-safe base64 without padding.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kraft_cluster_id()
         scram: list[str] = []
         if self.security is not None:
             users = {self.security.admin: self.security.admin_password, **self.security.users}

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import Services
+from tests.private_services import kraft_cluster_id
 
 
 async def test_postgres_round_trip(database_url: str) -> None:
@@ -93,3 +94,11 @@ async def test_kafka_produce_consume_commit(
         assert values == sorted(values)
     assert committed == {tp.partition: ends[tp] for tp in partitions}
     assert sum(committed.values()) == 30
+
+
+def test_private_kafka_cluster_ids_never_look_like_an_option() -> None:
+    # One id in 64 would start with "-" and fail `kafka-storage format -t ID` (seen in a run).
+    ids = [kraft_cluster_id() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
+    assert len(set(ids)) == len(ids)
