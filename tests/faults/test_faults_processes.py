@@ -111,12 +111,10 @@ async def test_a_frozen_consumer_is_taken_over(
             held = await freeze_holding_entries(run, victim)
         run.mark(f"{victim.name} frozen holding {held} pending entries")
         await run.recovered()  # taken over while it is still frozen
-        claimed = sum(
-            entry["entries"]
-            for other in run.named("consume-redis-")
-            if other is not victim
-            for entry in other.log_events("consumer.claimed")
-        )
+        # Recovered can come first: the victim may have written the receipts of what it holds
+        # and been frozen before its XACK. Frozen, it cannot acknowledge: only another member's
+        # claim empties its pending list.
+        claimed = await taken_over(run, victim, held, within=60.0)
         assert claimed >= held, f"{held} entries held by the frozen consumer, {claimed} claimed"
         victim.thaw()
 
@@ -143,6 +141,24 @@ async def pending_of(run: Run, consumer: str) -> int:
     finally:
         await client.aclose()
     return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] == consumer.encode())
+
+
+async def taken_over(run: Run, victim: FlowproofProcess, held: int, within: float) -> int:
+    """Wait until the frozen `victim` holds no pending entry and the other members have logged
+    claims of at least `held` entries (or `within` passed); the entries they claimed."""
+    name = victim.log_events("consumer.started")[-1]["consumer"]
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        claimed: int = sum(
+            entry["entries"]
+            for other in run.named("consume-redis-")
+            if other is not victim
+            for entry in other.log_events("consumer.claimed")
+        )
+        done = claimed >= held and await pending_of(run, name) == 0
+        if done or asyncio.get_running_loop().time() > deadline:
+            return claimed
+        await asyncio.sleep(0.2)
 
 
 async def freeze_holding_entries(run: Run, victim: FlowproofProcess) -> int:
