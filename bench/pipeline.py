@@ -35,14 +35,20 @@ RETURNING id
 """
 
 
-async def create_topic(services: Services, prefix: str) -> None:
-    """The benchmark's topic, made beforehand as a deployment would (not timed)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka)
+async def ensure_topic(bootstrap_servers: str, topic: str) -> None:
+    """Make `topic` (PARTITIONS partitions) unless it exists, as a deployment would (not timed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(f"{prefix}{AGGREGATE_TYPE}", PARTITIONS, 1)])
+        if topic not in await admin.list_topics():
+            await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     finally:
         await admin.close()
+
+
+async def create_topic(services: Services, prefix: str) -> None:
+    """The benchmark's topic under `prefix`."""
+    await ensure_topic(services.kafka, f"{prefix}{AGGREGATE_TYPE}")
 
 
 def quantile(ordered: list[float], q: float) -> float:

@@ -21,21 +21,19 @@ from pathlib import Path
 MB = 1024 * 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time `pid` has used so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    # utime and stime are fields 14 and 15 of the whole line; 12 and 13 after "(comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after "(comm) " (empty when the process is gone): field n
+    of the whole line is index n - 3 here (utime, 14, is 11)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time `pid` has used so far (0 when it is gone)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def _pid_file(path: Path) -> int | None:

@@ -23,12 +23,11 @@ from itertools import islice
 import asyncpg
 import hiredis
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from bench.payloads import INSERT_ROWS, Pool, Row
-from bench.pipeline import PARTITIONS
+from bench.pipeline import ensure_topic
 from bench.scratch import Scratch
 from flowproof.config import Settings
 from flowproof.connect import redis_client
@@ -187,13 +186,7 @@ async def kafka_send_batch(settings: Settings, messages: Sequence[Message]) -> f
 
 
 async def _create(settings: Settings, producer: AIOKafkaProducer, first: Message) -> None:
-    # Outside the clock: the topic is made (by the first of the two runs) as a deployment would,
-    # then its metadata fetched by a first send.
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        if first.destination not in await admin.list_topics():
-            await admin.create_topics([NewTopic(first.destination, PARTITIONS, 1)])
-    finally:
-        await admin.close()
+    # Outside the clock: the topic is made (by the first of the two runs), then its metadata
+    # fetched by a first send.
+    await ensure_topic(settings.kafka_bootstrap_servers, first.destination)
     await producer.send_and_wait(first.destination, value=first.value, key=first.key)

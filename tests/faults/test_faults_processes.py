@@ -31,13 +31,7 @@ async def test_relays_killed_at_random_moments(
     async def faults(run: Run) -> None:
         for n in range(kills):
             await run.at_fraction(0.1 + 0.28 * n, 0.3 + 0.28 * n)
-            victim = run.rng.choice(run.named("relay-"))
-            async with run.fault(f"SIGKILL {victim.name}"):
-                await victim.kill()
-            await run.pause(0.2, 2.0)
-            await victim.start()
-            await victim.started()
-            await run.recovered()
+            await kill_and_restart(run, run.rng.choice(run.named("relay-")))
 
     result = await make_run(plan, shared_endpoints).execute(faults)
     assert result.passed, result.explain()
@@ -74,13 +68,7 @@ async def test_consumers_killed_at_random_moments(
         step = 0.8 / kills
         for n, sink in enumerate(sinks):
             await run.at_fraction(0.1 + step * n, 0.1 + step * (n + 0.5))
-            victim = run.rng.choice(run.named(f"consume-{sink}-"))
-            async with run.fault(f"SIGKILL {victim.name}"):
-                await victim.kill()
-            await run.pause(0.2, 2.0)
-            await victim.start()
-            await victim.started()
-            await run.recovered()
+            await kill_and_restart(run, run.rng.choice(run.named(f"consume-{sink}-")))
 
     result = await make_run(plan, shared_endpoints).execute(faults)
     assert result.passed, result.explain()
@@ -131,6 +119,16 @@ async def test_a_frozen_consumer_is_taken_over(
 
     result = await make_run(plan, shared_endpoints).execute(faults)
     assert result.passed, result.explain()
+
+
+async def kill_and_restart(run: Run, victim: FlowproofProcess) -> None:
+    """SIGKILL `victim`, start it again after a random pause, wait until the run has recovered."""
+    async with run.fault(f"SIGKILL {victim.name}"):
+        await victim.kill()
+    await run.pause(0.2, 2.0)
+    await victim.start()
+    await victim.started()
+    await run.recovered()
 
 
 async def pending_of(run: Run, consumer: str) -> int:
