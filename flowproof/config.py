@@ -290,13 +290,21 @@ class Settings(BaseSettings):
     )
     flow_lost_threshold: int = Field(default=0, ge=0, description="lost events allowed")
     flow_lost_grace_seconds: float = Field(
-        default=30.0, ge=0, description="an event counts as lost this long after it was published"
+        default=5.0,
+        ge=0,
+        description="events published more recently are not judged lost or late yet (loss is "
+        "decided by positions in the sink, not by this time)",
     )
     flow_unexpected_threshold: int = Field(
-        default=0, ge=0, description="receipts of events the outbox never had, allowed"
+        default=0,
+        ge=0,
+        description="receipts of events the outbox never had, allowed (flow.duplicates)",
     )
     flow_duplicates_threshold: int = Field(
-        default=0, ge=0, description="events received more than once, allowed"
+        default=0,
+        ge=0,
+        description="events received more than once, allowed; also copies received from "
+        "another stream or topic",
     )
     flow_duplicates_grace_seconds: float = Field(
         default=30.0, ge=0, description="events published more recently are not judged yet"
@@ -332,7 +340,10 @@ class Settings(BaseSettings):
         default=60.0, ge=0, description="how long a message may wait uncommitted"
     )
     latency_e2e_threshold_seconds: float = Field(
-        default=5.0, gt=0, description="highest p99 of created_at to receipt, per sink and group"
+        default=5.0,
+        gt=0,
+        description="highest p99 of created_at to receipt, per sink and group; also the oldest "
+        "age a late event (published, not received yet) may reach",
     )
     latency_e2e_grace_seconds: float = Field(
         default=0.0, ge=0, description="events created more recently are left out"

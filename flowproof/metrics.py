@@ -159,9 +159,19 @@ VERIFY_UNEXPECTED = Gauge(
     "Events received that the outbox never had.",
     ["sink", "group"],
 )
-VERIFY_RECOVERED = Gauge(
-    "flowproof_verify_recovered_events",
-    "Events first received later than the lost grace period after publishing.",
+VERIFY_LATE = Gauge(
+    "flowproof_verify_late_events",
+    "Events published, not received yet, that the group has not reached (or holds unacknowledged).",
+    ["sink", "group"],
+)
+VERIFY_OLDEST_LATE_AGE = Gauge(
+    "flowproof_verify_oldest_late_age_seconds",
+    "Seconds since the oldest late event was published; 0 when none is late.",
+    ["sink", "group"],
+)
+VERIFY_MISROUTED = Gauge(
+    "flowproof_verify_misrouted_events",
+    "Events received from another stream or topic than their destination.",
     ["sink", "group"],
 )
 VERIFY_E2E_LATENCY = Gauge(

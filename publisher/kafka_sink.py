@@ -30,7 +30,7 @@ from flowproof.logging import get_logger
 from flowproof.redact import scrub
 from publisher.encoding import Message
 from publisher.errors import SinkError
-from publisher.sink import Outcomes
+from publisher.sink import Outcome, Outcomes, Placed
 
 NAME = "kafka"
 # Room for the record batch and request framing around the largest message the relay sends.
@@ -99,7 +99,7 @@ class KafkaSink:
         producer = self._producer
         if producer is None:
             return [SinkError(NAME, "producer not started")] * len(messages)
-        outcomes: Outcomes = [None] * len(messages)
+        outcomes: list[Outcome | None] = [None] * len(messages)
         batches = await self._record_batches(producer, messages, outcomes)
         pending: dict[int, asyncio.Future[object]] = {}
         broken: SinkError | None = None
@@ -128,14 +128,21 @@ class KafkaSink:
             # only while a partition has no leader), so the relay bounds the wait itself.
             await asyncio.wait(pending.values(), timeout=self._settings.relay_sink_timeout_seconds)
         for number, future in pending.items():
+            batch = batches[number]
             problem = _problem(future, self._settings.relay_sink_timeout_seconds)
-            if problem is not None:
-                for index in batches[number].indexes:
-                    outcomes[index] = problem
-        return outcomes
+            # A record batch's records have consecutive offsets from the batch's base offset.
+            base = -1 if problem is not None else future.result().offset  # type: ignore[attr-defined]
+            for place, index in enumerate(batch.indexes):
+                outcomes[index] = problem or Placed(
+                    batch.topic, batch.partition, f"{batch.partition}:{base + place}"
+                )
+        return [o if o is not None else SinkError(NAME, "not sent") for o in outcomes]
 
     async def _record_batches(
-        self, producer: AIOKafkaProducer, messages: Sequence[Message], outcomes: Outcomes
+        self,
+        producer: AIOKafkaProducer,
+        messages: Sequence[Message],
+        outcomes: list[Outcome | None],
     ) -> list[RecordBatch]:
         """The messages in record batches by partition, in order; a message whose topic has no
         metadata gets its outcome here instead."""

@@ -13,7 +13,7 @@ from flowproof.metrics import (
     OUTBOX_WAITING_BEHIND_PARKED,
     RELAY_PRUNED,
 )
-from publisher.queries import published_everywhere, query
+from publisher.queries import query
 
 log = get_logger(__name__)
 
@@ -33,26 +33,34 @@ async def refresh_gauges(conn: asyncpg.Connection, settings: Settings) -> None:
 
 
 async def prune(conn: asyncpg.Connection, settings: Settings, max_batches: int = 100) -> int:
-    """Delete rows every enabled sink acknowledged, older than the retention, in small batches.
+    """Delete rows every sink of the outbox published, older than the retention, in small
+    batches, and the delivery records of this relay's sinks older than the retention.
 
     Stops after `max_batches` statements so one call never holds a connection for long; the next
-    call goes on. Returns the number of rows deleted.
+    call goes on. Returns the number of outbox rows deleted.
     """
-    sql = query(
-        "prune",
-        settings.outbox_table,
-        published_everywhere=published_everywhere(settings.sinks),
-    )
-    total = 0
-    for _ in range(max_batches):
-        status = await conn.execute(
-            sql, settings.relay_retention_seconds, settings.relay_prune_batch_size
+    table, retention = settings.outbox_table, settings.relay_retention_seconds
+    batch = settings.relay_prune_batch_size
+    total = await _in_batches(conn, max_batches, batch, query("prune", table), retention, batch)
+    records = 0
+    for sink in settings.sinks:
+        records += await _in_batches(
+            conn, max_batches, batch, query("prune_deliveries", table), retention, batch, sink
         )
-        deleted = int(status.rsplit(" ", 1)[1])
-        total += deleted
-        if deleted < settings.relay_prune_batch_size:
-            break
     if total:
         RELAY_PRUNED.inc(total)
-        log.info("relay.pruned", rows=total, retention_seconds=settings.relay_retention_seconds)
+    if total or records:
+        log.info("relay.pruned", rows=total, delivery_records=records, retention_seconds=retention)
+    return total
+
+
+async def _in_batches(
+    conn: asyncpg.Connection, max_batches: int, batch: int, sql: str, *args: object
+) -> int:
+    total = 0
+    for _ in range(max_batches):
+        deleted = int((await conn.execute(sql, *args)).rsplit(" ", 1)[1])
+        total += deleted
+        if deleted < batch:
+            break
     return total

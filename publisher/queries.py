@@ -7,7 +7,6 @@ Only validated names reach the templates: the outbox table passes
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
@@ -39,9 +38,6 @@ def query(name: str, table: str, sink: str | None = None, **extra: str) -> str:
     return sql
 
 
-def published_everywhere(sinks: Iterable[str]) -> str:
-    """The condition "every one of `sinks` acknowledged the row", for the prune query."""
-    checked = [s for s in sinks if s in SINK_NAMES]
-    if not checked:
-        raise ValueError("needs at least one sink")
-    return "(" + " AND ".join(f"{s}_published_at IS NOT NULL" for s in checked) + ")"
+def deliveries_table(table: str) -> str:
+    """The table of where each event of the outbox `table` went (migration 0040)."""
+    return f"{validate_sql_identifier(table)}_deliveries"

@@ -1,9 +1,13 @@
-"""Publishing to Redis Streams: one pipelined XADD per event, in seq order, on one connection.
+"""Publishing to Redis Streams: a batch is one transaction (MULTI, an XADD per event, EXEC).
 
-Redis runs a connection's commands in order, so when the connection breaks mid-pipeline what ran
-is a prefix of the batch: the replies read before the break are marked, the rest is published
-again (nothing is reordered; at most what ran unseen is duplicated). redis-py's own retries are
-off: the relay's retry policy is the only one.
+A batch is all or nothing. Redis refuses a command when it is queued (OOM under `noeviction`,
+BUSY while a script runs, MISCONF after a failed save, NOPERM) and then discards the whole
+transaction (EXECABORT): nothing of the batch is in the stream and all of it is published again,
+in order. Without the transaction, the commands after a refused one would run, and the refused
+event, published again later, would land after later events of its aggregate. When the
+connection breaks before EXEC's reply, the batch may or may not have run: it is published again
+(at most a batch of duplicates, never a reordering, as Redis runs a transaction whole). redis-py's
+own retries are off: the relay's retry policy is the only one.
 
 The batch is packed by hiredis (C) and written to one pooled connection at once, then the replies
 are read in order: the same wire exchange as redis-py's pipeline, without its per-command Python
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
@@ -27,7 +32,7 @@ from flowproof.connect import redis_client
 from flowproof.redact import scrub
 from publisher.encoding import Message
 from publisher.errors import SinkError
-from publisher.sink import Outcomes
+from publisher.sink import Outcomes, Placed
 from schemas.envelope import PAYLOAD_FIELD
 
 NAME = "redis"
@@ -50,6 +55,47 @@ def xadd_command(message: Message, maxlen: int | None) -> bytes:
     args.append(message.value)
     packed: bytes = hiredis.pack_command(tuple(args))  # type: ignore[arg-type]  # stub too narrow
     return packed
+
+
+_MULTI: bytes = hiredis.pack_command(("MULTI",))
+_EXEC: bytes = hiredis.pack_command(("EXEC",))
+
+
+async def _reply(conn: Any) -> Any:
+    """The next reply, with an error reply returned instead of raised."""
+    try:
+        return await conn.read_response(timeout=math.inf)
+    except ResponseError as exc:
+        return exc
+
+
+async def _transaction_replies(conn: Any, messages: Sequence[Message]) -> tuple[Outcomes, bool]:
+    """Read MULTI's, each XADD's and EXEC's replies; the outcomes, and whether the connection
+    is back outside a transaction."""
+    refused: dict[int, ResponseError] = {}
+    first = await _reply(conn)
+    for index in range(len(messages)):
+        queued = await _reply(conn)
+        if isinstance(queued, ResponseError):
+            refused[index] = queued
+    executed = await _reply(conn)
+    if isinstance(first, ResponseError):
+        executed = first
+    if isinstance(executed, ResponseError) or not isinstance(executed, list):
+        why = next(iter(refused.values()), executed)
+        batch = SinkError(NAME, scrub(f"batch refused, nothing written ({why})"))
+        outcomes: Outcomes = [
+            _error(refused[i]) if i in refused else batch for i in range(len(messages))
+        ]
+        return outcomes, "EXECABORT" in str(executed)
+    return [_placed(m, r) for m, r in zip(messages, executed, strict=True)], True
+
+
+def _placed(message: Message, reply: Any) -> Placed | SinkError:
+    if isinstance(reply, Exception):
+        return _error(reply)
+    entry = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return Placed(message.destination, None, entry)
 
 
 class RedisSink:
@@ -80,33 +126,30 @@ class RedisSink:
 
     async def publish(self, messages: Sequence[Message]) -> Outcomes:
         maxlen = self._settings.relay_redis_maxlen
-        packed = b"".join([xadd_command(message, maxlen) for message in messages])
+        packed = b"".join([_MULTI, *[xadd_command(m, maxlen) for m in messages], _EXEC])
         pool = self._connect().connection_pool
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         except (RedisError, OSError, TimeoutError) as exc:
             return [_error(exc)] * len(messages)
-        outcomes: Outcomes = []
         timeout = self._settings.relay_sink_timeout_seconds
+        clean = False
         try:
             await conn.send_packed_command(packed)
             # One time limit for all the replies, not one timer per reply (`math.inf`: none).
             async with asyncio.timeout(timeout):
-                for _ in messages:
-                    try:
-                        await conn.read_response(timeout=math.inf)
-                    except ResponseError as exc:  # this XADD was refused; the connection is fine
-                        outcomes.append(_error(exc))
-                    else:
-                        outcomes.append(None)
+                outcomes, clean = await _transaction_replies(conn, messages)
         except (RedisError, OSError, TimeoutError) as exc:
             # redis-py has dropped the connection (as it does on cancellation and our time
-            # limit): the replies read are acknowledged; the rest may or may not have run.
+            # limit): the transaction may or may not have run; all of it is published again.
             error = _error(exc)
             if isinstance(exc, TimeoutError) and not str(exc):
                 error = SinkError(NAME, f"no reply within {timeout} s")
-            outcomes += [error] * (len(messages) - len(outcomes))
+            outcomes = [error] * len(messages)
         finally:
+            if not clean:
+                # A connection left inside MULTI (EXEC itself refused) must not be reused.
+                await conn.disconnect()
             await pool.release(conn)
         return outcomes
 

@@ -30,7 +30,7 @@ from publisher.errors import OutboxMissing, RelayCrashed
 from publisher.kafka_sink import KafkaSink
 from publisher.listener import Listener
 from publisher.maintenance import prune, refresh_gauges
-from publisher.queries import query
+from publisher.queries import deliveries_table, query
 from publisher.redis_sink import RedisSink
 from publisher.shared_encoding import EncodedRows
 from publisher.sink import Sink
@@ -177,13 +177,16 @@ class Relay:
 
     async def preflight(self) -> None:
         """ComponentUnreachable when PostgreSQL is down, OutboxMissing when not migrated."""
+        table = self.settings.outbox_table
         conn = await connect_relay(self.settings, "preflight")
         try:
-            exists = await conn.fetchval(query("outbox_exists", self.settings.outbox_table))
+            for needed in (table, deliveries_table(table)):
+                if not await conn.fetchval(query("outbox_exists", needed)):
+                    raise OutboxMissing(needed)
+            # This relay's sinks are sinks of the outbox from now on (pruning keeps what they owe).
+            await conn.execute(query("register_sinks", table), list(self.settings.sinks))
         finally:
             await close_quietly(conn)
-        if not exists:
-            raise OutboxMissing(self.settings.outbox_table)
 
     async def _gauges(self, conn: asyncpg.Connection) -> None:
         await refresh_gauges(conn, self.settings)

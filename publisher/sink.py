@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from publisher.encoding import Aggregate, Message
 from publisher.errors import SinkError
 
-# One outcome per message, in the order sent: None when the sink acknowledged it.
-Outcomes = list[SinkError | None]
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """Where the sink put an acknowledged message: the verifier judges loss by this."""
+
+    destination: str  # stream or topic
+    partition: int | None  # Kafka partition; None for Redis
+    position: str  # stream entry id, or partition:offset
+
+
+# One outcome per message, in the order sent: where the sink put it, or why it did not take it.
+Outcome = Placed | SinkError
+Outcomes = list[Outcome]
 
 
 class Sink(Protocol):
@@ -30,21 +42,35 @@ class Sink(Protocol):
         """Release what `start` opened."""
 
 
-def acknowledged(messages: Sequence[Message], outcomes: Outcomes) -> tuple[list[int], int]:
-    """The seqs that may be marked published, and how many acknowledged ones may not.
+@dataclass(slots=True)
+class Acknowledged:
+    """What a publish gave: the seqs that may be marked published, every placement the sink
+    acknowledged (marked or not: a copy in the sink is a fact), how many placed ones may not be
+    marked, and the errors."""
+
+    marked: list[int]
+    placements: list[tuple[int, Placed]]
+    held_back: int
+    errors: list[SinkError]
+
+
+def acknowledged(messages: Sequence[Message], outcomes: Outcomes) -> Acknowledged:
+    """Sort a publish's outcomes into what may be marked and what was only placed.
 
     Per aggregate, only the acknowledged events before its first failure count: a later event
     the sink took anyway is published again after the failed one, so the aggregate's order holds
     in what the consumers see first (the second copy is a duplicate, bounded by the batch).
     """
     failed: set[Aggregate] = set()
-    marked: list[int] = []
-    held_back = 0
+    result = Acknowledged([], [], 0, [])
     for message, outcome in zip(messages, outcomes, strict=True):
-        if outcome is not None:
+        if isinstance(outcome, SinkError):
             failed.add(message.aggregate)
-        elif message.aggregate in failed:
-            held_back += 1
+            result.errors.append(outcome)
+            continue
+        result.placements.append((message.seq, outcome))
+        if message.aggregate in failed:
+            result.held_back += 1
         else:
-            marked.append(message.seq)
-    return marked, held_back
+            result.marked.append(message.seq)
+    return result

@@ -167,6 +167,27 @@ async def insert_receipt(
     )
 
 
+async def record_delivery(
+    pipeline: Pipeline, event: Event, *, sink: str, position: str, destination: str = ""
+) -> None:
+    """Where the relay put the event, as it records it (published 5 ms after created)."""
+    if sink == "redis":
+        partition, destination = None, destination or pipeline.stream
+    else:
+        partition, destination = int(position.split(":")[0]), destination or pipeline.topic
+    await pipeline.execute(
+        """INSERT INTO flowproof_outbox_deliveries
+               (seq, sink, destination, partition, position, created_at, published_at)
+           VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $6::timestamptz + interval '5 ms')""",
+        event.seq,
+        sink,
+        destination,
+        partition,
+        position,
+        event.created_at,
+    )
+
+
 async def _fill_redis(client: aioredis.Redis, stream: str, events: list[Event]) -> None:
     for event in events:
         entry = await client.xadd(stream, {"id": str(event.id), "payload": b"\x00"})
@@ -232,6 +253,8 @@ async def clean_pipeline(
     await _fill_redis(redis, stream, pipeline.events)
     await _fill_kafka(settings.kafka_bootstrap_servers, topic, pipeline.events)
     for event in pipeline.events:
+        await record_delivery(pipeline, event, sink="redis", position=event.redis_entry)
+        await record_delivery(pipeline, event, sink="kafka", position=f"0:{event.kafka_offset}")
         await insert_receipt(
             pipeline, event, sink="redis", source=stream, position=event.redis_entry
         )

@@ -35,9 +35,10 @@ from verifier.conformance import (
 from verifier.exporter import Exporter
 from verifier.flow import FlowStats, flow_builders, flow_stats, judge_flow
 from verifier.groups import SinkGroup, expected_groups, groups_of, subject
-from verifier.kafka_lag import KafkaReader, kafka_snapshot
+from verifier.kafka_lag import KafkaReader, LazyKafkaOffsets, kafka_snapshot
 from verifier.lag import judge_lag, lag_builder, lane_key, limits, observe
 from verifier.lanes import SinkSnapshot
+from verifier.loss import KafkaPositions, PositionReader, RedisPositions
 from verifier.model import (
     COMPONENTS_UP,
     FLOW_DUPLICATES,
@@ -155,9 +156,15 @@ class Evaluator:
         reads = DatabaseReads()
         settings = self.settings
 
+        kafka = LazyKafkaOffsets(settings, self.timeout)
+        readers: dict[Sink, PositionReader] = {KAFKA: KafkaPositions(kafka)}
+        if self._redis is not None:
+            readers[REDIS] = RedisPositions(self._redis)
+
         async def flow(pair: SinkGroup) -> None:
             reads.flow[pair] = await self._attempt(
-                f"flow {subject(*pair)}", flow_stats(pool, settings, *pair, db_now)
+                f"flow {subject(*pair)}",
+                flow_stats(pool, settings, *pair, db_now, positions=readers[pair[0]]),
             )
 
         async def pending(sink: Sink) -> None:
@@ -168,11 +175,14 @@ class Evaluator:
         async def receipts() -> None:
             reads.receipts = await self._attempt("receipts", receipt_stats(pool, settings, db_now))
 
-        await asyncio.gather(
-            *(flow(pair) for pair in self.groups),
-            *(pending(sink) for sink in settings.sinks),
-            receipts(),
-        )
+        try:
+            await asyncio.gather(
+                *(flow(pair) for pair in self.groups),
+                *(pending(sink) for sink in settings.sinks),
+                receipts(),
+            )
+        finally:
+            await kafka.close()
         return Read(ComponentState(POSTGRESQL, True), reads)
 
     # --- Redis and Kafka ----------------------------------------------------------------------

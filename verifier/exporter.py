@@ -77,7 +77,9 @@ class Exporter:
         self._set(metrics.VERIFY_DUPLICATES, labels, stats.duplicated)
         self._set(metrics.VERIFY_OUT_OF_ORDER, labels, stats.out_of_order)
         self._set(metrics.VERIFY_UNEXPECTED, labels, stats.unexpected)
-        self._set(metrics.VERIFY_RECOVERED, labels, stats.recovered)
+        self._set(metrics.VERIFY_LATE, labels, stats.late)
+        self._set(metrics.VERIFY_OLDEST_LATE_AGE, labels, stats.oldest_late_age)
+        self._set(metrics.VERIFY_MISROUTED, labels, stats.misrouted)
         if stats.latency is not None:
             for quantile, value in zip(("0.5", "0.95", "0.99"), stats.latency, strict=True):
                 self._set(metrics.VERIFY_E2E_LATENCY, (*labels, quantile), value)

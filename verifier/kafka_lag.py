@@ -69,6 +69,23 @@ class KafkaReader:
             (dlqs if is_dlq(topic["topic"]) else events).extend(sorted(tps))
         return events, dlqs
 
+    async def offsets(
+        self, tps: Sequence[TopicPartition]
+    ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """Which of `tps` exist, and their log start and end offsets (verifier.loss)."""
+        topics = sorted({tp.topic for tp in tps})
+        existing: set[TopicPartition] = set()
+        for topic in await self.admin.describe_topics(topics) if topics else []:
+            if topic.get("error_code", 0) == 0:
+                name = topic["topic"]
+                existing.update(TopicPartition(name, p["partition"]) for p in topic["partitions"])
+        wanted = [tp for tp in tps if tp in existing]
+        if not wanted:
+            return set(), {}, {}
+        begin = await self.consumer.beginning_offsets(wanted)
+        end = await self.consumer.end_offsets(wanted)
+        return set(wanted), begin, end
+
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         offsets = await self.admin.list_consumer_group_offsets(group)
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
@@ -102,6 +119,42 @@ class KafkaReader:
                     self.consumer.pause(tp)
         self.consumer.assign([])
         return found
+
+
+class LazyKafkaOffsets:
+    """A KafkaReader opened on first use (only when Kafka events need their positions judged),
+    shared by the flow reads of one evaluation, closed by the owner."""
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        self._settings = settings
+        self._timeout = timeout
+        self._reader: KafkaReader | None = None
+        self._lock = asyncio.Lock()
+
+    async def _open(self) -> KafkaReader:
+        async with self._lock:
+            if self._reader is None:
+                reader = KafkaReader(self._settings, self._timeout)
+                await reader.open()
+                self._reader = reader
+            return self._reader
+
+    async def offsets(
+        self, tps: Sequence[TopicPartition]
+    ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
+        reader = await self._open()
+        async with self._lock:  # one client, one request at a time
+            return await reader.offsets(tps)
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        reader = await self._open()
+        async with self._lock:
+            return await reader.committed(group)
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
 
 
 def _lanes_of_group(

@@ -69,15 +69,41 @@ RETURNING seq;
 SELECT pg_notify('{{outbox}}', '');
 
 -- name: prune
--- Rows every enabled sink acknowledged, older than the retention; a few at a time, skipping rows
--- another relay is pruning right now. `{{published_everywhere}}` is rendered from the sinks.
+-- Rows older than the retention that every sink of this outbox ({{outbox}}_sinks, whichever
+-- relay registered it) has published; a few at a time, skipping rows another relay is pruning
+-- right now. A row a sink still owes, or has parked, stays, whatever the sinks of the relay that
+-- prunes; with no sink registered (or one this version does not know) nothing is pruned.
 DELETE FROM {{outbox}}
 WHERE seq IN (
-    SELECT seq FROM {{outbox}}
-    WHERE created_at < now() - make_interval(secs => $1) AND {{published_everywhere}}
-    ORDER BY created_at
+    SELECT o.seq FROM {{outbox}} AS o
+    WHERE o.created_at < now() - make_interval(secs => $1)
+      AND EXISTS (SELECT 1 FROM {{outbox}}_sinks)
+      AND NOT EXISTS (
+          SELECT 1 FROM {{outbox}}_sinks AS s
+          WHERE s.sink NOT IN ('redis', 'kafka')
+             OR (s.sink = 'redis' AND o.redis_published_at IS NULL)
+             OR (s.sink = 'kafka' AND o.kafka_published_at IS NULL))
+    ORDER BY o.created_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED);
+
+-- name: prune_deliveries
+-- Delivery records older than the retention (their events are pruned, or about to be).
+DELETE FROM {{outbox}}_deliveries
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM {{outbox}}_deliveries
+    WHERE sink = $3 AND published_at < now() - make_interval(secs => $1)
+    LIMIT $2));
+
+-- name: register_sinks
+-- The sinks a relay publishes to become sinks of the outbox (see prune).
+INSERT INTO {{outbox}}_sinks (sink) SELECT unnest($1::text[]) ON CONFLICT (sink) DO NOTHING;
+
+-- name: outbox_sinks
+SELECT sink, registered_at FROM {{outbox}}_sinks ORDER BY sink;
+
+-- name: forget_sink
+DELETE FROM {{outbox}}_sinks WHERE sink = $1 RETURNING sink;
 
 -- name: outbox_exists
 SELECT to_regclass('{{outbox}}') IS NOT NULL;

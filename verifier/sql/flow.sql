@@ -1,29 +1,48 @@
--- flow.lost, flow.duplicates, flow.order, latency.e2e and unexpected receipts of one sink and
--- consumer group, in one pass over the outbox window and the group's receipts.
--- $1 window start          $2 receipts received from (window start less a clock-skew margin)
+-- flow.duplicates, flow.order, latency.e2e, unexpected and misrouted receipts of one sink and
+-- consumer group, and the events still without a receipt (whose loss verifier/loss.py decides by
+-- their positions), in one pass over the outbox window and the group's receipts.
+-- $1 window start (events created from a minute before it, or published within it)
+-- $2 receipts received from (a minute and a clock-skew margin before the window start)
 -- $3 consumer group        $4 sampled ids are below this uuid (NULL: every event is sampled)
--- $5 lost: published before            $6 lost grace (interval; a later first receipt: recovered)
+-- $5 lost: published before            $6 stream/topic prefix (an event's destination)
 -- $7 duplicates: published before      $8 order: published before
 -- $9 latency: created before           $10 unexpected: only events created after this horizon
 --
+-- A receipt counts as a delivery of its event only when it came from the event's destination
+-- (prefix || aggregatetype); one from anywhere else is a misrouted copy.
+--
 -- Cost (bench/verify_eval.py): one hash of the window's events, probed by the receipts; one sort
 -- of the joined rows by aggregate and seq, which serves both the grouping of each event's
--- receipts and the order window (run with enable_hashagg off, see verifier/flow.py). Hashing
--- the receipts by event id first, then joining and sorting again, cost a third more CPU.
+-- receipts and the order window (run with enable_hashagg off, see verifier/flow.py).
 WITH events AS (
     SELECT o.seq, o.id, o.created_at, o.{{sink}}_published_at AS published_at,
+           $6::text || o.aggregatetype AS destination,
            -- One number per aggregate keeps the sort below cheap.
            hashtextextended(o.aggregatetype || '/' || o.aggregateid, 0) AS aggregate
     FROM {{outbox}} o
-    WHERE o.created_at >= $1
+    WHERE o.created_at >= $1::timestamptz - interval '1 minute'
       AND o.{{sink}}_published_at IS NOT NULL
       -- flowproof.sampling's choice (the id's first 32 bits below the threshold) as one uuid
       -- comparison instead of a text conversion per row.
       AND ($4::uuid IS NULL OR o.id < $4::uuid)
+    UNION ALL
+    -- Created earlier, published within the window (a replayed backlog): judged all the same.
+    SELECT o.seq, o.id, o.created_at, o.{{sink}}_published_at,
+           $6::text || o.aggregatetype,
+           hashtextextended(o.aggregatetype || '/' || o.aggregateid, 0)
+    FROM {{outbox}} o
+    WHERE o.seq IN (
+            SELECT d.seq FROM {{outbox}}_deliveries d
+            WHERE d.sink = '{{sink}}' AND d.published_at >= $1
+              AND d.published_at - d.created_at > interval '1 minute'
+              AND d.created_at < $1::timestamptz - interval '1 minute')
+      AND o.created_at < $1::timestamptz - interval '1 minute'
+      AND o.{{sink}}_published_at IS NOT NULL
+      AND ($4::uuid IS NULL OR o.id < $4::uuid)
 ),
 receipts AS (
     -- Every receipt is a delivery, valid or not: an invalid one arrived all the same.
-    SELECT r.event_id, r.position_order, r.received_at
+    SELECT r.event_id, r.source, r.position_order, r.received_at
     FROM flowproof_receipts r
     WHERE r.sink = '{{sink}}' AND r.consumer_group = $3 AND r.received_at >= $2
       AND r.event_id IS NOT NULL
@@ -31,23 +50,25 @@ receipts AS (
 deliveries AS (
     -- One row per event of the window, and per event id received that is not in it (seq NULL).
     SELECT e.aggregate, e.seq, coalesce(e.id, r.event_id) AS id, e.published_at, e.created_at,
-           count(r.received_at) AS receipts,
-           min(r.position_order) AS first_position,
-           max(r.position_order) AS last_position,
-           min(r.received_at) AS first_received
+           count(r.received_at) FILTER (WHERE r.source = e.destination) AS receipts,
+           count(r.received_at) FILTER (WHERE r.source <> e.destination) AS elsewhere,
+           min(r.position_order) FILTER (WHERE r.source = e.destination) AS first_position,
+           max(r.position_order) FILTER (WHERE r.source = e.destination) AS last_position,
+           min(r.received_at) FILTER (WHERE r.source = e.destination) AS first_received
     FROM events e
     FULL JOIN receipts r ON r.event_id = e.id
     GROUP BY e.aggregate, e.seq, coalesce(e.id, r.event_id), e.published_at, e.created_at
 ),
 joined AS (
-    SELECT d.id, d.seq, d.aggregate, d.first_position,
-           -- Kafka orders only within a partition (the high bits of the position).
+    SELECT d.id, d.seq, d.aggregate, d.first_position, d.first_received,
+           -- Kafka orders only within a partition (the high bits of the position); the topic
+           -- is the aggregate's, as only receipts from the event's destination count.
            CASE WHEN '{{sink}}' = 'kafka' THEN d.first_position >> 48 END AS lane,
-           d.published_at < $5 AS lost_judged,
-           d.published_at < $5 AND d.receipts = 0 AS lost,
-           d.first_received > d.published_at + $6 AS recovered,
+           d.seq IS NOT NULL AND d.published_at < $5 AS lost_judged,
+           d.seq IS NOT NULL AND d.published_at < $5 AND d.receipts = 0 AS unreceived,
            d.published_at < $7 AND d.receipts > 1 AS duplicated,
            d.published_at < $7 AND d.last_position <> d.first_position AS published_twice,
+           d.published_at < $7 AND d.elsewhere > 0 AS misrouted,
            d.published_at < $8 AS order_judged,
            -- date_part computes in float8 and equals extract(...)::float8 (which goes through
            -- numeric, three times slower) while the interval has no day part: under a day.
@@ -71,32 +92,47 @@ joined AS (
     FROM deliveries d
 ),
 ordered AS (
-    -- The latest first-delivery position among the earlier events of the same aggregate: an
-    -- event first delivered before it was overtaken. Redeliveries do not move a first position.
+    -- The latest first-delivery position among the earlier events of the same aggregate in the
+    -- same lane: an event first delivered before it was overtaken. Redeliveries do not move a
+    -- first position. Across lanes (a Kafka aggregate whose partition changed when partitions
+    -- were added) positions do not compare: the times of first receipt do.
     SELECT j.*,
            max(j.first_position) OVER (
                PARTITION BY j.aggregate, j.lane
                ORDER BY j.seq
                ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-           ) AS latest_before
+           ) AS latest_before,
+           lag(j.lane) OVER by_aggregate AS previous_lane,
+           lag(j.first_received) OVER by_aggregate AS previous_received
     FROM joined j
+    WINDOW by_aggregate AS (PARTITION BY j.aggregate ORDER BY j.seq)
+),
+judged AS (
+    SELECT o.*,
+           o.order_judged AND (
+               o.first_position < o.latest_before
+               OR (o.previous_lane <> o.lane AND o.first_received < o.previous_received)
+           ) AS out_of_order,
+           o.order_judged AND o.previous_lane <> o.lane AS moved
+    FROM ordered o
 )
 SELECT
     count(*) FILTER (WHERE lost_judged) AS judged,
-    count(*) FILTER (WHERE lost) AS lost,
-    (array_agg(id ORDER BY seq) FILTER (WHERE lost))[1:3] AS lost_examples,
-    count(*) FILTER (WHERE recovered) AS recovered,
+    coalesce(array_agg(id ORDER BY seq) FILTER (WHERE unreceived), '{}') AS unreceived,
     count(*) FILTER (WHERE duplicated) AS duplicated,
     count(*) FILTER (WHERE published_twice) AS published_twice,
     (array_agg(id ORDER BY seq) FILTER (WHERE duplicated))[1:3] AS duplicated_examples,
-    count(*) FILTER (WHERE order_judged AND first_position < latest_before) AS out_of_order,
-    (array_agg(id ORDER BY seq) FILTER (WHERE order_judged AND first_position < latest_before))[1:3]
-        AS out_of_order_examples,
+    count(*) FILTER (WHERE misrouted) AS misrouted,
+    (array_agg(id ORDER BY seq) FILTER (WHERE misrouted))[1:3] AS misrouted_examples,
+    count(*) FILTER (WHERE out_of_order) AS out_of_order,
+    (array_agg(id ORDER BY seq) FILTER (WHERE out_of_order))[1:3] AS out_of_order_examples,
+    count(*) FILTER (WHERE moved) AS moved,
+    (array_agg(id ORDER BY seq) FILTER (WHERE moved))[1:3] AS moved_examples,
     count(*) FILTER (WHERE maybe_unexpected AND NOT EXISTS (
-        SELECT 1 FROM {{outbox}} o WHERE o.id = ordered.id)) AS unexpected,
+        SELECT 1 FROM {{outbox}} o WHERE o.id = judged.id)) AS unexpected,
     (array_agg(id) FILTER (WHERE maybe_unexpected AND NOT EXISTS (
-        SELECT 1 FROM {{outbox}} o WHERE o.id = ordered.id)))[1:3] AS unexpected_examples,
+        SELECT 1 FROM {{outbox}} o WHERE o.id = judged.id)))[1:3] AS unexpected_examples,
     count(latency) AS latency_samples,
     percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[]) WITHIN GROUP (ORDER BY latency)
         AS latency
-FROM ordered
+FROM judged
