@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from consumers.deadletter import DeadLetter
+from consumers.deadletter import DeadLetter, Unwritable
 from consumers.errors import ConsumerError
 from consumers.options import ConsumerOptions
 from consumers.processing import BatchOutcome
-from consumers.receipts import ReceiptWriter
+from consumers.receipts import ReceiptWriter, clean_text
 from flowproof import metrics
 from flowproof.logging import get_logger
 from flowproof.retry import RetryPolicy
@@ -30,8 +30,9 @@ log = get_logger(__name__)
 class DeadLetterSink(Protocol):
     """Where a sink's dead letters go (`<name>.dlq` in Redis or Kafka)."""
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
-        """Write every letter durably or raise DeadLetterFailed."""
+    async def send(self, letters: Sequence[DeadLetter]) -> list[Unwritable]:
+        """Write every letter durably, or raise DeadLetterFailed (the batch is retried); return
+        the letters the sink will never take."""
 
 
 @dataclass
@@ -73,7 +74,7 @@ class BatchCommitter:
     async def commit(self, outcome: BatchOutcome, ack: Callable[[], Awaitable[None]]) -> bool:
         """Dead letters, receipts, ack; True when all three were done."""
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-            ("dead_letter", lambda: self._dead_letters.send(outcome.dead_letters)),
+            ("dead_letter", lambda: self._send_dead_letters(outcome)),
             ("receipts", lambda: self._receipts.write(outcome.receipts)),
             ("ack", ack),
         ]
@@ -98,6 +99,28 @@ class BatchCommitter:
                 len(outcome.receipts)
             )
         return True
+
+    async def _send_dead_letters(self, outcome: BatchOutcome) -> None:
+        """Send the batch's dead letters; one the sink will never take is written down on its
+        receipt (and logged and counted) instead of stopping the consumer."""
+        unwritable = await self._dead_letters.send(outcome.dead_letters)
+        if not unwritable:
+            return
+        why = {(u.letter.delivery.source, u.letter.delivery.position): u.error for u in unwritable}
+        for receipt in outcome.receipts:
+            error = why.get((receipt.source, receipt.position))
+            if error is not None:
+                receipt.dead_letter_error = clean_text(error)
+        metrics.CONSUMER_DEAD_LETTER_UNWRITABLE.labels(**self._options.labels).inc(len(unwritable))
+        for item in unwritable:
+            log.error(
+                "consumer.dead_letter_unwritable",
+                reason=item.letter.reason,
+                source=item.letter.delivery.source,
+                position=item.letter.delivery.position,
+                destination=item.letter.destination,
+                error=item.error,
+            )
 
     async def _until_done(self, operation: str, step: Callable[[], Awaitable[None]]) -> bool:
         attempt = 0

@@ -28,6 +28,15 @@ VALUE_DROPPED = "dlq_value_dropped"  # set when the DLQ could not take the origi
 
 
 @dataclass(frozen=True, slots=True)
+class Unwritable:
+    """A dead letter the sink will never take (refused for good, or too large even without the
+    original bytes): its receipt says so, and the batch goes on."""
+
+    letter: DeadLetter
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A delivery given up on, with the reason and the error text."""
 

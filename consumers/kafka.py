@@ -27,7 +27,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from consumers.commit import BatchCommitter
-from consumers.deadletter import VALUE_DROPPED, DeadLetter
+from consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from consumers.delivery import Delivery
 from consumers.errors import AckFailed, DeadLetterFailed
 from consumers.options import ConsumerOptions
@@ -42,6 +42,10 @@ POLL_TIMEOUT_MS = 200  # how long one getmany waits, bounding how late a stop is
 DRAIN_ASSIGNMENT_WAIT = 15.0  # seconds a draining consumer waits to be given partitions
 
 
+_TOO_LARGE = b"too large for the dead-letter topic"
+_TOO_LARGE_ALL = b"too large for the dead-letter topic, with its key and headers"
+
+
 def topic_pattern(prefix: str) -> str:
     """Every topic under `prefix` except dead-letter topics."""
     return f"^{re.escape(prefix)}.*(?<!{re.escape(DLQ_SUFFIX)})$"
@@ -54,24 +58,42 @@ class KafkaDeadLetters:
         self._producer = producer
         self._options = options
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
+    async def send(self, letters: Sequence[DeadLetter]) -> list[Unwritable]:
+        unwritable: list[Unwritable] = []
         for letter in letters:
-            delivery = letter.delivery
-            headers = [
-                *delivery.headers,
-                *letter.annotations(self._options.group, self._options.name),
-            ]
+            problem = await self._send_letter(letter)
+            if problem is not None:
+                unwritable.append(Unwritable(letter, problem))
+        return unwritable
+
+    async def _send_letter(self, letter: DeadLetter) -> str | None:
+        """Send one letter: whole, then without the original bytes, then with only the `dlq_*`
+        fields; None when one of them was taken, else why none could be."""
+        delivery = letter.delivery
+        topic = letter.destination
+        annotations = list(letter.annotations(self._options.group, self._options.name))
+        original = [(name, value or b"") for name, value in delivery.headers]
+        attempts = [
+            (delivery.key, delivery.value, [*original, *annotations]),
+            (delivery.key, None, [*original, *annotations, (VALUE_DROPPED, _TOO_LARGE)]),
+            (None, None, [*annotations, (VALUE_DROPPED, _TOO_LARGE_ALL)]),
+        ]
+        refused = ""
+        for key, value, headers in attempts:
             try:
-                await self._send(letter.destination, delivery.key, delivery.value, headers)
-            except MessageSizeTooLargeError:
-                # The DLQ refuses the original bytes: keep the evidence without them.
-                log.warning("consumer.dlq_value_dropped", topic=letter.destination)
-                dropped = [*headers, (VALUE_DROPPED, b"too large for the dead-letter topic")]
-                await self._send(letter.destination, delivery.key, None, dropped)
+                await self._send(topic, key, value, headers)
+                return None
+            except MessageSizeTooLargeError as exc:
+                log.warning("consumer.dlq_value_dropped", topic=topic)
+                refused = f"{type(exc).__name__}: {exc}"
+        return f"{topic} refused even the dead letter without the original message ({refused})"
 
     async def _send(
         self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
     ) -> None:
+        if key is None and value is None:
+            # A record with neither (a tombstone) is refused by the client: keep an empty value.
+            value = b""
         try:
             await self._producer.send_and_wait(topic, value=value, key=key, headers=headers)
         except MessageSizeTooLargeError:

@@ -51,6 +51,7 @@ class Receipt:
     error: str | None
     delivery_count: int
     dead_letter_reason: str | None
+    dead_letter_error: str | None = None  # the dead letter itself could not be written: why
 
 
 COLUMNS = tuple(f.name for f in fields(Receipt))

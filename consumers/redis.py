@@ -25,10 +25,18 @@ from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    BusyLoadingError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from consumers.commit import BatchCommitter, sleep_unless_stopped
-from consumers.deadletter import VALUE_DROPPED, DeadLetter
+from consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from consumers.delivery import Delivery
 from consumers.errors import AckFailed, DeadLetterFailed
 from consumers.options import ConsumerOptions
@@ -58,6 +66,20 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# Refusals that pass: the dead letter is sent again (with its batch) until Redis takes it. Any
+# other error reply (WRONGTYPE: the DLQ key is not a stream, NOPERM: the ACL forbids it, ...)
+# will not change by retrying.
+_TRANSIENT = frozenset(
+    {"OOM", "BUSY", "MISCONF", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"}
+)
+
+
+def _transient(error: ResponseError) -> bool:
+    # redis-py turns some codes into classes and drops the code from the text.
+    mapped = (OutOfMemoryError, BusyLoadingError, ReadOnlyError, TryAgainError, MasterDownError)
+    return isinstance(error, mapped) or str(error).split(" ", 1)[0] in _TRANSIENT
+
+
 class RedisDeadLetters:
     """Dead letters as entries of `<stream>.dlq`: the original fields plus `dlq_*` ones."""
 
@@ -65,16 +87,25 @@ class RedisDeadLetters:
         self._client = client
         self._options = options
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
+    async def send(self, letters: Sequence[DeadLetter]) -> list[Unwritable]:
         if not letters:
-            return
+            return []
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for letter in letters:
                     pipe.xadd(letter.destination, self._fields(letter))  # type: ignore[arg-type]
-                await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise DeadLetterFailed(f"XADD to the DLQ failed: {exc}") from exc
+        unwritable: list[Unwritable] = []
+        for letter, result in zip(letters, results, strict=True):
+            if not isinstance(result, Exception):
+                continue
+            if not isinstance(result, ResponseError) or _transient(result):
+                # Redis may take it later (memory freed, a failover over): the batch is retried.
+                raise DeadLetterFailed(f"XADD to {letter.destination} failed: {result}")
+            unwritable.append(Unwritable(letter, f"XADD to {letter.destination}: {result}"))
+        return unwritable
 
     def _fields(self, letter: DeadLetter) -> dict[bytes, bytes]:
         delivery = letter.delivery

@@ -74,6 +74,11 @@ E2E_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 # Beyond DESIGN.md's minimum: what operators need to see a consumer struggle.
+CONSUMER_DEAD_LETTER_UNWRITABLE = Counter(
+    "flowproof_consumer_dead_letter_unwritable_total",
+    "Dead letters the dead-letter stream/topic refused for good (the receipt says why).",
+    ["sink", "group"],
+)
 CONSUMER_DEAD_LETTERED = Counter(
     "flowproof_consumer_dead_lettered_total",
     "Messages written to the dead-letter stream/topic, by reason.",

@@ -4,10 +4,15 @@ A batch is all or nothing. Redis refuses a command when it is queued (OOM under 
 BUSY while a script runs, MISCONF after a failed save, NOPERM) and then discards the whole
 transaction (EXECABORT): nothing of the batch is in the stream and all of it is published again,
 in order. Without the transaction, the commands after a refused one would run, and the refused
-event, published again later, would land after later events of its aggregate. When the
-connection breaks before EXEC's reply, the batch may or may not have run: it is published again
-(at most a batch of duplicates, never a reordering, as Redis runs a transaction whole). redis-py's
-own retries are off: the relay's retry policy is the only one.
+event, published again later, would land after later events of its aggregate. MULTI's own reply
+is awaited before the XADDs are sent: were MULTI refused, they would run one by one.
+
+A refusal of one stream only (NOPERM, WRONGTYPE) must not hold back the others: when Redis names
+the refused commands, the batch is sent again at once without every event of their aggregates,
+which fail and are retried (still in order) by the relay. When the connection breaks before
+EXEC's reply, the batch may or may not have run: it is published again (at most a batch of
+duplicates, never a reordering, as Redis runs a transaction whole). redis-py's own retries are
+off: the relay's retry policy is the only one.
 
 The batch is packed by hiredis (C) and written to one pooled connection at once, then the replies
 are read in order: the same wire exchange as redis-py's pipeline, without its per-command Python
@@ -25,7 +30,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ExecAbortError, RedisError, ResponseError
 
 from flowproof.config import Settings
 from flowproof.connect import redis_client
@@ -69,26 +74,24 @@ async def _reply(conn: Any) -> Any:
         return exc
 
 
-async def _transaction_replies(conn: Any, messages: Sequence[Message]) -> tuple[Outcomes, bool]:
-    """Read MULTI's, each XADD's and EXEC's replies; the outcomes, and whether the connection
-    is back outside a transaction."""
-    refused: dict[int, ResponseError] = {}
-    first = await _reply(conn)
+async def _transaction_replies(
+    conn: Any, messages: Sequence[Message]
+) -> tuple[Outcomes, dict[int, SinkError], bool]:
+    """Read each XADD's and EXEC's replies: the outcomes, the commands refused when queued, and
+    whether the connection is back outside a transaction."""
+    refused: dict[int, SinkError] = {}
     for index in range(len(messages)):
         queued = await _reply(conn)
         if isinstance(queued, ResponseError):
-            refused[index] = queued
+            refused[index] = _error(queued)
     executed = await _reply(conn)
-    if isinstance(first, ResponseError):
-        executed = first
     if isinstance(executed, ResponseError) or not isinstance(executed, list):
         why = next(iter(refused.values()), executed)
         batch = SinkError(NAME, scrub(f"batch refused, nothing written ({why})"))
-        outcomes: Outcomes = [
-            _error(refused[i]) if i in refused else batch for i in range(len(messages))
-        ]
-        return outcomes, "EXECABORT" in str(executed)
-    return [_placed(m, r) for m, r in zip(messages, executed, strict=True)], True
+        outcomes: Outcomes = [refused.get(i, batch) for i in range(len(messages))]
+        aborted = isinstance(executed, ExecAbortError) or "EXECABORT" in str(executed)
+        return outcomes, refused, aborted
+    return [_placed(m, r) for m, r in zip(messages, executed, strict=True)], {}, True
 
 
 def _placed(message: Message, reply: Any) -> Placed | SinkError:
@@ -126,32 +129,59 @@ class RedisSink:
 
     async def publish(self, messages: Sequence[Message]) -> Outcomes:
         maxlen = self._settings.relay_redis_maxlen
-        packed = b"".join([_MULTI, *[xadd_command(m, maxlen) for m in messages], _EXEC])
+        commands = [xadd_command(m, maxlen) for m in messages]
+        outcomes, refused = await self._transaction(messages, commands)
+        if not refused or len(refused) == len(messages):
+            return outcomes
+        blocked = {messages[i].aggregate for i in refused}
+        keep = [i for i, m in enumerate(messages) if m.aggregate not in blocked]
+        if keep:
+            again, _ = await self._transaction(
+                [messages[i] for i in keep], [commands[i] for i in keep]
+            )
+            for index, outcome in zip(keep, again, strict=True):
+                outcomes[index] = outcome
+        held = SinkError(NAME, "not sent: an earlier event of its aggregate was refused")
+        for index, message in enumerate(messages):
+            if message.aggregate in blocked and index not in refused:
+                outcomes[index] = held
+        return outcomes
+
+    async def _transaction(
+        self, messages: Sequence[Message], commands: Sequence[bytes]
+    ) -> tuple[Outcomes, dict[int, SinkError]]:
+        """MULTI, the XADDs, EXEC on one connection: the outcomes, and the commands Redis refused
+        when they were queued (which made it discard the transaction)."""
         pool = self._connect().connection_pool
         try:
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         except (RedisError, OSError, TimeoutError) as exc:
-            return [_error(exc)] * len(messages)
+            return [_error(exc)] * len(messages), {}
         timeout = self._settings.relay_sink_timeout_seconds
         clean = False
         try:
-            await conn.send_packed_command(packed)
             # One time limit for all the replies, not one timer per reply (`math.inf`: none).
             async with asyncio.timeout(timeout):
-                outcomes, clean = await _transaction_replies(conn, messages)
+                await conn.send_packed_command(_MULTI)
+                started = await _reply(conn)
+                if isinstance(started, ResponseError):
+                    clean = True
+                    return [_error(started)] * len(messages), {}
+                await conn.send_packed_command(b"".join([*commands, _EXEC]))
+                outcomes, refused, clean = await _transaction_replies(conn, messages)
         except (RedisError, OSError, TimeoutError) as exc:
             # redis-py has dropped the connection (as it does on cancellation and our time
             # limit): the transaction may or may not have run; all of it is published again.
             error = _error(exc)
             if isinstance(exc, TimeoutError) and not str(exc):
                 error = SinkError(NAME, f"no reply within {timeout} s")
-            outcomes = [error] * len(messages)
+            return [error] * len(messages), {}
         finally:
             if not clean:
                 # A connection left inside MULTI (EXEC itself refused) must not be reused.
                 await conn.disconnect()
             await pool.release(conn)
-        return outcomes
+        return outcomes, refused
 
     async def reset(self) -> None:
         await self.close()

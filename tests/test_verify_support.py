@@ -174,7 +174,10 @@ async def record_delivery(
     if sink == "redis":
         partition, destination = None, destination or pipeline.stream
     else:
-        partition, destination = int(position.split(":")[0]), destination or pipeline.topic
+        partition, destination = (
+            int(position.split(":", maxsplit=1)[0]),
+            destination or pipeline.topic,
+        )
     await pipeline.execute(
         """INSERT INTO flowproof_outbox_deliveries
                (seq, sink, destination, partition, position, created_at, published_at)

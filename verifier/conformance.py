@@ -27,6 +27,7 @@ class ReceiptStats:
     total: int = 0
     valid: int = 0
     invalid: dict[str, int] = field(default_factory=dict)
+    unwritable: int = 0  # dead letters the DLQ refused for good (receipts' dead_letter_error)
 
     @property
     def valid_share(self) -> float | None:
@@ -44,6 +45,7 @@ async def receipt_stats(
         key = (row["sink"], row["consumer_group"])
         stats = found.setdefault(key, ReceiptStats(*key))
         stats.total += row["receipts"]
+        stats.unwritable += row["unwritable"]
         if row["reason"] is None:
             stats.valid += row["receipts"]
         else:
@@ -81,6 +83,16 @@ def judge_receipts(builder: CheckBuilder, stats: ReceiptStats, settings: Setting
         invalid=dict(stats.invalid),
     )
     builder.worst(round(share, 6) if share is not None else None, higher_is_worse=False)
+    if stats.unwritable:
+        builder.add(
+            f"{subject(stats.sink, stats.group)} dead letters",
+            False,
+            f"{stats.unwritable} dead letters could not be written to the dead-letter "
+            "stream or topic (the receipts' dead_letter_error says why)",
+            sink=stats.sink,
+            group=stats.group,
+            unwritable=stats.unwritable,
+        )
 
 
 def judge_dead_letters(

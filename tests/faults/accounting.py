@@ -182,7 +182,7 @@ def disagreements(report: Report, accounts: list[Account]) -> list[str]:
             # The verifier judges published events only, and its "lost" is "no receipt at all"
             # where ours is "no valid receipt": the same when no receipt is invalid.
             "lost": (lost["lost"], acc.lost_published),
-            "unexpected": (lost["unexpected"], acc.unexpected),
+            "unexpected": (dup["unexpected"], acc.unexpected),
             "duplicated": (dup["duplicated"], acc.duplicated),
             "published twice": (dup["published_twice"], acc.published_twice),
             "reordered": (order["out_of_order"], acc.reordered),

@@ -16,19 +16,25 @@ from verifier.commands import check_once
 GROUP = "g-accounting"
 
 
+# The stream and topic of the events (`orders` under the test's prefix): only a receipt from
+# there counts as a delivery.
+SOURCE: dict[str, str] = {}
+
+
 async def _receipt(
     conn: asyncpg.Connection, event_id: object, sink: str, position: str, *, valid: bool = True
 ) -> None:
     await conn.execute(
         """INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source,
                position, created_at, received_at, valid, reason)
-           VALUES ($1, $2, $3, 'c', 'orders', $4, now(), now(), $5, $6)""",
+           VALUES ($1, $2, $3, 'c', $7, $4, now(), now(), $5, $6)""",
         event_id,
         sink,
         GROUP,
         position,
         valid,
         None if valid else "corrupt_avro",
+        SOURCE[sink],
     )
 
 
@@ -52,6 +58,14 @@ async def test_accounting_counts_lost_duplicated_and_reordered_events(
     rows = await conn.fetch("SELECT id, seq FROM flowproof_outbox ORDER BY seq")
     a1, a2, a3, b1, b2, b3 = (r["id"] for r in rows)
     seqs = [r["seq"] for r in rows]
+    SOURCE.update(redis=f"{settings.stream_prefix}orders", kafka=f"{settings.topic_prefix}orders")
+    # The relay recorded where b3 went in Redis: an entry that is not there (the stream is not).
+    await conn.execute(
+        """INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, position, created_at)
+           VALUES ($1, 'redis', $2, '105-0', now())""",
+        seqs[5],
+        SOURCE["redis"],
+    )
     # Redis: a1 a2 a3 in order; b2 before b1 (one reordered); b3 lost; a2 redelivered at the
     # same position, a3 published twice (a second position).
     for event, position in ((a1, "100-0"), (a2, "100-1"), (a3, "101-0"), (b2, "102-0")):

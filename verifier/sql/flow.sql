@@ -9,7 +9,8 @@
 -- $9 latency: created before           $10 unexpected: only events created after this horizon
 --
 -- A receipt counts as a delivery of its event only when it came from the event's destination
--- (prefix || aggregatetype); one from anywhere else is a misrouted copy.
+-- (prefix || aggregatetype); one from anywhere else is a misrouted copy (counted here when the
+-- consumer took it for valid: flowproof's consumers receipt it as invalid, for conformance).
 --
 -- Cost (bench/verify_eval.py): one hash of the window's events, probed by the receipts; one sort
 -- of the joined rows by aggregate and seq, which serves both the grouping of each event's
@@ -42,7 +43,7 @@ WITH events AS (
 ),
 receipts AS (
     -- Every receipt is a delivery, valid or not: an invalid one arrived all the same.
-    SELECT r.event_id, r.source, r.position_order, r.received_at
+    SELECT r.event_id, r.source, r.position_order, r.received_at, r.valid
     FROM flowproof_receipts r
     WHERE r.sink = '{{sink}}' AND r.consumer_group = $3 AND r.received_at >= $2
       AND r.event_id IS NOT NULL
@@ -51,7 +52,9 @@ deliveries AS (
     -- One row per event of the window, and per event id received that is not in it (seq NULL).
     SELECT e.aggregate, e.seq, coalesce(e.id, r.event_id) AS id, e.published_at, e.created_at,
            count(r.received_at) FILTER (WHERE r.source = e.destination) AS receipts,
-           count(r.received_at) FILTER (WHERE r.source <> e.destination) AS elsewhere,
+           -- A consumer that checks routing marks such a copy invalid (misrouted), which
+           -- schema.conformance reports; a valid one elsewhere is this check's to report.
+           count(r.received_at) FILTER (WHERE r.source <> e.destination AND r.valid) AS elsewhere,
            min(r.position_order) FILTER (WHERE r.source = e.destination) AS first_position,
            max(r.position_order) FILTER (WHERE r.source = e.destination) AS last_position,
            min(r.received_at) FILTER (WHERE r.source = e.destination) AS first_received
