@@ -45,7 +45,8 @@ class Timeline:
     The Kafka consumer is frozen from 20% to 47% of the run. The verdict at the end is about the
     recovered pipeline: its window (40% of the run, at least 10 s) starts after the freeze, and
     short graces let it judge every event of that window but the last 5 s. The freeze itself
-    shows in the progress lines (flow.lost, lag.kafka, then latency.e2e failing and passing).
+    shows in the progress lines as lag, never as loss (latency.e2e and lag.kafka failing, then
+    passing; flow.lost passing all along).
     """
 
     seconds: float = 75.0

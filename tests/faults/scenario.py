@@ -13,6 +13,10 @@ A scenario is a coroutine `faults(run)` that injects faults while `Run` drives e
    row of the fault table whatever happened; then assert: nothing lost, nothing reordered,
    duplicates within the scenario's at-least-once bound, the verifier's verdict passed and its
    numbers equal to the accounting's.
+
+All along the run the verifier also evaluates every few seconds (`Run.evaluations`): while a
+fault makes events late, it must never call them lost (`flow.lost` with a loss, when nothing was
+lost, is a problem of the run).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tests.faults.driver import WorkloadDriver
 from tests.faults.processes import FlowproofProcess, ProcessSet, stray_processes
 from tests.faults.results import RESULTS, Result
 from verifier.commands import check_once
-from verifier.model import Report
+from verifier.model import FLOW_LOST, Report
 
 POLL = 0.25
 # What a scenario is: the coroutine that injects its faults into a Run.
@@ -180,6 +184,10 @@ class Run:
         self._floor = 0  # every event up to this seq has a valid receipt everywhere
         self._watches: list[asyncio.Task[None]] = []
         self._sampler: asyncio.Task[None] | None = None
+        self._verifier: asyncio.Task[None] | None = None
+        # (seconds into the run, the checks that failed) of each evaluation during the run
+        self.evaluations: list[tuple[float, frozenset[str]]] = []
+        self.lost_during: list[str] = []
 
     # --- what a scenario uses -------------------------------------------------------------------
 
@@ -326,6 +334,33 @@ class Run:
             assert row is not None
             self.mark("progress: " + ", ".join(f"{k}={v}" for k, v in row.items()))
 
+    async def _verify_during(self, every: float = 3.0) -> None:
+        """Evaluate every few seconds while the run goes on; note each verdict, and any loss."""
+        settings = self.settings(flow_lost_grace_seconds=1.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                report = await check_once(settings)
+            except Exception as exc:  # a fault may take a service away; the next one judges
+                self.mark(f"verifier during the run: {type(exc).__name__}: {exc}")
+                continue
+            at = time.monotonic() - self._t0
+            failed = frozenset(c.name for c in report.checks if not c.passed)
+            self.evaluations.append((at, failed))
+            for finding in report.check(FLOW_LOST).findings:
+                if finding.data.get("lost"):
+                    self.lost_during.append(f"{at:.1f}s {finding.line()}")
+                    self.mark(f"verifier during the run: {finding.line()}")
+
+    def failed_during(self, check: str, since: float, until: float) -> int:
+        """How many evaluations between `since` and `until` (seconds into the run) failed
+        `check`."""
+        return sum(1 for at, failed in self.evaluations if since <= at <= until and check in failed)
+
+    def now(self) -> float:
+        """Seconds into the run (the clock of `mark` and `evaluations`)."""
+        return time.monotonic() - self._t0
+
     async def _watch(self, record: FaultRecord, watermark: int) -> None:
         await self.wait_until(
             lambda: self.all_received(watermark),
@@ -352,6 +387,7 @@ class Run:
     async def _execute(self, faults: Faults, result: Result) -> None:
         await self.processes.start_all()
         self._sampler = asyncio.create_task(self._sample(), name="progress")
+        self._verifier = asyncio.create_task(self._verify_during(), name="verify-during")
         workload = asyncio.create_task(self.driver.run(), name="workload")
         injector = asyncio.create_task(faults(self), name="faults")
         # A fault that failed (an assertion, a recovery that never came) is a finding, not the
@@ -377,6 +413,9 @@ class Run:
             self.mark("every event received")
         except AssertionError as exc:
             result.problems.append(str(exc))
+        if self._verifier is not None:
+            self._verifier.cancel()
+            await asyncio.gather(self._verifier, return_exceptions=True)
         crashed = self.processes.died()
         codes = await self.processes.stop_all()
         self.mark(f"processes stopped: {codes}")
@@ -464,6 +503,7 @@ class Run:
         if not report.passed:
             failing = [c for c in report.checks if not c.passed]
             problems += [f"verifier: {c.name} failed: {c.detail}" for c in failing]
+        problems += [f"verifier called events lost during the run: {x}" for x in self.lost_during]
         problems += [f"died during the run: {text}" for text in crashed]
         problems += [f"{name} exited {code} on SIGTERM" for name, code in codes.items() if code]
         problems += [f"stray process: {line}" for line in strays]
@@ -472,7 +512,7 @@ class Run:
         result.passed = not result.problems
 
     async def _cleanup(self) -> None:
-        tasks = [*self._watches, *([self._sampler] if self._sampler else [])]
+        tasks = [*self._watches, *(t for t in (self._sampler, self._verifier) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

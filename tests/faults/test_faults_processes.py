@@ -1,5 +1,6 @@
 """Fault scenarios on flowproof's own processes: relays and consumers killed with SIGKILL at
-random moments, a consumer frozen with SIGSTOP while the rest of its group takes over."""
+random moments, a consumer frozen with SIGSTOP while the rest of its group takes over, every
+consumer stopped for minutes (late, never lost)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import redis.asyncio as aioredis
 from tests.faults.conftest import RunFactory
 from tests.faults.processes import FlowproofProcess
 from tests.faults.scenario import Endpoints, Plan, Run
+from verifier.model import FLOW_LOST, LAG_KAFKA, LAG_REDIS, LATENCY_E2E
 
 RELAY_BATCH = 500  # FLOWPROOF_RELAY_BATCH_SIZE's default: the in-flight batch a kill repeats
 CONSUMER_BATCH = 256  # FLOWPROOF_CONSUMER_BATCH_SIZE's default
@@ -119,6 +121,51 @@ async def test_a_frozen_consumer_is_taken_over(
 
     result = await make_run(plan, shared_endpoints).execute(faults)
     assert result.passed, result.explain()
+
+
+FREEZE_SECONDS = 300.0
+
+
+@pytest.mark.faults_full
+@pytest.mark.timeout(900)
+async def test_consumers_stopped_for_five_minutes_are_late_never_lost(
+    make_run: RunFactory, shared_endpoints: Endpoints
+) -> None:
+    """Every consumer of both sinks frozen (SIGSTOP) for five minutes under load, then resumed.
+    The verifier, evaluating every few seconds all along, sees the events as late (latency.e2e,
+    then lag.redis and lag.kafka fail) and never as lost; afterwards every event arrives, at most
+    the batch each consumer held is received twice."""
+    plan = Plan(
+        "every consumer stopped 5 minutes (late, not lost)",
+        max_duplicates={"redis": CONSUMER_BATCH, "kafka": 2 * CONSUMER_BATCH},
+        drain_timeout=300.0,
+        recover_timeout=300.0,
+        seed=53,
+    )
+    window: list[float] = []
+
+    async def faults(run: Run) -> None:
+        await run.at_fraction(0.2, 0.3)
+        victims = run.named("consume-")
+        async with run.fault("SIGSTOP every consumer for 5 minutes"):
+            for victim in victims:
+                victim.freeze()
+            window.append(run.now())
+            await asyncio.sleep(FREEZE_SECONDS)
+            window.append(run.now())
+            for victim in victims:
+                victim.thaw()
+        await run.recovered()
+
+    run = make_run(plan, shared_endpoints)
+    result = await run.execute(faults)
+    assert result.passed, result.explain()
+    start, end = window
+    # Late is seen for what it is: latency within seconds, lag after its 60 s grace.
+    assert run.failed_during(LATENCY_E2E, start + 15, end) > 0, run.evaluations
+    assert run.failed_during(LAG_REDIS, start + 75, end) > 0, run.evaluations
+    assert run.failed_during(LAG_KAFKA, start + 75, end) > 0, run.evaluations
+    assert run.failed_during(FLOW_LOST, 0, run.now()) == 0, run.lost_during
 
 
 async def kill_and_restart(run: Run, victim: FlowproofProcess) -> None:
