@@ -41,11 +41,11 @@ async def prune(conn: asyncpg.Connection, settings: Settings, max_batches: int =
     """
     table, retention = settings.outbox_table, settings.relay_retention_seconds
     batch = settings.relay_prune_batch_size
-    total = await _in_batches(conn, max_batches, batch, query("prune", table), retention, batch)
+    total = await _in_batches(conn, max_batches, batch, "prune", table, retention, batch)
     records = 0
     for sink in settings.sinks:
         records += await _in_batches(
-            conn, max_batches, batch, query("prune_deliveries", table), retention, batch, sink
+            conn, max_batches, batch, "prune_deliveries", table, retention, batch, sink
         )
     if total:
         RELAY_PRUNED.inc(total)
@@ -55,11 +55,12 @@ async def prune(conn: asyncpg.Connection, settings: Settings, max_batches: int =
 
 
 async def _in_batches(
-    conn: asyncpg.Connection, max_batches: int, batch: int, sql: str, *args: object
+    conn: asyncpg.Connection, max_batches: int, batch: int, name: str, table: str, *args: object
 ) -> int:
+    """Run the named DELETE until it deletes less than a batch (or `max_batches` times)."""
     total = 0
     for _ in range(max_batches):
-        deleted = int((await conn.execute(sql, *args)).rsplit(" ", 1)[1])
+        deleted = int((await conn.execute(query(name, table), *args)).rsplit(" ", 1)[1])
         total += deleted
         if deleted < batch:
             break

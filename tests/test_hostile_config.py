@@ -176,7 +176,6 @@ def test_sql_renderers_refuse_hostile_table_and_sink_names(name: str) -> None:
     ):
         with pytest.raises(ValueError):
             render()
-    assert "DROP" not in publisher_queries.published_everywhere(["kafka", name])
 
 
 def test_every_named_query_renders_only_known_placeholders() -> None:
@@ -189,8 +188,8 @@ def test_every_named_query_renders_only_known_placeholders() -> None:
     found = set()
     for path in templates:
         found |= set(re.findall(r"\{\{(\w+)\}\}", path.read_text(encoding="utf-8")))
-    # outbox and sink are validated names; the other two are rendered by flowproof from them.
-    assert found <= {"outbox", "sink", "published_everywhere", "sampled"}, found
+    # outbox and sink are validated names; `sampled` is rendered by flowproof from numbers.
+    assert found <= {"outbox", "sink", "sampled"}, found
 
 
 # --- SQL in the source ----------------------------------------------------------------------------
@@ -203,9 +202,7 @@ SQL_WORDS = re.compile(
 VALIDATORS = {"quote_ident", ".quote_ident", "validate_sql_identifier", ".validate_sql_identifier"}
 # SQL f-strings over values that are not module constants, each with why it is safe; the test
 # below also proves each reason.
-ALLOWED_FSTRINGS = {
-    ("publisher/queries.py", "published_everywhere"): "only the names in SINK_NAMES pass",
-}
+ALLOWED_FSTRINGS: dict[tuple[str, str], str] = {}
 # Values of SQL calls that are not literal, query(...) or f-strings over constants.
 ALLOWED_SQL_VALUES = {
     ("flowproof/migrations.py", "migration.sql"): "load_migrations renders validated names only",
@@ -283,11 +280,7 @@ class _Module:
         if isinstance(node, ast.Call):
             name = _target_key(node.func)
             if name in ("query", ".query"):
-                return all(
-                    isinstance(kw.value, ast.Call)
-                    and _target_key(kw.value.func) == "published_everywhere"
-                    for kw in node.keywords
-                )
+                return not node.keywords  # only validated names reach a named query
             return False
         key = _target_key(node)
         if key is None or key in seen:
@@ -363,8 +356,6 @@ def test_sql_fstrings_interpolate_only_constants_or_reviewed_values() -> None:
                 reviewed.add((rel, function.name))
     assert reviewed == set(ALLOWED_FSTRINGS)  # the list stays true
     # ... and each reviewed reason holds.
-    hostile = ["redis", "kafka; DROP TABLE flowproof_outbox", "kafka_published_at IS NULL OR true"]
-    assert publisher_queries.published_everywhere(hostile) == "(redis_published_at IS NOT NULL)"
     for rel, tree in _modules():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _target_key(node.func) in (

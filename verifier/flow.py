@@ -130,9 +130,7 @@ async def flow_stats(
         states = await positions.classify(group, copies) if copies else []
         verdict = judge_copies(copies, states)
         if verdict.lost:
-            verdict = await _received_meanwhile(
-                conn, query("flow_received", table, sink), group, copies, states
-            )
+            verdict = await _received_meanwhile(conn, (table, sink, group), copies, states)
     latency = row["latency"]
     return FlowStats(
         sink=sink,
@@ -163,15 +161,15 @@ async def flow_stats(
 
 async def _received_meanwhile(
     conn: asyncpg.Connection,
-    sql: str,
-    group: str,
+    where: tuple[str, Sink, str],
     copies: Sequence[Copy],
     states: Sequence[State],
 ) -> Verdict:
     """Judge again without the events whose receipt was written while the sink was read."""
+    table, sink, group = where
     suspects = [c for c, s in zip(copies, states, strict=True) if s in LOST_STATES]
     rows = await conn.fetch(
-        sql,
+        query("flow_received", table, sink),
         [c.event_id for c in suspects],
         [c.destination for c in suspects],
         group,
