@@ -199,7 +199,7 @@ async def _publish(settings: Settings, topic: str) -> SinkError | None:
     try:
         await sink.start()
         [outcome] = await sink.publish([_message(topic)])
-        return outcome
+        return outcome if isinstance(outcome, SinkError) else None
     except SinkError as exc:
         return exc
     finally:

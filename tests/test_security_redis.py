@@ -29,11 +29,11 @@ PREFIX = "flowproof."  # the default stream prefix, as in the README
 # What each component runs (publisher/redis_sink.py; consumers/redis.py and consumers' DLQ;
 # verifier/redis_lag.py), on the keys under the prefix only; the verifier's keys are read-only.
 REDIS_ACL = {
-    "relay": "resetkeys ~{prefix}* resetchannels -@all +ping +xadd",
+    "relay": "resetkeys ~{prefix}* resetchannels -@all +ping +multi +exec +xadd",
     "consumer": "resetkeys ~{prefix}* resetchannels -@all +ping +scan +xgroup|create "
     "+xgroup|delconsumer +xreadgroup +xautoclaim +xpending +xack +xinfo|consumers +xadd",
-    "verifier": "resetkeys %R~{prefix}* resetchannels -@all +ping +scan +xlen +xrange +xpending "
-    "+xinfo|groups +xinfo|consumers",
+    "verifier": "resetkeys %R~{prefix}* resetchannels -@all +ping +scan +exists +xlen +xrange "
+    "+xpending +xinfo|stream +xinfo|groups +xinfo|consumers",
 }
 
 

@@ -73,7 +73,9 @@ class KafkaReader:
         self, tps: Sequence[TopicPartition]
     ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
         """Which of `tps` exist, and their log start and end offsets (verifier.loss)."""
-        topics = sorted({tp.topic for tp in tps})
+        # Only topics that exist are described: describing one that does not may create it.
+        known = set(await self.admin.list_topics())
+        topics = sorted({tp.topic for tp in tps} & known)
         existing: set[TopicPartition] = set()
         for topic in await self.admin.describe_topics(topics) if topics else []:
             if topic.get("error_code", 0) == 0:
