@@ -38,7 +38,7 @@ async def verifier_evaluation(scratch: Scratch, events: int, runs: int) -> Verif
     try:
         started = time.monotonic()
         with contextlib.redirect_stdout(io.StringIO()):  # fill() prints its own summary
-            await fill(conn, events, 1.0)
+            await fill(conn, events, 1.0, scratch.prefix)
         fill_seconds = time.monotonic() - started
         receipts = await conn.fetchval("SELECT count(*) FROM flowproof_receipts")
     finally:

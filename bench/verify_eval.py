@@ -27,6 +27,7 @@ from typing import Any
 import asyncpg
 
 from flowproof.config import Settings
+from flowproof.identifiers import validate_name_prefix
 from flowproof.logging import configure_logging
 from flowproof.migrations import migrate
 from flowproof.sampling import sql_predicate, threshold
@@ -89,13 +90,16 @@ WHERE sink = 'redis' AND event_id = (SELECT id FROM flowproof_outbox WHERE seq =
 """.replace("$1", "(SELECT max(seq) FROM flowproof_outbox)")
 
 
-async def fill(conn: asyncpg.Connection, events: int, ratio: float) -> None:
+async def fill(conn: asyncpg.Connection, events: int, ratio: float, prefix: str) -> None:
+    """Fill the outbox and receipts; `prefix` is the stream/topic prefix of the evaluation's
+    settings (a receipt counts only from its event's destination, `<prefix>order`)."""
     span_ms = 50 * 60 * 1000 - 60_000  # the last minute stays empty: all judged
     started = time.monotonic()
+    # The prefix only holds [A-Za-z0-9._-] (validate_name_prefix): safe in a literal.
+    source = f"'{validate_name_prefix(prefix)}order'"
     await conn.execute(FILL_OUTBOX, float(span_ms), events)
-    await conn.execute(FILL_REDIS)
-    await conn.execute(FILL_KAFKA)
-    await conn.execute(FILL_DELIVERIES)
+    for sql in (FILL_REDIS, FILL_KAFKA, FILL_DELIVERIES):
+        await conn.execute(sql.replace("'flowproof.order'", source))
     await conn.execute(DUPLICATE)
     await conn.execute(REORDER)
     if ratio < 1:  # consumers receipt only the sampled events
@@ -170,13 +174,14 @@ async def main() -> None:
         raise SystemExit("set FLOWPROOF_DATABASE_URL (set -a; . .devstack/env; set +a)")
     base, _, _ = server.rpartition("/")
     name = f"fp_bench_{uuid.uuid4().hex[:8]}"
+    prefix = f"bench{uuid.uuid4().hex[:6]}."
     admin = await asyncpg.connect(server)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         conn = await asyncpg.connect(f"{base}/{name}")
         try:
             await migrate(conn, "flowproof_outbox")
-            await fill(conn, args.events, args.sample_ratio)
+            await fill(conn, args.events, args.sample_ratio, prefix)
         finally:
             await conn.close()
         settings = Settings(
@@ -185,8 +190,8 @@ async def main() -> None:
             kafka_bootstrap_servers=os.environ.get(
                 "FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"
             ),
-            stream_prefix=f"bench{uuid.uuid4().hex[:6]}.",
-            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+            stream_prefix=prefix,
+            topic_prefix=prefix,
             verify_timeout_seconds=600,
             receipt_sample_ratio=args.sample_ratio,
         )
