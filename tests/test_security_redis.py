@@ -18,13 +18,20 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import NoPermissionError, ResponseError
 
-from flowproof.config import Settings
+from flowproof.config import Settings, load_settings
 from flowproof.connect import ping_redis, redis_client
-from flowproof.errors import ComponentUnreachable
-from tests.private_services import PrivateRedis, RedisUser, TestCA
+from flowproof.errors import ComponentUnreachable, ConfigError
+from tests.private_services import (
+    PrivateRedis,
+    RedisUser,
+    TestCA,
+    is_tls_alert,
+    plaintext_reply,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "flowproof."  # the default stream prefix, as in the README
+WRONG_HOST = "flowproof-wrong-host.invalid"  # a name no test server is reached by
 
 # What each component runs (publisher/redis_sink.py; consumers/redis.py and consumers' DLQ;
 # verifier/redis_lag.py), on the keys under the prefix only; the verifier's keys are read-only.
@@ -131,7 +138,18 @@ async def test_a_server_certificate_from_another_ca_is_refused(
     assert "certificate verify failed" in str(refused.value), refused.value
 
 
-async def test_a_plain_connection_gets_nothing(
+def test_the_server_answers_nothing_in_plain_text(secured_redis: PrivateRedis) -> None:
+    # Every port the server process listens on (the kernel's view, not its configuration) gets
+    # a plain-text PING: a plain listener would answer (+PONG, -NOAUTH ...); TLS says nothing or
+    # sends an alert record.
+    ports = secured_redis.listening_ports()
+    assert secured_redis.port in ports, ports
+    for port in ports:
+        reply = plaintext_reply(port, b"PING\r\n")
+        assert reply == b"" or is_tls_alert(reply), f"port {port} answered in plain text: {reply!r}"
+
+
+async def test_a_plain_client_is_told_nothing_about_the_password(
     secured_redis: PrivateRedis, users: dict[str, RedisUser]
 ) -> None:
     plain = secured_redis.url_for(users["relay"]).replace("rediss://", "redis://", 1)
@@ -143,6 +161,49 @@ async def test_a_plain_connection_gets_nothing(
         await client.aclose()
     assert refused.value.component == "redis"
     assert users["relay"].password not in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def misnamed_redis(
+    tmp_path_factory: pytest.TempPathFactory, redis_ca: TestCA
+) -> Iterator[PrivateRedis]:
+    """A TLS-only server whose certificate, from the trusted CA, names another host."""
+    certificate = redis_ca.issue("flowproof-misnamed-redis", hosts=[WRONG_HOST])
+    with PrivateRedis(tmp_path_factory.mktemp("redis-misnamed"), tls=certificate) as server:
+        yield server
+
+
+@pytest.mark.parametrize("query", ["", "?ssl_check_hostname=false", "?ssl_cert_reqs=none"])
+async def test_a_certificate_for_another_host_is_refused(
+    misnamed_redis: PrivateRedis, query: str
+) -> None:
+    """Whatever the URL asks for: flowproof verifies the certificate and the host name."""
+    assert misnamed_redis.tls is not None
+    # The chain is good (a client that skips the name check connects): only the name is wrong.
+    lenient = aioredis.Redis.from_url(
+        misnamed_redis.url, ssl_ca_certs=str(misnamed_redis.tls.ca), ssl_check_hostname=False
+    )
+    try:
+        assert await lenient.ping()  # type: ignore[misc]
+    finally:
+        await lenient.aclose()
+    if query:  # a URL that would turn a check off is refused at start, naming only the variable
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FLOWPROOF_REDIS_URL", misnamed_redis.url + query)
+            env.setenv("FLOWPROOF_REDIS_SSL_CAFILE", str(misnamed_redis.tls.ca))
+            with pytest.raises(ConfigError) as refused_at_start:
+                load_settings()
+        assert "FLOWPROOF_REDIS_URL: its query sets ssl_" in str(refused_at_start.value)
+        assert misnamed_redis.url not in str(refused_at_start.value)
+        return
+    client = redis_client(redis_settings(misnamed_redis, None))
+    try:
+        with pytest.raises(ComponentUnreachable) as refused:
+            await ping_redis(client)
+    finally:
+        await client.aclose()
+    assert refused.value.component == "redis"
+    assert "IP address mismatch" in str(refused.value), refused.value
 
 
 @pytest.mark.parametrize("who", ["nobody", "default", "wrong-password"])
