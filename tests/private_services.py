@@ -683,6 +683,9 @@ class KafkaSecurity:
     users: Mapping[str, str] = field(default_factory=dict)
     admin: str = "admin"
     admin_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    # With a certificate here, a second SASL_SSL listener (`misnamed_port`) presents it: for
+    # tests that clients refuse a broker certificate naming another host.
+    misnamed: Certificate | None = None
 
     @property
     def broker_principal(self) -> str:
@@ -710,6 +713,7 @@ class PrivateKafka(PrivateService):
         # broker (tests/faults/proxy.py) listens there and forwards to `port`.
         self.advertised_port = advertised_port or self.port
         self.controller_port = free_port()
+        self.misnamed_port = free_port() if security and security.misnamed else None
         self.heap = heap
         self.partitions = partitions
         self.security = security
@@ -749,18 +753,28 @@ class PrivateKafka(PrivateService):
         if security is None:
             return plain
         cert = security.certificate
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{security.admin}" password="{security.admin_password}";'
+        )
+        listeners = [f"CLIENT://127.0.0.1:{self.port}"]
+        misnamed: list[str] = []
+        if security.misnamed is not None:
+            listeners.append(f"MISNAMED://127.0.0.1:{self.misnamed_port}")
+            misnamed = [
+                f"listener.name.misnamed.scram-sha-512.sasl.jaas.config={jaas}",
+                f"listener.name.misnamed.ssl.keystore.location={security.misnamed.chain}",
+            ]
         return [
-            f"listeners=CLIENT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=CLIENT",
-            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL",
+            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL,MISNAMED:SASL_SSL",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-            "listener.name.client.scram-sha-512.sasl.jaas.config="
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{security.admin}" password="{security.admin_password}";',
+            f"listener.name.client.scram-sha-512.sasl.jaas.config={jaas}",
+            *misnamed,
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={cert.chain}",
             "ssl.truststore.type=PEM",

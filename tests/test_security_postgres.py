@@ -10,6 +10,7 @@ these roles in tests/test_security_pipeline.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -45,6 +46,7 @@ class SecuredPostgres:
     server: PrivatePostgres
     passwords: Mapping[str, str]  # by short role name
     secrets_dir: Path
+    migrate_output: str = ""  # what `flowproof db migrate` printed (stdout, then stderr)
 
     def dsn(
         self,
@@ -103,12 +105,16 @@ def _checked(result: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 def provision(
-    server: PrivatePostgres, secrets_dir: Path, logins: Sequence[str] = ROLES
+    server: PrivatePostgres,
+    secrets_dir: Path,
+    logins: Sequence[str] = ROLES,
+    punctuation: str = "",
 ) -> SecuredPostgres:
     """Create the database and the roles, migrate as the owner, grant: the documented steps.
-    Only the roles in `logins` are given a password (writer and smoke are optional)."""
+    Only the roles in `logins` are given a password (writer and smoke are optional); each
+    password ends with `punctuation`."""
     secrets_dir.mkdir(parents=True, exist_ok=True)
-    passwords = {role: f"pg-{role}-{os.urandom(9).hex()}" for role in logins}
+    passwords = {role: f"pg-{role}-{os.urandom(9).hex()}{punctuation}" for role in logins}
     files = []
     for role, password in passwords.items():
         path = secrets_dir / f"pg_{role}"
@@ -127,6 +133,7 @@ def provision(
         check=False,
     )
     assert migrate.returncode == 0, f"migrate as flowproof_owner failed: {migrate.stderr}"
+    secured = dataclasses.replace(secured, migrate_output=migrate.stdout + migrate.stderr)
     grants = psql(
         server,
         "-f",
