@@ -358,6 +358,8 @@ async def test_users_cannot_publish_where_no_write_acl_allows(
     outcome = await _publish(kafka_settings(secured_kafka, user, users[user]), topic)
     assert isinstance(outcome, SinkError), outcome
     assert refusal in str(outcome), outcome
+    if refusal == "TopicAuthorizationFailedError":  # the README: "...: <topic>"
+        assert f"{refusal}: {topic}" in str(outcome), outcome
     assert users[user] not in str(outcome)
 
 
@@ -498,6 +500,8 @@ async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - para
     assert f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {refusal}" in str(
         refused.value
     ), refused.value
+    if refusal == "GroupAuthorizationFailedError":  # the README: "...: <group>"
+        assert str(refused.value).split("; ")[0].endswith(f": {group}"), refused.value
     assert users[user] not in str(refused.value)
 
 
