@@ -52,6 +52,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".devstack"))
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+WRONG_HOST = "flowproof-wrong-host.invalid"  # what a misnamed test certificate is issued for
 
 
 class ServiceFailed(RuntimeError):

@@ -41,6 +41,7 @@ from publisher.kafka_sink import KafkaSink
 from publisher.testing import read_topic
 from schemas.routing import DLQ_SUFFIX
 from tests.private_services import (
+    WRONG_HOST,
     Certificate,
     KafkaSecurity,
     PrivateKafka,
@@ -53,7 +54,6 @@ pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "flowproof."  # the default topic prefix, as in the README
 GROUP = "flowproof"  # the default consumer group
-WRONG_HOST = "flowproof-wrong-host.invalid"  # a name no test server is reached by
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource).
 _RESOURCE = {"topic": 2, "group": 3, "cluster": 4}

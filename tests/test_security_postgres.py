@@ -27,7 +27,7 @@ from flowproof.connect import connect_postgres
 from flowproof.errors import ComponentUnreachable
 from publisher.maintenance import prune, refresh_gauges
 from publisher.queries import query
-from tests.private_services import PrivatePostgres, TestCA
+from tests.private_services import WRONG_HOST, PrivatePostgres, TestCA
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES_SQL = ROOT / "deploy" / "sql" / "roles.sql"
@@ -36,7 +36,6 @@ FLOWPROOF = [sys.executable, "-m", "flowproof"]
 DATABASE = "flowproof"
 # Short name -> role; every one gets a login here (writer and smoke are optional in roles.sql).
 ROLES = ("owner", "writer", "relay", "consumer", "verifier", "smoke")
-WRONG_HOST = "flowproof-wrong-host.invalid"  # a name no test server is reached by
 
 
 @dataclass(frozen=True)
@@ -193,32 +192,25 @@ async def test_a_server_certificate_from_another_ca_is_refused(
     assert "certificate verify failed" in str(refused.value), refused.value
 
 
-@pytest.fixture(scope="module")
-def misnamed_pg(
-    tmp_path_factory: pytest.TempPathFactory, certificate_authority: TestCA
-) -> Iterator[PrivatePostgres]:
-    """A TLS-only server whose certificate, from the trusted CA, names another host."""
-    certificate = certificate_authority.issue("flowproof-misnamed-postgres", hosts=[WRONG_HOST])
-    with PrivatePostgres(tmp_path_factory.mktemp("pg-misnamed"), tls=certificate) as server:
-        yield server
-
-
 async def test_verify_full_refuses_a_certificate_for_another_host(
-    misnamed_pg: PrivatePostgres,
+    certificate_authority: TestCA, tmp_path: Path
 ) -> None:
-    # The chain is good (verify-ca connects): only the name is wrong.
-    verify_ca = Settings(database_url=SecretStr(misnamed_pg.dsn(sslmode="verify-ca")))
-    conn = await connect_postgres(verify_ca)
-    await conn.close()
-    with pytest.raises(ComponentUnreachable) as refused:
-        await connect_postgres(Settings(database_url=SecretStr(misnamed_pg.url)))
-    assert refused.value.component == "postgresql"
-    assert "IP address mismatch" in str(refused.value), refused.value
-    # psql (libpq), which runs roles.sql and grants.sql, with the same verify-full.
-    result = psql(misnamed_pg, "-c", "SELECT 1")
-    assert result.returncode != 0, result.stdout
-    assert f'server certificate for "{WRONG_HOST}"' in result.stderr, result.stderr
-    assert 'does not match host name "127.0.0.1"' in result.stderr, result.stderr
+    # A TLS-only server whose certificate, from the trusted CA, names another host.
+    certificate = certificate_authority.issue("flowproof-misnamed-postgres", hosts=[WRONG_HOST])
+    with PrivatePostgres(tmp_path / "pg-misnamed", tls=certificate) as misnamed_pg:
+        # The chain is good (verify-ca connects): only the name is wrong.
+        verify_ca = Settings(database_url=SecretStr(misnamed_pg.dsn(sslmode="verify-ca")))
+        conn = await connect_postgres(verify_ca)
+        await conn.close()
+        with pytest.raises(ComponentUnreachable) as refused:
+            await connect_postgres(Settings(database_url=SecretStr(misnamed_pg.url)))
+        assert refused.value.component == "postgresql"
+        assert "IP address mismatch" in str(refused.value), refused.value
+        # psql (libpq), which runs roles.sql and grants.sql, with the same verify-full.
+        result = psql(misnamed_pg, "-c", "SELECT 1")
+        assert result.returncode != 0, result.stdout
+        assert f'server certificate for "{WRONG_HOST}"' in result.stderr, result.stderr
+        assert 'does not match host name "127.0.0.1"' in result.stderr, result.stderr
 
 
 async def test_a_plain_connection_is_refused_by_the_server(secured_pg: SecuredPostgres) -> None:

@@ -22,6 +22,7 @@ from flowproof.config import Settings, load_settings
 from flowproof.connect import ping_redis, redis_client
 from flowproof.errors import ComponentUnreachable, ConfigError
 from tests.private_services import (
+    WRONG_HOST,
     PrivateRedis,
     RedisUser,
     TestCA,
@@ -31,7 +32,6 @@ from tests.private_services import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "flowproof."  # the default stream prefix, as in the README
-WRONG_HOST = "flowproof-wrong-host.invalid"  # a name no test server is reached by
 
 # What each component runs (publisher/redis_sink.py; consumers/redis.py and consumers' DLQ;
 # verifier/redis_lag.py), on the keys under the prefix only; the verifier's keys are read-only.
@@ -65,6 +65,17 @@ def redis_settings(server: PrivateRedis, user: RedisUser | None, **extra: object
         **extra,
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+async def _refused(settings: Settings) -> ComponentUnreachable:
+    """The error a client with `settings` gets for its PING (AssertionError if it gets none)."""
+    client = redis_client(settings)
+    try:
+        with pytest.raises(ComponentUnreachable) as refused:
+            await ping_redis(client)
+    finally:
+        await client.aclose()
+    return refused.value
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +139,9 @@ async def test_a_server_certificate_from_another_ca_is_refused(
 ) -> None:
     stranger = TestCA(tmp_path / "other-ca", name="someone else's CA")
     settings = redis_settings(secured_redis, users["relay"], redis_ssl_cafile=stranger.cert)
-    client = redis_client(settings)
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    assert refused.value.component == "redis"
-    assert "certificate verify failed" in str(refused.value), refused.value
+    refused = await _refused(settings)
+    assert refused.component == "redis"
+    assert "certificate verify failed" in str(refused), refused
 
 
 def test_the_server_answers_nothing_in_plain_text(secured_redis: PrivateRedis) -> None:
@@ -153,14 +159,9 @@ async def test_a_plain_client_is_told_nothing_about_the_password(
     secured_redis: PrivateRedis, users: dict[str, RedisUser]
 ) -> None:
     plain = secured_redis.url_for(users["relay"]).replace("rediss://", "redis://", 1)
-    client = redis_client(Settings(redis_url=SecretStr(plain)))
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    assert refused.value.component == "redis"
-    assert users["relay"].password not in str(refused.value)
+    refused = await _refused(Settings(redis_url=SecretStr(plain)))
+    assert refused.component == "redis"
+    assert users["relay"].password not in str(refused)
 
 
 @pytest.fixture(scope="module")
@@ -196,14 +197,9 @@ async def test_a_certificate_for_another_host_is_refused(
         assert "FLOWPROOF_REDIS_URL: its query sets ssl_" in str(refused_at_start.value)
         assert misnamed_redis.url not in str(refused_at_start.value)
         return
-    client = redis_client(redis_settings(misnamed_redis, None))
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    assert refused.value.component == "redis"
-    assert "IP address mismatch" in str(refused.value), refused.value
+    refused = await _refused(redis_settings(misnamed_redis, None))
+    assert refused.component == "redis"
+    assert "IP address mismatch" in str(refused), refused
 
 
 @pytest.mark.parametrize("who", ["nobody", "default", "wrong-password"])
@@ -216,14 +212,9 @@ async def test_logins_other_than_the_users_are_refused(
         "default": RedisUser("default", wrong, ""),
         "wrong-password": RedisUser(users["relay"].name, wrong, ""),
     }[who]
-    client = redis_client(redis_settings(secured_redis, user))
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    message = str(refused.value)
-    assert refused.value.component == "redis"
+    refused = await _refused(redis_settings(secured_redis, user))
+    message = str(refused)
+    assert refused.component == "redis"
     words = ("Authentication required", "WRONGPASS", "invalid username-password")
     assert any(word in message for word in words), message
     assert wrong not in message
