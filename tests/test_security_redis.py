@@ -185,7 +185,7 @@ async def test_a_certificate_for_another_host_is_refused(
         misnamed_redis.url, ssl_ca_certs=str(misnamed_redis.tls.ca), ssl_check_hostname=False
     )
     try:
-        assert await lenient.ping()  # type: ignore[misc]
+        assert await lenient.ping()
     finally:
         await lenient.aclose()
     if query:  # a URL that would turn a check off is refused at start, naming only the variable
