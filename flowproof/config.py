@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     Field,
@@ -48,6 +48,23 @@ MAX_FLOAT = 1e15  # seconds: about 30 million years, and still finite in millise
 Sink = Literal["redis", "kafka"]
 # Set per load_settings call: pydantic-settings builds sources from the class, not the instance.
 _toml_path: Path | None = None
+
+
+# redis-py reads these from a URL's query, and they override what flowproof passes: the values
+# that keep the certificate and host name checks on.
+_STRICT_REDIS_TLS = {
+    "ssl_cert_reqs": {"REQUIRED"},
+    "ssl_check_hostname": {"TRUE", "T", "YES", "Y", "1"},
+}
+
+
+def _weakened_redis_tls(url: str) -> str | None:
+    """The URL query parameter that would switch a TLS check off (redis-py honours it), or None."""
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    for name, strict in _STRICT_REDIS_TLS.items():
+        if any(value.strip().upper() not in strict for value in query.get(name, ())):
+            return name
+    return None
 
 
 class Settings(BaseSettings):
@@ -423,6 +440,11 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().startswith(("redis://", "rediss://")):
             raise ValueError("must be a redis:// or rediss:// URL")
+        if weakened := _weakened_redis_tls(value.get_secret_value()):
+            raise ValueError(
+                f"its query sets {weakened}, which would turn TLS verification off; flowproof "
+                "always verifies the certificate and the host name (see README, Security)"
+            )
         return value
 
     @field_validator("redis_ssl_cafile")

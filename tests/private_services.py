@@ -52,6 +52,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".devstack"))
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
+WRONG_HOST = "flowproof-wrong-host.invalid"  # what a misnamed test certificate is issued for
 
 
 class ServiceFailed(RuntimeError):
@@ -183,6 +184,44 @@ def _new_key(path: Path) -> None:
     path.chmod(0o600)
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on, from the kernel's tables (/proc), whatever the
+    process's configuration says."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text("ascii").splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN, and this process's
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def plaintext_reply(port: int, request: bytes, timeout: float = 3.0) -> bytes:
+    """What a loopback server sends back to `request` sent in plain text, up to 4 KiB, until it
+    closes the connection or `timeout` passes; a reset counts as no answer."""
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        with contextlib.suppress(OSError):
+            sock.sendall(request)
+            while len(reply) < 4096 and (chunk := sock.recv(4096)):
+                reply += chunk
+    return reply
+
+
+def is_tls_alert(reply: bytes) -> bool:
+    """A TLS alert record (content type 21, version 3.x): a TLS server's only word to a client
+    that does not speak TLS."""
+    return len(reply) >= 5 and reply[0] == 0x15 and reply[1] == 0x03
+
+
 def _client_tls(ca: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca))
 
@@ -276,6 +315,11 @@ class PrivateService:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def listening_ports(self) -> set[int]:
+        """Every TCP port the running server listens on (from /proc; empty when stopped)."""
+        pid = self.pid
+        return listening_ports(pid) if pid is not None else set()
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
@@ -590,6 +634,9 @@ class PrivateRedis(PrivateService):
                 )
                 if self.tls is not None:
                     context = _client_tls(self.tls.ca)
+                    # Up is up: a test may give the server a certificate for another host name
+                    # on purpose (the clients under test must refuse it, not this check).
+                    context.check_hostname = False
                     sock = stack.enter_context(
                         context.wrap_socket(sock, server_hostname="127.0.0.1")
                     )
@@ -637,6 +684,9 @@ class KafkaSecurity:
     users: Mapping[str, str] = field(default_factory=dict)
     admin: str = "admin"
     admin_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    # With a certificate here, a second SASL_SSL listener (`misnamed_port`) presents it: for
+    # tests that clients refuse a broker certificate naming another host.
+    misnamed: Certificate | None = None
 
     @property
     def broker_principal(self) -> str:
@@ -664,6 +714,7 @@ class PrivateKafka(PrivateService):
         # broker (tests/faults/proxy.py) listens there and forwards to `port`.
         self.advertised_port = advertised_port or self.port
         self.controller_port = free_port()
+        self.misnamed_port = free_port() if security and security.misnamed else None
         self.heap = heap
         self.partitions = partitions
         self.security = security
@@ -703,18 +754,28 @@ class PrivateKafka(PrivateService):
         if security is None:
             return plain
         cert = security.certificate
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{security.admin}" password="{security.admin_password}";'
+        )
+        listeners = [f"CLIENT://127.0.0.1:{self.port}"]
+        misnamed: list[str] = []
+        if security.misnamed is not None:
+            listeners.append(f"MISNAMED://127.0.0.1:{self.misnamed_port}")
+            misnamed = [
+                f"listener.name.misnamed.scram-sha-512.sasl.jaas.config={jaas}",
+                f"listener.name.misnamed.ssl.keystore.location={security.misnamed.chain}",
+            ]
         return [
-            f"listeners=CLIENT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=CLIENT://127.0.0.1:{self.port}",
+            f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=CLIENT",
-            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL",
+            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL,MISNAMED:SASL_SSL",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
-            "listener.name.client.scram-sha-512.sasl.jaas.config="
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{security.admin}" password="{security.admin_password}";',
+            f"listener.name.client.scram-sha-512.sasl.jaas.config={jaas}",
+            *misnamed,
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={cert.chain}",
             "ssl.truststore.type=PEM",

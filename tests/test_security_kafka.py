@@ -13,13 +13,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import struct
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    GroupCoordinatorNotAvailableError,
+    KafkaError,
+    for_code,
+)
 from aiokafka.protocol.admin import CreateAclsRequest
 from pydantic import SecretStr
 
@@ -31,7 +39,16 @@ from publisher.encoding import Message
 from publisher.errors import SinkError
 from publisher.kafka_sink import KafkaSink
 from publisher.testing import read_topic
-from tests.private_services import KafkaSecurity, PrivateKafka, TestCA
+from schemas.routing import DLQ_SUFFIX
+from tests.private_services import (
+    WRONG_HOST,
+    Certificate,
+    KafkaSecurity,
+    PrivateKafka,
+    TestCA,
+    is_tls_alert,
+    plaintext_reply,
+)
 
 pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +100,11 @@ def kafka_acls_command(user: str, acl: KafkaAcl) -> str:
     )
 
 
-def kafka_users() -> dict[str, str]:
-    """SCRAM user -> password: one per component, and `intruder` that no ACL mentions."""
+def kafka_users(punctuation: str = "") -> dict[str, str]:
+    """SCRAM user -> password (ending with `punctuation`): one per component, and `intruder`
+    that no ACL mentions."""
     names = [*(f"flowproof-{c}" for c in ("relay", "consumer", "verifier")), "intruder"]
-    return {name: f"kafka-{name}-{os.urandom(9).hex()}" for name in names}
+    return {name: f"kafka-{name}-{os.urandom(9).hex()}{punctuation}" for name in names}
 
 
 def kafka_settings(
@@ -145,10 +163,13 @@ def start_secured_kafka(
     ca: TestCA,
     users: Mapping[str, str],
     extra_acls: Mapping[str, list[KafkaAcl]] | None = None,
+    misnamed: Certificate | None = None,
 ) -> PrivateKafka:
-    """A SASL_SSL broker with `users` and the components' ACLs (plus `extra_acls`)."""
+    """A SASL_SSL broker with `users` and the components' ACLs (plus `extra_acls`); with
+    `misnamed`, a second listener presents that certificate."""
     certificate = ca.issue("flowproof-test-broker")
-    server = PrivateKafka(workdir, security=KafkaSecurity(certificate, users=dict(users)))
+    security = KafkaSecurity(certificate, users=dict(users), misnamed=misnamed)
+    server = PrivateKafka(workdir, security=security)
     server.start()
     try:
         asyncio.run(grant(server, {**component_acls(PREFIX, GROUP), **(extra_acls or {})}))
@@ -174,7 +195,10 @@ def secured_kafka(
 ) -> Iterator[PrivateKafka]:
     # `elsewhere` may publish, but under another prefix: the misconfiguration to recognise.
     elsewhere = {"elsewhere": [KafkaAcl("topic", "other.", "prefixed", ("Write", "Describe"))]}
-    server = start_secured_kafka(tmp_path_factory.mktemp("kafka"), kafka_ca, users, elsewhere)
+    misnamed = kafka_ca.issue("flowproof-misnamed-broker", hosts=[WRONG_HOST])
+    server = start_secured_kafka(
+        tmp_path_factory.mktemp("kafka"), kafka_ca, users, elsewhere, misnamed
+    )
     try:
         yield server
     finally:
@@ -246,13 +270,59 @@ async def test_a_broker_certificate_from_another_ca_is_refused(
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text, caplog.text
 
 
-async def test_a_client_without_tls_gets_nothing(
-    secured_kafka: PrivateKafka, users: dict[str, str]
+async def test_a_broker_certificate_for_another_host_is_refused(
+    secured_kafka: PrivateKafka, users: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain = Settings(kafka_bootstrap_servers=secured_kafka.bootstrap)
+    settings = kafka_settings(
+        secured_kafka,
+        "flowproof-relay",
+        users["flowproof-relay"],
+        kafka_bootstrap_servers=f"127.0.0.1:{secured_kafka.misnamed_port}",
+    )
+    # The chain is good (a client that skips the name check logs in): only the name is wrong.
+    lenient = kafka_client_kwargs(settings)
+    lenient["ssl_context"].check_hostname = False
+    admin = AIOKafkaAdminClient(**lenient, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        assert (await admin.describe_cluster())["cluster_id"]
+    finally:
+        await admin.close()
+    caplog.clear()
+    with pytest.raises(ComponentUnreachable) as refused:
+        await ping_kafka(settings)
+    assert refused.value.component == "kafka"
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text, caplog.text
+    assert "IP address mismatch" in caplog.text, caplog.text
+
+
+def test_the_broker_answers_nothing_in_plain_text(secured_kafka: PrivateKafka) -> None:
+    # Every port the broker's JVM listens on (the kernel's view: client, controller and the
+    # misnamed listener) gets a plain-text ApiVersions request; a plain listener would answer
+    # with a response carrying its correlation id.
+    ports = secured_kafka.listening_ports()
+    assert {secured_kafka.port, secured_kafka.controller_port} <= ports, ports
+    client = b"flowproof-probe"
+    body = struct.pack(">hhih", 18, 0, 0x0F10E9F, len(client)) + client  # ApiVersions v0
+    for port in ports:
+        reply = plaintext_reply(port, struct.pack(">i", len(body)) + body)
+        assert reply == b"" or is_tls_alert(reply), f"port {port} answered in plain text: {reply!r}"
+
+
+async def test_a_plain_client_is_told_nothing_about_the_password(
+    secured_kafka: PrivateKafka, users: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = Settings(
+        kafka_bootstrap_servers=secured_kafka.bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="flowproof-relay",
+        kafka_sasl_password=SecretStr(users["flowproof-relay"]),
+    )
     with pytest.raises(ComponentUnreachable) as refused:
         await ping_kafka(plain)
     assert refused.value.component == "kafka"
+    assert users["flowproof-relay"] not in str(refused.value) + caplog.text
 
 
 # --- ACLs ------------------------------------------------------------------------------------
@@ -269,30 +339,145 @@ async def test_the_relay_user_publishes_and_the_verifier_user_reads_it_back(
     assert [d.key for d in delivered] == [b"o-1"]
 
 
-@pytest.mark.parametrize(
-    ("user", "refusal"),
-    [
-        ("intruder", "ClusterAuthorizationFailedError"),  # no ACL at all: not even a producer id
-        ("flowproof-verifier", "ClusterAuthorizationFailedError"),  # reads, never writes
-        ("elsewhere", "TopicAuthorizationFailedError"),  # may write, but under another prefix
-    ],
-)
-async def test_users_without_a_write_acl_cannot_publish(
-    secured_kafka: PrivateKafka, users: dict[str, str], user: str, refusal: str
+# (user, topic prefix, refusal): who may not publish where.
+WRITE_REFUSALS = [
+    ("intruder", PREFIX, "ClusterAuthorizationFailedError"),  # no ACL: not even a producer id
+    ("flowproof-verifier", PREFIX, "ClusterAuthorizationFailedError"),  # reads, never writes
+    ("flowproof-verifier", "other.", "ClusterAuthorizationFailedError"),
+    ("elsewhere", PREFIX, "TopicAuthorizationFailedError"),  # may write, under another prefix
+    ("flowproof-relay", "other.", "TopicAuthorizationFailedError"),
+    ("flowproof-consumer", "other.", "TopicAuthorizationFailedError"),  # its DLQs: the prefix
+]
+
+
+@pytest.mark.parametrize(("user", "prefix", "refusal"), WRITE_REFUSALS)
+async def test_users_cannot_publish_where_no_write_acl_allows(
+    secured_kafka: PrivateKafka, users: dict[str, str], user: str, prefix: str, refusal: str
 ) -> None:
-    topic = f"{PREFIX}acl{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}acl{uuid.uuid4().hex[:8]}"
     outcome = await _publish(kafka_settings(secured_kafka, user, users[user]), topic)
     assert isinstance(outcome, SinkError), outcome
     assert refusal in str(outcome), outcome
+    if refusal == "TopicAuthorizationFailedError":  # the README: "...: <topic>"
+        assert f"{refusal}: {topic}" in str(outcome), outcome
     assert users[user] not in str(outcome)
+
+
+@pytest.fixture(scope="module")
+async def readable_topics(secured_kafka: PrivateKafka) -> dict[str, str]:
+    """A topic under the prefix and one outside it, one message each (written by the admin)."""
+    security = secured_kafka.security
+    assert security is not None
+    admin = kafka_settings(secured_kafka, security.admin, security.admin_password)
+    topics = {prefix: f"{prefix}read{uuid.uuid4().hex[:8]}" for prefix in (PREFIX, "other.")}
+    for topic in topics.values():
+        assert await _publish(admin, topic) is None
+    return topics
+
+
+async def _fetch(settings: Settings, topic: str) -> list[bytes | None] | KafkaError:
+    """Describe `topic`, then fetch its partition 0 from the start, outside any group: its
+    values, or the error the broker answered with (a reader without Describe cannot even find
+    the partition's leader: it is refused there)."""
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"]:
+        return for_code(described["error_code"])()
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        async with asyncio.timeout(30):
+            await consumer.seek_to_beginning(partition)
+            values: list[bytes | None] = []
+            while not values:
+                batch = await consumer.getmany(partition, timeout_ms=500)
+                values += [record.value for record in batch.get(partition, [])]
+            return values
+    except KafkaError as exc:
+        return exc
+    finally:
+        await consumer.stop()
+
+
+# (user, topic prefix, refusal or None when it may read)
+READS = [
+    ("flowproof-consumer", PREFIX, None),
+    ("flowproof-verifier", PREFIX, None),
+    ("flowproof-relay", PREFIX, "TopicAuthorizationFailedError"),  # publishes, never reads
+    ("flowproof-consumer", "other.", "TopicAuthorizationFailedError"),
+    ("flowproof-verifier", "other.", "TopicAuthorizationFailedError"),
+    ("intruder", PREFIX, "TopicAuthorizationFailedError"),
+]
+
+
+@pytest.mark.parametrize(("user", "prefix", "refusal"), READS)
+async def test_users_read_only_the_topics_their_acls_allow(  # noqa: PLR0917 - parameters
+    secured_kafka: PrivateKafka,
+    users: dict[str, str],
+    readable_topics: dict[str, str],
+    user: str,
+    prefix: str,
+    refusal: str | None,
+) -> None:
+    outcome = await _fetch(
+        kafka_settings(secured_kafka, user, users[user]), readable_topics[prefix]
+    )
+    if refusal is None:
+        assert isinstance(outcome, list) and len(outcome) == 1, outcome
+    else:
+        assert type(outcome).__name__ == refusal, repr(outcome)
+
+
+async def test_the_verifier_describes_the_group_but_cannot_join_or_commit(
+    secured_kafka: PrivateKafka, users: dict[str, str], readable_topics: dict[str, str]
+) -> None:
+    settings = kafka_settings(secured_kafka, "flowproof-verifier", users["flowproof-verifier"])
+    topic = readable_topics[PREFIX]
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(settings))
+    await admin.start()
+    try:  # what verifier/kafka_lag.py asks: allowed (once the new broker has a coordinator)
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await admin.list_consumer_group_offsets(GROUP)
+                    break
+                except GroupCoordinatorNotAvailableError:
+                    await asyncio.sleep(0.5)
+        await admin.describe_consumer_groups([GROUP])
+    finally:
+        await admin.close()
+    joining = AIOKafkaConsumer(topic, **kafka_client_kwargs(settings), group_id=GROUP)
+    try:
+        with pytest.raises(GroupAuthorizationFailedError):
+            async with asyncio.timeout(30):
+                await joining.start()  # it joins the group as it starts
+                await joining.getone()
+    finally:
+        await joining.stop()
+    committing = AIOKafkaConsumer(
+        **kafka_client_kwargs(settings), group_id=GROUP, enable_auto_commit=False
+    )
+    try:
+        await committing.start()
+        committing.assign([TopicPartition(topic, 0)])
+        with pytest.raises(GroupAuthorizationFailedError):
+            await committing.commit({TopicPartition(topic, 0): 1})
+    finally:
+        await committing.stop()
 
 
 @pytest.mark.parametrize(
     ("user", "group", "refusal"),
     [
-        ("flowproof-relay", GROUP, ConfigError),  # publishes, never consumes
-        ("flowproof-consumer", "not-flowproof", ConfigError),  # not its group
-        ("intruder", GROUP, ConfigError),
+        ("flowproof-relay", GROUP, "GroupAuthorizationFailedError"),  # publishes, never consumes
+        ("flowproof-consumer", "not-flowproof", "GroupAuthorizationFailedError"),  # not its group
+        ("intruder", GROUP, "ClusterAuthorizationFailedError"),  # its DLQ producer, first
     ],
 )
 async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - parameters
@@ -301,7 +486,7 @@ async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - para
     database_url: str,
     user: str,
     group: str,
-    refusal: type[BaseException] | tuple[type[BaseException], ...],
+    refusal: str,
 ) -> None:
     settings = kafka_settings(
         secured_kafka,
@@ -310,11 +495,35 @@ async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - para
         database_url=SecretStr(database_url),
         consumer_aggregatetypes=("order",),
     )
-    with pytest.raises(refusal) as refused:
+    with pytest.raises(ConfigError) as refused:
         await asyncio.wait_for(consume(settings, sink="kafka", group=group, drain=True), 60)
-    assert f"kafka refused {user}" in str(refused.value), refused.value
-    assert "AuthorizationFailedError" in str(refused.value), refused.value
+    assert f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {refusal}" in str(
+        refused.value
+    ), refused.value
+    if refusal == "GroupAuthorizationFailedError":  # the README: "...: <group>"
+        assert str(refused.value).split("; ")[0].endswith(f": {group}"), refused.value
     assert users[user] not in str(refused.value)
+
+
+async def test_the_consumer_user_writes_dead_letters_under_its_acls(
+    secured_kafka: PrivateKafka, users: dict[str, str], database_url: str
+) -> None:
+    aggregatetype = f"dlq{uuid.uuid4().hex[:8]}"
+    topic = f"{PREFIX}{aggregatetype}"
+    relay = kafka_settings(secured_kafka, "flowproof-relay", users["flowproof-relay"])
+    assert await _publish(relay, topic) is None  # no envelope to speak of: a dead letter
+    consumer = kafka_settings(
+        secured_kafka,
+        "flowproof-consumer",
+        users["flowproof-consumer"],
+        database_url=SecretStr(database_url),
+        consumer_aggregatetypes=(aggregatetype,),
+    )
+    stats = await asyncio.wait_for(consume(consumer, sink="kafka", group=GROUP, drain=True), 90)
+    assert stats is not None and stats.dead_lettered == 1, stats
+    verifier = kafka_settings(secured_kafka, "flowproof-verifier", users["flowproof-verifier"])
+    [letter] = await read_topic(verifier, f"{topic}{DLQ_SUFFIX}")
+    assert letter.fields["dlq_reason"] == "envelope", letter.fields
 
 
 def test_the_readme_documents_these_acls() -> None:

@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,8 @@ from urllib.parse import quote, quote_plus
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from publisher.outbox import emit
 from tests.private_services import (
@@ -67,6 +70,7 @@ class Stack:
     kafka_passwords: Mapping[str, str]  # user -> password, the admin included
     secrets_dir: Path
     wrong_passwords: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
 
     def passwords(self) -> list[str]:
         """Every secret of the module: to be found in no output."""
@@ -241,7 +245,7 @@ def _password(kind: str) -> str:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ca = TestCA(tmp_path_factory.mktemp("ca"))
     secrets_dir = tmp_path_factory.mktemp("secrets")
-    kafka_passwords = kafka_users()
+    kafka_passwords = kafka_users(PUNCTUATION)
     with contextlib.ExitStack() as cleanup:
         # The broker takes longest to start: in a thread while PostgreSQL and Redis get ready.
         # (Unwinding, the pool waits for that thread before the broker is closed.)
@@ -256,7 +260,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             tmp_path_factory.mktemp("pg"), tls=ca.issue("flowproof-test-postgres")
         )
         cleanup.enter_context(postgres)
-        pg = provision(postgres, tmp_path_factory.mktemp("pg-secrets"))
+        pg = provision(postgres, tmp_path_factory.mktemp("pg-secrets"), punctuation=PUNCTUATION)
         users = {
             name: RedisUser(user.name, _password("redis"), user.rules)
             for name, user in redis_users(PREFIX).items()
@@ -638,6 +642,7 @@ def test_no_secret_in_any_output_metric_or_json(
     texts = {f"{run.label} stdout": run.stdout for run in outputs.runs}
     texts |= {f"{run.label} stderr": run.stderr for run in outputs.runs}
     texts |= {f"{label} /metrics": text for label, text in outputs.scraped.items()}
+    texts["db migrate (stdout and stderr)"] = stack.pg.migrate_output
     # What was searched: every command of the module, with real output in it.
     labels = {run.label for run in outputs.runs}
     assert {
@@ -647,6 +652,7 @@ def test_no_secret_in_any_output_metric_or_json(
     assert set(outputs.scraped) == {"relay", "consume-redis", "consume-kafka", "verify"}
     assert all("flowproof_" in text for text in outputs.scraped.values())
     assert sum(len(text) for text in texts.values()) > 10_000
+    assert "migrat" in stack.pg.migrate_output, stack.pg.migrate_output  # it said something
     secrets = stack.passwords()
     assert len(secrets) == 6 + 4 + 5 + 4  # PostgreSQL roles, Redis users, Kafka users, wrong
     hits = [
@@ -657,3 +663,78 @@ def test_no_secret_in_any_output_metric_or_json(
         if form in text
     ]
     assert not hits, hits
+
+
+def _samples(text: str) -> list[Sample]:
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def test_metrics_carry_no_connection_details(
+    stack: Stack, outputs: Outputs, smoked: SmokeRun
+) -> None:
+    """No host, port, user name, certificate or secret path in any /metrics text (label values
+    searched one by one: user names such as flowproof_relay are also metric name prefixes)."""
+    ports = [stack.pg.server.port, stack.redis.port, int(stack.kafka_bootstrap.rsplit(":", 1)[1])]
+    everywhere = [*(f"127.0.0.1:{port}" for port in ports), str(stack.ca.directory),
+                  str(stack.secrets_dir), str(stack.pg.secrets_dir), "sslrootcert", "rediss://",
+                  "postgresql://", "SASL"]  # fmt: skip
+    in_labels = [
+        "127.0.0.1", "localhost", *(str(port) for port in ports),
+        *(f"flowproof_{role}" for role in stack.pg.passwords),
+        *(user.name for user in stack.redis_users.values()), *stack.kafka_passwords,
+    ]  # fmt: skip
+    assert set(outputs.scraped) == {"relay", "consume-redis", "consume-kafka", "verify"}
+    hits = [
+        f"{label}: {needle!r}"
+        for label, text in outputs.scraped.items()
+        for needle in everywhere
+        if needle in text
+    ]
+    labels = {
+        (label, sample.name, name, value)
+        for label, text in outputs.scraped.items()
+        for sample in _samples(text)
+        for name, value in sample.labels.items()
+        if name != "le"  # histogram bucket bounds: numbers of ours
+    }
+    assert len(labels) > 20, labels
+    hits += [
+        f"{label}: {metric}{{{name}={value!r}}} has {needle!r}"
+        for label, metric, name, value in labels
+        for needle in in_labels
+        if needle in value
+    ]
+    assert not hits, hits
+
+
+# The series alerts and dashboard panels use that only the running verifier sets (a labelled
+# series is absent from /metrics until a process sets it).
+VERIFIER_SERIES = {
+    "flowproof_redis_group_lag_entries": {"stream", "group"},
+    "flowproof_redis_group_pending_entries": {"stream", "group"},
+    "flowproof_kafka_consumer_lag_messages": {"topic", "partition", "group"},
+    "flowproof_verify_duplicate_events": {"sink", "group"},
+    "flowproof_verify_out_of_order_events": {"sink", "group"},
+}
+
+
+def test_the_running_verifier_sets_the_lag_and_flow_series(
+    stack: Stack, smoked: SmokeRun, outputs: Outputs
+) -> None:
+    samples = _samples(outputs.scraped["verify"])
+    for name, labels in VERIFIER_SERIES.items():
+        found = [s for s in samples if s.name == name and s.labels.get("group") == GROUP]
+        assert found, f"{name} not set by the running verifier"
+        assert all(set(s.labels) == labels and 0 <= s.value < 1e6 for s in found), found
+    flows = {
+        (s.name, s.labels["sink"])
+        for s in samples
+        if s.name in VERIFIER_SERIES and "sink" in s.labels
+    }
+    assert flows == {(n, sink) for n in VERIFIER_SERIES if n.startswith("flowproof_verify_")
+                     for sink in ("redis", "kafka")}, flows  # fmt: skip
+    streams = {s.labels["stream"] for s in samples if s.name == "flowproof_redis_group_lag_entries"}
+    assert {f"{PREFIX}order", f"{PREFIX}canary"} <= streams, streams
+    [last] = [s for s in samples if s.name == "flowproof_verify_last_evaluation_timestamp_seconds"]
+    # Set by an evaluation of this run: after the services of this module started.
+    assert stack.started_at < last.value <= time.time(), (stack.started_at, last.value)

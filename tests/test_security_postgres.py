@@ -10,10 +10,11 @@ these roles in tests/test_security_pipeline.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from pydantic import SecretStr
 from flowproof.config import Settings
 from flowproof.connect import connect_postgres
 from flowproof.errors import ComponentUnreachable
-from tests.private_services import PrivatePostgres, TestCA
+from publisher.maintenance import prune, refresh_gauges
+from publisher.queries import query
+from tests.private_services import WRONG_HOST, PrivatePostgres, TestCA
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES_SQL = ROOT / "deploy" / "sql" / "roles.sql"
@@ -42,6 +45,7 @@ class SecuredPostgres:
     server: PrivatePostgres
     passwords: Mapping[str, str]  # by short role name
     secrets_dir: Path
+    migrate_output: str = ""  # what `flowproof db migrate` printed (stdout, then stderr)
 
     def dsn(
         self,
@@ -99,10 +103,17 @@ def _checked(result: subprocess.CompletedProcess[str], what: str) -> None:
     assert result.returncode == 0, f"{what} failed ({result.returncode}): {result.stderr}"
 
 
-def provision(server: PrivatePostgres, secrets_dir: Path) -> SecuredPostgres:
-    """Create the database and the roles, migrate as the owner, grant: the documented steps."""
+def provision(
+    server: PrivatePostgres,
+    secrets_dir: Path,
+    logins: Sequence[str] = ROLES,
+    punctuation: str = "",
+) -> SecuredPostgres:
+    """Create the database and the roles, migrate as the owner, grant: the documented steps.
+    Only the roles in `logins` are given a password (writer and smoke are optional); each
+    password ends with `punctuation`."""
     secrets_dir.mkdir(parents=True, exist_ok=True)
-    passwords = {role: f"pg-{role}-{os.urandom(9).hex()}" for role in ROLES}
+    passwords = {role: f"pg-{role}-{os.urandom(9).hex()}{punctuation}" for role in logins}
     files = []
     for role, password in passwords.items():
         path = secrets_dir / f"pg_{role}"
@@ -121,6 +132,7 @@ def provision(server: PrivatePostgres, secrets_dir: Path) -> SecuredPostgres:
         check=False,
     )
     assert migrate.returncode == 0, f"migrate as flowproof_owner failed: {migrate.stderr}"
+    secured = dataclasses.replace(secured, migrate_output=migrate.stdout + migrate.stderr)
     grants = psql(
         server,
         "-f",
@@ -178,6 +190,27 @@ async def test_a_server_certificate_from_another_ca_is_refused(
         await connect_postgres(role_settings(secured_pg, "verifier", ca=stranger.cert))
     assert refused.value.component == "postgresql"
     assert "certificate verify failed" in str(refused.value), refused.value
+
+
+async def test_verify_full_refuses_a_certificate_for_another_host(
+    certificate_authority: TestCA, tmp_path: Path
+) -> None:
+    # A TLS-only server whose certificate, from the trusted CA, names another host.
+    certificate = certificate_authority.issue("flowproof-misnamed-postgres", hosts=[WRONG_HOST])
+    with PrivatePostgres(tmp_path / "pg-misnamed", tls=certificate) as misnamed_pg:
+        # The chain is good (verify-ca connects): only the name is wrong.
+        verify_ca = Settings(database_url=SecretStr(misnamed_pg.dsn(sslmode="verify-ca")))
+        conn = await connect_postgres(verify_ca)
+        await conn.close()
+        with pytest.raises(ComponentUnreachable) as refused:
+            await connect_postgres(Settings(database_url=SecretStr(misnamed_pg.url)))
+        assert refused.value.component == "postgresql"
+        assert "IP address mismatch" in str(refused.value), refused.value
+        # psql (libpq), which runs roles.sql and grants.sql, with the same verify-full.
+        result = psql(misnamed_pg, "-c", "SELECT 1")
+        assert result.returncode != 0, result.stdout
+        assert f'server certificate for "{WRONG_HOST}"' in result.stderr, result.stderr
+        assert 'does not match host name "127.0.0.1"' in result.stderr, result.stderr
 
 
 async def test_a_plain_connection_is_refused_by_the_server(secured_pg: SecuredPostgres) -> None:
@@ -345,20 +378,47 @@ def test_roles_sql_refuses_to_run_without_a_password(secured_pg: SecuredPostgres
     assert "give -v relay_password_file=PATH" in result.stderr, result.stderr
 
 
-async def test_a_writer_role_without_login_is_a_group_for_applications(
-    secured_pg: SecuredPostgres,
+@pytest.fixture(scope="module")
+def group_roles_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredPostgres]:
+    """roles.sql without writer_password and smoke_password (plain TCP: TLS is not the point)."""
+    with PrivatePostgres(tmp_path_factory.mktemp("pg-groups")) as server:
+        yield provision(
+            server, tmp_path_factory.mktemp("pg-groups-secrets"), ROLES_WITHOUT_OPTIONAL_LOGINS
+        )
+
+
+ROLES_WITHOUT_OPTIONAL_LOGINS = ("owner", "relay", "consumer", "verifier")
+
+
+async def test_without_writer_password_the_writer_and_smoke_roles_are_groups(
+    group_roles_pg: SecuredPostgres,
 ) -> None:
-    # The documented alternative: roles.sql without writer_password leaves flowproof_writer a
-    # group role, granted to the application's own login.
+    server = group_roles_pg.server
     app_password = "pg-app-" + os.urandom(6).hex()
     setup = psql(
-        secured_pg.server,
+        server,
         "-c",
         f"CREATE ROLE orders_app LOGIN PASSWORD '{app_password}' IN ROLE flowproof_writer",
         database=DATABASE,
     )
     _checked(setup, "CREATE ROLE orders_app")
-    conn = await asyncpg.connect(secured_pg.server.dsn("orders_app", app_password, DATABASE))
+    admin = await asyncpg.connect(server.dsn(database=DATABASE))
+    try:
+        logins = dict(
+            await admin.fetch(
+                "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'flowproof\\_%'"
+            )
+        )
+        verifiers = await admin.fetchval(
+            "SELECT count(*) FROM pg_authid WHERE rolname IN ('flowproof_writer', "
+            "'flowproof_smoke') AND rolpassword IS NOT NULL"
+        )
+    finally:
+        await admin.close()
+    assert logins == {f"flowproof_{r}": r in ROLES_WITHOUT_OPTIONAL_LOGINS for r in ROLES}, logins
+    assert verifiers == 0
+    # The application's own login, granted the group, writes events and nothing else.
+    conn = await asyncpg.connect(server.dsn("orders_app", app_password, DATABASE))
     try:
         async with conn.transaction():
             await conn.execute(OUTBOX_ROW)
@@ -366,3 +426,41 @@ async def test_a_writer_role_without_login_is_a_group_for_applications(
                 await conn.execute("DELETE FROM flowproof_outbox")
     finally:
         await conn.close()
+
+
+# --- the relay's own statements, as flowproof_relay ------------------------------------------
+
+
+async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
+    secured_pg: SecuredPostgres,
+) -> None:
+    """The statements the pipeline test rarely reaches (parking a row, pruning delivered rows)
+    as the relay runs them, on a flowproof_relay connection."""
+    owner = await asyncpg.connect(secured_pg.dsn("owner"))
+    try:
+        seqs = await owner.fetch(
+            "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at, "
+            "redis_published_at, kafka_published_at) "
+            "SELECT 'order', 'prune-' || n, 'flowproof.Canary', '{}', now() - interval '2 days', "
+            "CASE WHEN n < 3 THEN now() END, CASE WHEN n < 3 THEN now() END "
+            "FROM generate_series(0, 3) AS n RETURNING seq"
+        )
+    finally:
+        await owner.close()
+    *delivered, to_park = [r["seq"] for r in seqs]
+    settings = role_settings(secured_pg, "relay")
+    conn = await connect_postgres(settings)
+    try:
+        await conn.execute(
+            query("park", settings.outbox_table, "kafka"), [to_park], ["oversized"], ["too big"]
+        )
+        await refresh_gauges(conn, settings)  # with a parked row: its waiting-behind query too
+        pruned = await prune(conn, settings.model_copy(update={"relay_prune_batch_size": 2}))
+        left = await conn.fetch(
+            "SELECT seq, kafka_parked_reason FROM flowproof_outbox WHERE seq = ANY($1::bigint[])",
+            [r["seq"] for r in seqs],
+        )
+    finally:
+        await conn.close()
+    assert pruned == len(delivered) == 3
+    assert {(r["seq"], r["kafka_parked_reason"]) for r in left} == {(to_park, "oversized")}

@@ -18,10 +18,17 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import NoPermissionError, ResponseError
 
-from flowproof.config import Settings
+from flowproof.config import Settings, load_settings
 from flowproof.connect import ping_redis, redis_client
-from flowproof.errors import ComponentUnreachable
-from tests.private_services import PrivateRedis, RedisUser, TestCA
+from flowproof.errors import ComponentUnreachable, ConfigError
+from tests.private_services import (
+    WRONG_HOST,
+    PrivateRedis,
+    RedisUser,
+    TestCA,
+    is_tls_alert,
+    plaintext_reply,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "flowproof."  # the default stream prefix, as in the README
@@ -58,6 +65,17 @@ def redis_settings(server: PrivateRedis, user: RedisUser | None, **extra: object
         **extra,
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+async def _refused(settings: Settings) -> ComponentUnreachable:
+    """The error a client with `settings` gets for its PING (AssertionError if it gets none)."""
+    client = redis_client(settings)
+    try:
+        with pytest.raises(ComponentUnreachable) as refused:
+            await ping_redis(client)
+    finally:
+        await client.aclose()
+    return refused.value
 
 
 @pytest.fixture(scope="module")
@@ -121,28 +139,67 @@ async def test_a_server_certificate_from_another_ca_is_refused(
 ) -> None:
     stranger = TestCA(tmp_path / "other-ca", name="someone else's CA")
     settings = redis_settings(secured_redis, users["relay"], redis_ssl_cafile=stranger.cert)
-    client = redis_client(settings)
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    assert refused.value.component == "redis"
-    assert "certificate verify failed" in str(refused.value), refused.value
+    refused = await _refused(settings)
+    assert refused.component == "redis"
+    assert "certificate verify failed" in str(refused), refused
 
 
-async def test_a_plain_connection_gets_nothing(
+def test_the_server_answers_nothing_in_plain_text(secured_redis: PrivateRedis) -> None:
+    # Every port the server process listens on (the kernel's view, not its configuration) gets
+    # a plain-text PING: a plain listener would answer (+PONG, -NOAUTH ...); TLS says nothing or
+    # sends an alert record.
+    ports = secured_redis.listening_ports()
+    assert secured_redis.port in ports, ports
+    for port in ports:
+        reply = plaintext_reply(port, b"PING\r\n")
+        assert reply == b"" or is_tls_alert(reply), f"port {port} answered in plain text: {reply!r}"
+
+
+async def test_a_plain_client_is_told_nothing_about_the_password(
     secured_redis: PrivateRedis, users: dict[str, RedisUser]
 ) -> None:
     plain = secured_redis.url_for(users["relay"]).replace("rediss://", "redis://", 1)
-    client = redis_client(Settings(redis_url=SecretStr(plain)))
+    refused = await _refused(Settings(redis_url=SecretStr(plain)))
+    assert refused.component == "redis"
+    assert users["relay"].password not in str(refused)
+
+
+@pytest.fixture(scope="module")
+def misnamed_redis(
+    tmp_path_factory: pytest.TempPathFactory, redis_ca: TestCA
+) -> Iterator[PrivateRedis]:
+    """A TLS-only server whose certificate, from the trusted CA, names another host."""
+    certificate = redis_ca.issue("flowproof-misnamed-redis", hosts=[WRONG_HOST])
+    with PrivateRedis(tmp_path_factory.mktemp("redis-misnamed"), tls=certificate) as server:
+        yield server
+
+
+@pytest.mark.parametrize("query", ["", "?ssl_check_hostname=false", "?ssl_cert_reqs=none"])
+async def test_a_certificate_for_another_host_is_refused(
+    misnamed_redis: PrivateRedis, query: str
+) -> None:
+    """Whatever the URL asks for: flowproof verifies the certificate and the host name."""
+    assert misnamed_redis.tls is not None
+    # The chain is good (a client that skips the name check connects): only the name is wrong.
+    lenient = aioredis.Redis.from_url(
+        misnamed_redis.url, ssl_ca_certs=str(misnamed_redis.tls.ca), ssl_check_hostname=False
+    )
     try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
+        assert await lenient.ping()
     finally:
-        await client.aclose()
-    assert refused.value.component == "redis"
-    assert users["relay"].password not in str(refused.value)
+        await lenient.aclose()
+    if query:  # a URL that would turn a check off is refused at start, naming only the variable
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("FLOWPROOF_REDIS_URL", misnamed_redis.url + query)
+            env.setenv("FLOWPROOF_REDIS_SSL_CAFILE", str(misnamed_redis.tls.ca))
+            with pytest.raises(ConfigError) as refused_at_start:
+                load_settings()
+        assert "FLOWPROOF_REDIS_URL: its query sets ssl_" in str(refused_at_start.value)
+        assert misnamed_redis.url not in str(refused_at_start.value)
+        return
+    refused = await _refused(redis_settings(misnamed_redis, None))
+    assert refused.component == "redis"
+    assert "IP address mismatch" in str(refused), refused
 
 
 @pytest.mark.parametrize("who", ["nobody", "default", "wrong-password"])
@@ -155,14 +212,9 @@ async def test_logins_other_than_the_users_are_refused(
         "default": RedisUser("default", wrong, ""),
         "wrong-password": RedisUser(users["relay"].name, wrong, ""),
     }[who]
-    client = redis_client(redis_settings(secured_redis, user))
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    message = str(refused.value)
-    assert refused.value.component == "redis"
+    refused = await _refused(redis_settings(secured_redis, user))
+    message = str(refused)
+    assert refused.component == "redis"
     words = ("Authentication required", "WRONGPASS", "invalid username-password")
     assert any(word in message for word in words), message
     assert wrong not in message

@@ -70,6 +70,8 @@ class Route:
         self.accepted = 0
         self.reset_count = 0
         self.forwarded_bytes = 0
+        self.delayed_chunks = 0  # forwarded late, in `delay` mode
+        self.caught_half_open = 0  # connections `half-open` killed (open then, or new since)
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
 
@@ -100,6 +102,7 @@ class Route:
                 link.reset()
         elif mode == "half-open":
             for link in self._links:
+                self.caught_half_open += not link.dead
                 link.dead = True
 
     def stats(self) -> dict[str, object]:
@@ -112,6 +115,8 @@ class Route:
             "accepted": self.accepted,
             "reset": self.reset_count,
             "forwarded_bytes": self.forwarded_bytes,
+            "delayed_chunks": self.delayed_chunks,
+            "caught_half_open": self.caught_half_open,
         }
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -125,6 +130,7 @@ class Route:
         try:
             if self.mode == "half-open":
                 link.dead = True
+                self.caught_half_open += 1
                 await self._swallow(reader)
                 return
             try:
@@ -165,6 +171,7 @@ class Route:
                     break
                 if link.dead:
                     continue  # half-open: it vanishes
+                self.delayed_chunks += self.delay > 0
                 queue.put_nowait((loop.time() + self.delay, data))
             queue.put_nowait(None)
             await sender

@@ -4,6 +4,7 @@ them (`disagreements` is empty). Without this, a table of zeros would prove noth
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -22,7 +23,13 @@ SOURCE: dict[str, str] = {}
 
 
 async def _receipt(
-    conn: asyncpg.Connection, event_id: object, sink: str, position: str, *, valid: bool = True
+    conn: asyncpg.Connection,
+    event_id: object,
+    sink: str,
+    position: str,
+    *,
+    valid: bool = True,
+    source: str | None = None,
 ) -> None:
     await conn.execute(
         """INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source,
@@ -34,7 +41,7 @@ async def _receipt(
         position,
         valid,
         None if valid else "corrupt_avro",
-        SOURCE[sink],
+        source or SOURCE.get(sink, "orders"),
     )
 
 
@@ -105,3 +112,36 @@ async def test_accounting_counts_lost_duplicated_and_reordered_events(
     # number is the accounting's.
     problems = disagreements(report, [redis, kafka])
     assert problems == ["kafka/g-accounting lost: verifier 0, accounting 1"]
+
+
+async def test_accounting_counts_split_unexpected_and_unpublished_events(
+    conn: asyncpg.Connection,
+) -> None:
+    # Aggregate c: two published events; d: one event the relay never published.
+    await conn.execute(
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload,
+               redis_published_at, kafka_published_at)
+           VALUES ('orders', 'c', 'orders.OrderPlaced', '{}', now(), now()),
+                  ('orders', 'c', 'orders.OrderPlaced', '{}', now(), now()),
+                  ('orders', 'd', 'orders.OrderPlaced', '{}', NULL, NULL)"""
+    )
+    c1, c2, _ = (r["id"] for r in await conn.fetch("SELECT id FROM flowproof_outbox ORDER BY seq"))
+    # c's events landed in two lanes (two streams; two partitions of one topic): one split
+    # aggregate in each sink. And one receipt of an event id the outbox never had.
+    await _receipt(conn, c1, "redis", "100-0")
+    await _receipt(conn, c2, "redis", "100-0", source="orders.other")
+    await _receipt(conn, c1, "kafka", "0:1")
+    await _receipt(conn, c2, "kafka", "1:1")
+    stranger = uuid.uuid4()
+    await _receipt(conn, stranger, "redis", "101-0")
+    await _receipt(conn, stranger, "kafka", "0:2")
+
+    for sink in ("redis", "kafka"):
+        acc = await account(conn, sink, GROUP)
+        counted = {
+            name: getattr(acc, name)
+            for name in ("events", "unpublished", "lost", "lost_published", "split", "unexpected")
+        }
+        expected = {"events": 3, "unpublished": 1, "lost": 1, "lost_published": 0}
+        assert counted == {**expected, "split": 1, "unexpected": 1}, sink
+        assert (acc.duplicated, acc.reordered, acc.invalid) == (0, 0, 0), acc

@@ -62,34 +62,50 @@ async def proxy_factory(
         await proxy.stop()
 
 
-def network_faults(proxy: ProxyProcess, route: str) -> Faults:
-    """Drop, then delay, then half-open, at random moments; each waited for to recover."""
+# What each fault must have done to the traffic, by the proxy's own counters.
+FAULT_COUNTERS = {"drop": "reset", "delay": "delayed_chunks", "half-open": "caught_half_open"}
+
+
+def network_faults(proxy: ProxyProcess, route: str, done: dict[str, int]) -> Faults:
+    """Drop, then delay, then half-open, at random moments; each waited for to recover. `done`
+    gets, per fault, how much of it the proxy's counters saw (see `assert_faults_happened`)."""
+
+    async def counted(mode: str, seconds: float, delay: float | None = None) -> None:
+        counter = FAULT_COUNTERS[mode]
+        before = await proxy.command(route, "stats")
+        await proxy.mode(route, mode, delay)
+        await asyncio.sleep(seconds)  # the outage is the fault: it lasts what it lasts
+        after = await proxy.mode(route, "pass")
+        done[mode] = int(str(after[counter])) - int(str(before[counter]))
 
     async def faults(run: Run) -> None:
         await run.at_fraction(0.05, 0.15)
         async with run.fault(f"{route}: drop every connection {DROP_SECONDS:.0f} s"):
-            await proxy.mode(route, "drop")
-            await asyncio.sleep(DROP_SECONDS)  # the outage is the fault: it lasts what it lasts
-            await proxy.mode(route, "pass")
+            await counted("drop", DROP_SECONDS)
         await run.recovered()
 
         await run.at_fraction(0.35, 0.45)
         async with run.fault(f"{route}: +{DELAY * 1000:.0f} ms per chunk {DELAY_SECONDS:.0f} s"):
-            await proxy.mode(route, "delay", DELAY)
-            await asyncio.sleep(DELAY_SECONDS)
-            await proxy.mode(route, "pass")
+            await counted("delay", DELAY_SECONDS, DELAY)
         await run.recovered()
 
         await run.at_fraction(0.6, 0.7)
         async with run.fault(f"{route}: half-open {HALF_OPEN_SECONDS:.0f} s"):
-            stats = await proxy.mode(route, "half-open")
-            await asyncio.sleep(HALF_OPEN_SECONDS)
-            await proxy.mode(route, "pass")
-        run.mark(f"half-open caught {stats['open']} connections")
+            await counted("half-open", HALF_OPEN_SECONDS)
+        run.mark(f"the proxy's counts of each fault: {done}")
         await run.recovered()
         run.mark(f"proxy after the faults: {await proxy.command(route, 'stats')}")
 
     return faults
+
+
+def assert_faults_happened(done: dict[str, int]) -> None:
+    """Each fault touched flowproof's traffic: connections reset by the drop, chunks held by the
+    delay, connections caught by the half-open (a scenario whose processes bypassed the proxy
+    would pass everything else)."""
+    missed = [f"{mode}: {FAULT_COUNTERS[mode]} {done.get(mode)}" for mode in FAULT_COUNTERS
+              if not done.get(mode, 0) > 0]  # fmt: skip
+    assert not missed, f"faults that hit no traffic: {missed}"
 
 
 @pytest.mark.timeout(360)
@@ -111,8 +127,10 @@ async def test_redis_connections_cut_slowed_and_half_open(
         max_duplicates={"redis": 3 * (RELAY_BATCH + CONSUMER_BATCH), "kafka": 0},
         seed=71,
     )
-    result = await make_run(plan, endpoints).execute(network_faults(proxy, "redis"))
+    done: dict[str, int] = {}
+    result = await make_run(plan, endpoints).execute(network_faults(proxy, "redis", done))
     assert result.passed, result.explain()
+    assert_faults_happened(done)
 
 
 @pytest.mark.faults_full
@@ -140,8 +158,10 @@ async def test_postgres_connections_cut_slowed_and_half_open(
         # are what notice a dead connection here.
         recover_timeout=150.0,
     )
-    result = await make_run(plan, endpoints).execute(network_faults(proxy, "postgres"))
+    done: dict[str, int] = {}
+    result = await make_run(plan, endpoints).execute(network_faults(proxy, "postgres", done))
     assert result.passed, result.explain()
+    assert_faults_happened(done)
 
 
 @pytest.fixture
@@ -175,8 +195,10 @@ async def test_kafka_connections_cut_slowed_and_half_open(
         seed=79,
         recover_timeout=120.0,
     )
-    result = await make_run(plan, endpoints).execute(network_faults(proxy, "kafka"))
+    done: dict[str, int] = {}
+    result = await make_run(plan, endpoints).execute(network_faults(proxy, "kafka", done))
     assert result.passed, result.explain()
+    assert_faults_happened(done)
 
 
 @pytest.mark.timeout(240)
