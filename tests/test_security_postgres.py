@@ -434,8 +434,9 @@ async def test_without_writer_password_the_writer_and_smoke_roles_are_groups(
 async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
     secured_pg: SecuredPostgres,
 ) -> None:
-    """The statements the pipeline test rarely reaches (parking a row, pruning delivered rows)
-    as the relay runs them, on a flowproof_relay connection."""
+    """The statements the pipeline test rarely reaches (registering its sinks, parking a row,
+    pruning delivered rows and their delivery records) as the relay runs them, on a
+    flowproof_relay connection."""
     owner = await asyncpg.connect(secured_pg.dsn("owner"))
     try:
         seqs = await owner.fetch(
@@ -451,6 +452,8 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
     settings = role_settings(secured_pg, "relay")
     conn = await connect_postgres(settings)
     try:
+        # What the relay does when it starts: its sinks become the outbox's (pruning needs them).
+        await conn.execute(query("register_sinks", settings.outbox_table), ["redis", "kafka"])
         await conn.execute(
             query("park", settings.outbox_table, "kafka"), [to_park], ["oversized"], ["too big"]
         )
