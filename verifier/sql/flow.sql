@@ -48,19 +48,27 @@ receipts AS (
     WHERE r.sink = '{{sink}}' AND r.consumer_group = $3 AND r.received_at >= $2
       AND r.event_id IS NOT NULL
 ),
-deliveries AS (
-    -- One row per event of the window, and per event id received that is not in it (seq NULL).
+paired AS (
+    -- Each event with each receipt of its id (or alone); `home`: the receipt came from the
+    -- event's destination, compared once here rather than in every aggregate below.
     SELECT e.aggregate, e.seq, coalesce(e.id, r.event_id) AS id, e.published_at, e.created_at,
-           count(r.received_at) FILTER (WHERE r.source = e.destination) AS receipts,
-           -- A consumer that checks routing marks such a copy invalid (misrouted), which
-           -- schema.conformance reports; a valid one elsewhere is this check's to report.
-           count(r.received_at) FILTER (WHERE r.source <> e.destination AND r.valid) AS elsewhere,
-           min(r.position_order) FILTER (WHERE r.source = e.destination) AS first_position,
-           max(r.position_order) FILTER (WHERE r.source = e.destination) AS last_position,
-           min(r.received_at) FILTER (WHERE r.source = e.destination) AS first_received
+           r.received_at, r.position_order, r.source = e.destination AS home,
+           -- A consumer that checks routing marks a copy from elsewhere invalid (misrouted),
+           -- which schema.conformance reports; a valid one elsewhere is this check's to report.
+           r.source <> e.destination AND r.valid AS elsewhere
     FROM events e
     FULL JOIN receipts r ON r.event_id = e.id
-    GROUP BY e.aggregate, e.seq, coalesce(e.id, r.event_id), e.published_at, e.created_at
+),
+deliveries AS (
+    -- One row per event of the window, and per event id received that is not in it (seq NULL).
+    SELECT p.aggregate, p.seq, p.id, p.published_at, p.created_at,
+           count(*) FILTER (WHERE p.home) AS receipts,
+           count(*) FILTER (WHERE p.elsewhere) AS elsewhere,
+           min(p.position_order) FILTER (WHERE p.home) AS first_position,
+           max(p.position_order) FILTER (WHERE p.home) AS last_position,
+           min(p.received_at) FILTER (WHERE p.home) AS first_received
+    FROM paired p
+    GROUP BY p.aggregate, p.seq, p.id, p.published_at, p.created_at
 ),
 joined AS (
     SELECT d.id, d.seq, d.aggregate, d.first_position, d.first_received,
