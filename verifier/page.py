@@ -27,7 +27,7 @@ from verifier.status import GroupStatus, StatusWindows
 Document = dict[str, Any]
 
 PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d")
-CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 420, 130, 44, 16, 8
+CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 370, 130, 44, 16, 8
 
 
 def _esc(value: object) -> str:
