@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flowproof.config import Settings, env_name
 from flowproof.connect import connect_postgres, create_postgres_pool
 from flowproof.errors import EXIT_CHECK_FAILED, EXIT_OK, FlowproofError
+from flowproof.http import free_port
 from flowproof.logging import get_logger
 from flowproof.migrations import migrate
 from flowproof.workload import OrderWorkload, emit_at_rate
@@ -93,7 +93,7 @@ class Component:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     async def start(self, env: dict[str, str]) -> None:
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a restarted component keeps its earlier log
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -126,12 +126,6 @@ class Component:
             await self.process.wait()
         if self._log is not None:
             self._log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -212,7 +206,7 @@ async def _components(
     settings: Settings, timeline: Timeline, workdir: Path
 ) -> AsyncIterator[dict[str, Component]]:
     components = {
-        name: Component(name, args, _free_port(), workdir / f"{name}.log")
+        name: Component(name, args, free_port(), workdir / f"{name}.log")
         for name, args in (
             ("relay", ["relay"]),
             ("consumer-redis", ["consume", "--sink", "redis"]),

@@ -6,6 +6,7 @@ It runs in a daemon thread so a busy event loop never delays a scrape.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,13 @@ class Reply(NamedTuple):
 Route = Callable[[], tuple[int, str] | Reply]
 
 log = get_logger(__name__)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released), for a child process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class MetricsServer:
