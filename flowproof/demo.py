@@ -3,7 +3,9 @@
 It migrates, starts the relay, both consumers and the verifier as real `flowproof` processes,
 drives a workload of the sample domain with a live progress line, freezes the Kafka consumer for
 a while (SIGSTOP) so that a check visibly fails and then recovers, and ends with the verdict
-table of `flowproof check` and where the metrics were served.
+table of `flowproof check` and where the metrics were served. With `prometheus`, a local Prometheus
+(flowproof.local_prometheus) scrapes the four processes with the shipped alert rules, so the
+alerts can be watched at its /alerts page while the defect is on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from flowproof.config import Settings, env_name
 from flowproof.connect import connect_postgres, create_postgres_pool
 from flowproof.errors import EXIT_CHECK_FAILED, EXIT_OK, FlowproofError
 from flowproof.http import free_port
+from flowproof.local_prometheus import LocalPrometheus, PrometheusError
 from flowproof.logging import get_logger
 from flowproof.migrations import migrate
 from flowproof.workload import OrderWorkload, emit_at_rate
@@ -240,8 +243,16 @@ async def _wait_serving(component: Component) -> None:
     raise DemoError(f"{component.name} did not serve /metrics within {SERVE_TIMEOUT:g}s")
 
 
+# The shipped rules' `for:` durations (1 to 10 minutes) are longer than the whole demo.
+DEMO_ALERT_FOR_SECONDS = 5
+
+
 async def run_demo(
-    settings: Settings, timeline: Timeline | None = None, out: IO[str] = sys.stderr
+    settings: Settings,
+    timeline: Timeline | None = None,
+    out: IO[str] = sys.stderr,
+    *,
+    prometheus: bool = False,
 ) -> int:
     """Run the demo; return 0 when the final verdict passed, 1 when not."""
     from verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
@@ -257,9 +268,11 @@ async def run_demo(
             for component in components.values():
                 await _wait_serving(component)
                 out.write(f"  {component.name:15} {component.metrics_url}\n")
-            await _drive(settings, timeline, conn, components, out)
-            # Judged while everything still runs, as `flowproof check` would be in production.
-            report = await check_once(settings.model_copy(update=timeline.settings()))
+            out.write(f"  status page     http://127.0.0.1:{components['verifier'].port}/\n")
+            async with _prometheus(prometheus, components, workdir, out):
+                await _drive(settings, timeline, conn, components, out)
+                # Judged while everything still runs, as `flowproof check` would be in production.
+                report = await check_once(settings.model_copy(update=timeline.settings()))
     finally:
         await conn.close()
     out.flush()
@@ -269,6 +282,30 @@ async def run_demo(
         "with Prometheus and Grafana, see 'Running with Docker' in README.md.\n"
     )
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
+
+
+@contextlib.asynccontextmanager
+async def _prometheus(
+    wanted: bool, components: dict[str, Component], workdir: Path, out: IO[str]
+) -> AsyncIterator[None]:
+    if not wanted:
+        yield
+        return
+    targets = {f"flowproof-{c.name}": f"127.0.0.1:{c.port}" for c in components.values()}
+    local = LocalPrometheus(workdir / "prometheus", targets, for_seconds=DEMO_ALERT_FOR_SECONDS)
+    try:
+        await local.start()
+    except PrometheusError as exc:
+        await local.stop()
+        raise DemoError(str(exc)) from None
+    out.write(
+        f"  prometheus      {await asyncio.to_thread(local.alerts_page)} (flowproof's alert "
+        f"rules, every `for:` shortened to {DEMO_ALERT_FOR_SECONDS}s)\n"
+    )
+    try:
+        yield
+    finally:
+        await local.stop()
 
 
 async def _drive(

@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -152,7 +153,7 @@ class LocalPrometheus:
             stderr=self._log,
         )
         await self._wait_ready()
-        log.info("prometheus.started", url=self.url, pid=self._process.pid)
+        log.debug("prometheus.started", url=self.url, pid=self._process.pid)
         return self
 
     async def _wait_ready(self) -> None:
@@ -168,6 +169,15 @@ class LocalPrometheus:
         raise PrometheusError(
             f"prometheus not ready within {READY_TIMEOUT:g}s; see {self.log_path}"
         )
+
+    def alerts_page(self) -> str:
+        """The URL of the web UI's alerts page: Debian's build serves only the classic UI."""
+        try:
+            self.get("/alerts")
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return f"{self.url}/classic/alerts"
+        return f"{self.url}/alerts"
 
     def get(self, path: str) -> str:
         """GET one path of its HTTP API (blocking)."""

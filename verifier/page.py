@@ -314,7 +314,7 @@ def _chart(chart: Document, count: int) -> str:
         f'<line x1="{CHART_LEFT}" y1="{base}" x2="{CHART_WIDTH - 4}" y2="{base}" stroke="#9ca3af"/>'
         f'<line x1="{CHART_LEFT}" y1="{CHART_TOP}" x2="{CHART_LEFT}" y2="{base}" stroke="#9ca3af"/>'
         f'<text x="{CHART_LEFT - 4}" y="{CHART_TOP + 10}" font-size="11" text-anchor="end">'
-        f"{_esc(f'{top:.3g}')}</text>"
+        f"{_esc(_short(top))}</text>"
         f'<text x="{CHART_LEFT - 4}" y="{base}" font-size="11" text-anchor="end">0</text>'
         f'<text x="{CHART_LEFT}" y="{CHART_HEIGHT - 2}" font-size="11">oldest</text>'
         f'<text x="{CHART_WIDTH - 4}" y="{CHART_HEIGHT - 2}" font-size="11" text-anchor="end">'
@@ -329,6 +329,15 @@ def _chart(chart: Document, count: int) -> str:
         f"{_esc(chart['unit'])}</span></h3>{svg}"
         f'<ul class="legend">{legend or "<li class=muted>nothing measured yet</li>"}</ul></div>'
     )
+
+
+def _short(value: float) -> str:
+    """An axis label that fits the chart's margin: 0.165, 42, 2580, 25.8k, 1.2M."""
+    if value >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.3g}k"
+    return f"{value:.4g}"
 
 
 def _colors() -> Iterable[str]:
