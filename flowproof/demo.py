@@ -302,10 +302,29 @@ async def _prometheus(
         f"  prometheus      {await asyncio.to_thread(local.alerts_page)} (flowproof's alert "
         f"rules, every `for:` shortened to {DEMO_ALERT_FOR_SECONDS}s)\n"
     )
+    started = time.monotonic()
     try:
         yield
+        out.write(await asyncio.to_thread(_alert_summary, local, time.monotonic() - started))
     finally:
         await local.stop()
+
+
+def _alert_summary(local: LocalPrometheus, seconds: float) -> str:
+    """Which targets Prometheus scrapes now, and which alerts fired during the demo."""
+    up = local.query("up")
+    fired = local.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{int(seconds) + 1}s])')
+    names = sorted({_alert_name(result["metric"]) for result in fired})
+    scraped = sum(1 for result in up if result["value"][1] == "1")
+    return (
+        f"prometheus: {scraped} of {len(up)} targets up; alerts that fired during the demo: "
+        f"{', '.join(names) or 'none'}\n"
+    )
+
+
+def _alert_name(labels: dict[str, str]) -> str:
+    detail = next((f"{key}={labels[key]}" for key in ("check", "sink", "job") if key in labels), "")
+    return f"{labels['alertname']}{{{detail}}}" if detail else labels["alertname"]
 
 
 async def _drive(

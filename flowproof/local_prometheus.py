@@ -19,6 +19,7 @@ import re
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -178,6 +179,14 @@ class LocalPrometheus:
             exc.close()
             return f"{self.url}/classic/alerts"
         return f"{self.url}/alerts"
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The result of an instant PromQL query (blocking)."""
+        body = json.loads(self.get("/api/v1/query?" + urllib.parse.urlencode({"query": expr})))
+        if body.get("status") != "success":
+            raise PrometheusError(f"query {expr!r} failed: {body}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
 
     def get(self, path: str) -> str:
         """GET one path of its HTTP API (blocking)."""

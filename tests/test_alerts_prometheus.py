@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import subprocess
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,10 @@ from flowproof.http import free_port
 from flowproof.local_prometheus import (
     SHIPPED,
     LocalPrometheus,
+    PrometheusError,
     derive_config,
     job_names,
+    prometheus_binary,
     shorten_for,
 )
 from publisher.testing import insert_canaries
@@ -99,11 +101,7 @@ class Pipeline:
         self.emitted = 0
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
-        path = "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        body = json.loads(await asyncio.to_thread(self.prometheus.get, path))
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        return await asyncio.to_thread(self.prometheus.query, expr)
 
     async def alerts(self, name: str) -> list[dict[str, Any]]:
         body = json.loads(await asyncio.to_thread(self.prometheus.get, "/api/v1/alerts"))
@@ -241,3 +239,11 @@ async def test_events_lost_fires_after_a_staged_loss_and_never_during_mere_lag(
         assert alerts[0]["labels"]["group"] == GROUP
         assert alerts[0]["labels"]["severity"] == "critical"
         assert float(alerts[0]["value"]) == 5
+
+
+def test_a_missing_prometheus_is_an_error_naming_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(PrometheusError, match=r"apt-get install prometheus"):
+        prometheus_binary()

@@ -8,13 +8,15 @@ import asyncio
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from flowproof.config import Settings
-from tests.browser import WINDOW, dump_dom, keep, png_pixel, png_size, screenshot
+from tests.browser import WINDOW, chromium, dump_dom, keep, png_pixel, png_size, screenshot
 from tests.test_verify_service import Verifier, verifier
 from tests.test_verify_support import AGGREGATETYPE, GROUP, Pipeline, clean_pipeline
 from verifier.history import History
@@ -165,3 +167,11 @@ def test_the_json_and_the_page_carry_the_same_checks_and_lanes() -> None:
     assert document["groups"][0]["lanes"][0]["behind"] == 7
     html = page.html().body
     assert '<tr id="check-flow.lost"><td>flow.lost</td><td><span class="s FAIL">' in html
+
+
+def test_a_missing_chromium_fails_the_test_naming_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install chromium"):
+        chromium()
