@@ -21,7 +21,7 @@ from tests.test_verify_service import Verifier, verifier
 from tests.test_verify_support import AGGREGATETYPE, GROUP, Pipeline, clean_pipeline
 from verifier.history import History
 from verifier.model import CHECK_NAMES, LAG_OUTBOX, LAG_REDIS, CheckResult, Finding, Report
-from verifier.page import StatusPage, render_html, status_document
+from verifier.page import StatusPage, _short, render_html, status_document
 
 # A stream name that would be markup if the page did not escape it.
 HOSTILE = '<b id="injected">x</b>'
@@ -153,7 +153,8 @@ def test_the_history_keeps_the_newest_evaluations_and_charts_them() -> None:
     assert lost_series["redis group g late"] == [7.0, 7.0, 7.0]  # entries behind: not reached
     assert document["verdict"] == "PENDING"
     page = render_html(document)
-    assert page.count("<svg") == 3
+    assert page.count("<svg") == 4  # the verdict strip and three charts
+    assert page.count('fill="#dc2626"><title>') == 2  # the two evaluations that lost events
     assert "redis group g late: 7" in page
 
 
@@ -175,3 +176,9 @@ def test_a_missing_chromium_fails_the_test_naming_how_to_install_it(
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(pytest.fail.Exception, match=r"apt-get install chromium"):
         chromium()
+
+
+def test_chart_axis_labels_fit_the_margin() -> None:
+    labels = [_short(v) for v in (0.05717, 1.0, 42.0, 3325.0, 25_800.0, 1_234_567.0)]
+    assert labels == ["0.0572", "1", "42", "3325", "25.8k", "1.23M"]
+    assert max(len(label) for label in labels) <= 6

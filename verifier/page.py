@@ -27,7 +27,7 @@ from verifier.status import GroupStatus, StatusWindows
 Document = dict[str, Any]
 
 PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d")
-CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 370, 130, 44, 16, 8
+CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 370, 130, 50, 16, 8
 
 
 def _esc(value: object) -> str:
@@ -154,7 +154,7 @@ font-weight:700;color:#fff}
 padding:6px 10px}.chart h3{margin:0 0 2px;font-size:14px}.unit{color:#6b7280;font-size:12px}
 .legend{margin:4px 0 0;padding:0;list-style:none;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
-.muted{color:#6b7280}
+.muted{color:#6b7280}svg.verdicts{display:block;margin:0 0 10px}
 """
 
 
@@ -266,7 +266,26 @@ def _charts(history: Document) -> str:
     charts = "".join(_chart(chart, count) for chart in history["charts"].values())
     return (
         f'<h2>Last {count} evaluations <span class="unit">(up to {history["size"]} kept)'
-        f'</span></h2><div class="charts">{charts}</div>'
+        f"</span></h2>{_verdicts(history['passed'], history['evaluated_at'])}"
+        f'<div class="charts">{charts}</div>'
+    )
+
+
+def _verdicts(passed: Sequence[bool], times: Sequence[str]) -> str:
+    """One cell per evaluation, oldest first: green passed, red failed."""
+    if not passed:
+        return ""
+    width = 3 * CHART_WIDTH + 32
+    cell = min(12.0, width / len(passed))
+    cells = "".join(
+        f'<rect x="{i * cell:.1f}" y="0" width="{max(cell - 1, 0.5):.1f}" height="14" '
+        f'fill="{"#059669" if ok else "#dc2626"}"><title>{_esc(at)}: '
+        f"{'passed' if ok else 'failed'}</title></rect>"
+        for i, (ok, at) in enumerate(zip(passed, times, strict=True))
+    )
+    return (
+        f'<svg class="verdicts" width="{width}" height="14" role="img" '
+        f'aria-label="verdict of each evaluation">{cells}</svg>'
     )
 
 
@@ -332,12 +351,12 @@ def _chart(chart: Document, count: int) -> str:
 
 
 def _short(value: float) -> str:
-    """An axis label that fits the chart's margin: 0.165, 42, 2580, 25.8k, 1.2M."""
+    """An axis label that fits the chart's margin: 0.0572, 42, 2580, 25.8k, 1.2M."""
     if value >= 1e6:
         return f"{value / 1e6:.3g}M"
     if value >= 1e4:
         return f"{value / 1e3:.3g}k"
-    return f"{value:.4g}"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _colors() -> Iterable[str]:
@@ -348,7 +367,7 @@ def _colors() -> Iterable[str]:
 def _last(values: Sequence[float | None]) -> str:
     for value in reversed(values):
         if value is not None:
-            return f"{value:.4g}"
+            return f"{value:.0f}" if value >= 100 else f"{value:.4g}"
     return "-"
 
 
