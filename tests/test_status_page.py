@@ -77,15 +77,19 @@ def _assert_shows(dom: str, shot: Path, verdict: str) -> None:
     assert png_pixel(shot, 10) == PASSED_RED_GREEN[verdict], f"header colour of {shot}"
 
 
+@pytest.fixture
+async def pipeline(
+    settings: Settings, redis_client: aioredis.Redis, kafka_admin: AIOKafkaAdminClient
+) -> Pipeline:
+    """A healthy pipeline's traces (every check passes), see tests/test_verify_support.py."""
+    return await clean_pipeline(settings, redis_client, kafka_admin)
+
+
 async def test_the_page_shows_the_checks_in_a_browser_and_a_failing_check_after_a_defect(
-    settings: Settings,
-    settings_env: dict[str, str],
-    redis_client: aioredis.Redis,
-    kafka_admin: AIOKafkaAdminClient,
-    tmp_path: Path,
+    pipeline: Pipeline, settings_env: dict[str, str], tmp_path: Path
 ) -> None:
-    pipeline = await clean_pipeline(settings, redis_client, kafka_admin)
-    hostile = f"{settings.stream_prefix}{HOSTILE}"
+    redis_client = pipeline.redis
+    hostile = f"{pipeline.settings.stream_prefix}{HOSTILE}"
     await redis_client.xadd(hostile, {"x": "1"})
     await redis_client.xgroup_create(hostile, GROUP, id="$")
     async with verifier(settings_env) as running:
