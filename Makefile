@@ -52,8 +52,8 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-demo: stack-up ## the whole pipeline on local services with a generated workload, then the verdict
-	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/flowproof demo
+demo: stack-up ## the whole pipeline on local services with a generated workload, then the verdict (ARGS=--prometheus: with alerts)
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/flowproof demo $(ARGS)
 
 clean: stack-down ## stop the stack and remove .devstack and .venv
 	rm -rf .devstack $(VENV)

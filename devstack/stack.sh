@@ -93,6 +93,8 @@ install_packages() {
   command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null || missing+=(maven)
   command -v promtool >/dev/null || missing+=(prometheus)
+  # The status page's test loads it in a real headless browser (tests/browser.py).
+  command -v chromium >/dev/null || missing+=(chromium)
   ((${#missing[@]})) || return 0
   if [[ $EUID -ne 0 ]]; then
     die "missing packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]}) or run as root"

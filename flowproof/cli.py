@@ -373,6 +373,14 @@ def demo(
     rate: Annotated[
         float, typer.Option("--rate", min=1, max=5000, help="Events per second.")
     ] = 200.0,
+    prometheus: Annotated[
+        bool,
+        typer.Option(
+            "--prometheus",
+            help="Also run a local Prometheus with flowproof's alert rules (its /alerts page "
+            "shows them firing during the defect); needs Debian's `prometheus`.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on local services with a generated workload, then the verdict.
 
@@ -382,7 +390,7 @@ def demo(
     from flowproof.demo import DemoError, Timeline, run_demo  # noqa: PLC0415 - fast start-up
 
     async def job(settings: Settings) -> int:
-        return await run_demo(settings, Timeline(seconds=seconds, rate=rate))
+        return await run_demo(settings, Timeline(seconds=seconds, rate=rate), prometheus=prometheus)
 
     try:
         code = run(ctx, job)

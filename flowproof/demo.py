@@ -3,7 +3,9 @@
 It migrates, starts the relay, both consumers and the verifier as real `flowproof` processes,
 drives a workload of the sample domain with a live progress line, freezes the Kafka consumer for
 a while (SIGSTOP) so that a check visibly fails and then recovers, and ends with the verdict
-table of `flowproof check` and where the metrics were served.
+table of `flowproof check` and where the metrics were served. With `prometheus`, a local Prometheus
+(flowproof.local_prometheus) scrapes the four processes with the shipped alert rules, so the
+alerts can be watched at its /alerts page while the defect is on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,6 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from flowproof.config import Settings, env_name
 from flowproof.connect import connect_postgres, create_postgres_pool
 from flowproof.errors import EXIT_CHECK_FAILED, EXIT_OK, FlowproofError
+from flowproof.http import free_port
+from flowproof.local_prometheus import LocalPrometheus, PrometheusError
 from flowproof.logging import get_logger
 from flowproof.migrations import migrate
 from flowproof.workload import OrderWorkload, emit_at_rate
@@ -94,7 +97,7 @@ class Component:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     async def start(self, env: dict[str, str]) -> None:
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a restarted component keeps its earlier log
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -127,12 +130,6 @@ class Component:
             await self.process.wait()
         if self._log is not None:
             self._log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _scrape(url: str) -> dict[str, float]:
@@ -213,7 +210,7 @@ async def _components(
     settings: Settings, timeline: Timeline, workdir: Path
 ) -> AsyncIterator[dict[str, Component]]:
     components = {
-        name: Component(name, args, _free_port(), workdir / f"{name}.log")
+        name: Component(name, args, free_port(), workdir / f"{name}.log")
         for name, args in (
             ("relay", ["relay"]),
             ("consumer-redis", ["consume", "--sink", "redis"]),
@@ -247,8 +244,18 @@ async def _wait_serving(component: Component) -> None:
     raise DemoError(f"{component.name} did not serve /metrics within {SERVE_TIMEOUT:g}s")
 
 
+# The shipped rules' `for:` durations (1 to 10 minutes) are longer than the whole demo; 10 s is
+# shorter than its defect and longer than Prometheus takes to discover its targets at start-up
+# (about 5 s), so FlowproofVerifierDown's absent() does not fire before the first scrape.
+DEMO_ALERT_FOR_SECONDS = 10
+
+
 async def run_demo(
-    settings: Settings, timeline: Timeline | None = None, out: IO[str] = sys.stderr
+    settings: Settings,
+    timeline: Timeline | None = None,
+    out: IO[str] = sys.stderr,
+    *,
+    prometheus: bool = False,
 ) -> int:
     """Run the demo; return 0 when the final verdict passed, 1 when not."""
     from verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
@@ -264,9 +271,11 @@ async def run_demo(
             for component in components.values():
                 await _wait_serving(component)
                 out.write(f"  {component.name:15} {component.metrics_url}\n")
-            await _drive(settings, timeline, conn, components, out)
-            # Judged while everything still runs, as `flowproof check` would be in production.
-            report = await check_once(settings.model_copy(update=timeline.settings()))
+            out.write(f"  status page     http://127.0.0.1:{components['verifier'].port}/\n")
+            async with _prometheus(prometheus, components, workdir, out):
+                await _drive(settings, timeline, conn, components, out)
+                # Judged while everything still runs, as `flowproof check` would be in production.
+                report = await check_once(settings.model_copy(update=timeline.settings()))
     finally:
         await conn.close()
     out.flush()
@@ -276,6 +285,49 @@ async def run_demo(
         "with Prometheus and Grafana, see 'Running with Docker' in README.md.\n"
     )
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
+
+
+@contextlib.asynccontextmanager
+async def _prometheus(
+    wanted: bool, components: dict[str, Component], workdir: Path, out: IO[str]
+) -> AsyncIterator[None]:
+    if not wanted:
+        yield
+        return
+    targets = {f"flowproof-{c.name}": f"127.0.0.1:{c.port}" for c in components.values()}
+    local = LocalPrometheus(workdir / "prometheus", targets, for_seconds=DEMO_ALERT_FOR_SECONDS)
+    try:
+        await local.start()
+    except PrometheusError as exc:
+        await local.stop()
+        raise DemoError(str(exc)) from None
+    out.write(
+        f"  prometheus      {await asyncio.to_thread(local.alerts_page)} (flowproof's alert "
+        f"rules, every `for:` shortened to {DEMO_ALERT_FOR_SECONDS}s)\n"
+    )
+    started = time.monotonic()
+    try:
+        yield
+        out.write(await asyncio.to_thread(_alert_summary, local, time.monotonic() - started))
+    finally:
+        await local.stop()
+
+
+def _alert_summary(local: LocalPrometheus, seconds: float) -> str:
+    """Which targets Prometheus scrapes now, and which alerts fired during the demo."""
+    up = local.query("up")
+    fired = local.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{int(seconds) + 1}s])')
+    names = sorted({_alert_name(result["metric"]) for result in fired})
+    scraped = sum(1 for result in up if result["value"][1] == "1")
+    return (
+        f"prometheus: {scraped} of {len(up)} targets up; alerts that fired during the demo: "
+        f"{', '.join(names) or 'none'}\n"
+    )
+
+
+def _alert_name(labels: dict[str, str]) -> str:
+    detail = next((f"{key}={labels[key]}" for key in ("check", "sink", "job") if key in labels), "")
+    return f"{labels['alertname']}{{{detail}}}" if detail else labels["alertname"]
 
 
 async def _drive(

@@ -1,22 +1,43 @@
-"""The small HTTP server every long-running command runs: /metrics, plus /healthz and /readyz.
+"""The small HTTP server every long-running command runs: /metrics, plus /healthz and /readyz
+(and the verifier's status page).
 
 It runs in a daemon thread so a busy event loop never delays a scrape.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from flowproof.logging import get_logger
 
-# A route answers (status code, body text).
-Route = Callable[[], tuple[int, str]]
+TEXT = "text/plain; charset=utf-8"
+
+
+class Reply(NamedTuple):
+    """What a route answers when its body is not plain text."""
+
+    status: int
+    body: str
+    content_type: str = TEXT
+
+
+# A route answers (status code, body text), or a Reply naming its content type.
+Route = Callable[[], tuple[int, str] | Reply]
 
 log = get_logger(__name__)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (bound, then released), for a child process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class MetricsServer:
@@ -64,15 +85,17 @@ class MetricsServer:
                 if path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path in routes:
-                    status, body = routes[path]()
-                    self._send(status, body.encode(), "text/plain; charset=utf-8")
+                    reply = Reply(*routes[path]())
+                    self._send(reply.status, reply.body.encode(), reply.content_type)
                 else:
-                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+                    self._send(404, b"not found\n", TEXT)
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("X-Content-Type-Options", "nosniff")
                 self.end_headers()
                 self.wfile.write(body)
 

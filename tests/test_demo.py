@@ -1,7 +1,9 @@
-"""`flowproof demo` end to end, shortened: real processes, a frozen consumer, a passing verdict."""
+"""`flowproof demo --prometheus` end to end, shortened: real processes, a frozen consumer, a
+Prometheus scraping them, a passing verdict."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -11,8 +13,9 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_demo_runs_the_pipeline_shows_the_defect_and_passes(settings_env: dict[str, str]) -> None:
+    demo = ["demo", "--seconds", "30", "--rate", "100", "--prometheus"]
     result = subprocess.run(
-        [sys.executable, "-m", "flowproof", "demo", "--seconds", "30", "--rate", "100"],
+        [sys.executable, "-m", "flowproof", *demo],
         env=settings_env,
         capture_output=True,
         text=True,
@@ -22,6 +25,10 @@ def test_demo_runs_the_pipeline_shows_the_defect_and_passes(settings_env: dict[s
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     for component in ("relay", "consumer-redis", "consumer-kafka", "verifier"):
         assert f"  {component}" in result.stderr
+    assert "  status page     http://127.0.0.1:" in result.stderr
+    assert re.search(r"  prometheus      http://127\.0\.0\.1:\d+/(classic/)?alerts", result.stderr)
+    # The derived configuration scraped every process (and Prometheus itself) to the end.
+    assert "prometheus: 5 of 5 targets up; alerts that fired during the demo: " in result.stderr
     assert "defect: Kafka consumer frozen (SIGSTOP)" in result.stderr
     assert "defect removed: Kafka consumer resumed (SIGCONT)" in result.stderr
     assert "every event reached both sinks and every check passes" in result.stderr

@@ -1,4 +1,5 @@
-"""`flowproof verify`: evaluate on an interval, serve /metrics, /healthz and /readyz.
+"""`flowproof verify`: evaluate on an interval, serve /metrics, /healthz, /readyz and the status
+page (`/` and `/status.json`, verifier.page).
 
 /healthz answers 200 while the process runs. /readyz answers 200 only when the last evaluation
 finished recently and every component it needed was reachable; before the first evaluation, after
@@ -14,15 +15,20 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 
 from flowproof import metrics
 from flowproof.config import Settings
-from flowproof.http import MetricsServer
+from flowproof.http import MetricsServer, Route
 from flowproof.logging import get_logger
 from verifier.evaluator import Evaluator
 from verifier.model import Report
+from verifier.page import StatusPage
 
 log = get_logger(__name__)
+
+# Evaluations the status page charts (two hours at the default 15 s interval).
+HISTORY_SIZE = 480
 
 
 class Readiness:
@@ -72,24 +78,34 @@ async def run_verifier(settings: Settings, stop: asyncio.Event | None = None) ->
         loop.add_signal_handler(signum, stop.set)
     interval = settings.verify_interval_seconds
     readiness = Readiness(max_age=2 * interval + 2 * settings.verify_timeout_seconds)
-    server = MetricsServer(
-        settings.metrics_host,
-        settings.metrics_port,
-        {"/healthz": _healthz, "/readyz": readiness.answer},
-    ).start()
-    log.info("verify.started", interval_seconds=interval, port=server.port)
     try:
         async with Evaluator(settings) as evaluator:
-            await _loop(evaluator, readiness, stop, interval)
+            page = StatusPage(
+                history_size=HISTORY_SIZE, refresh_seconds=interval, windows=evaluator.windows
+            )
+            routes: dict[str, Route] = {
+                "/": page.html,
+                "/status.json": page.json,
+                "/healthz": _healthz,
+                "/readyz": readiness.answer,
+            }
+            server = MetricsServer(settings.metrics_host, settings.metrics_port, routes).start()
+            log.info("verify.started", interval_seconds=interval, port=server.port)
+            try:
+                await _loop(evaluator, (readiness.record, page.record), stop, interval)
+            finally:
+                server.stop()
     finally:
-        server.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         log.info("verify.stopped")
 
 
 async def _loop(
-    evaluator: Evaluator, readiness: Readiness, stop: asyncio.Event, interval: float
+    evaluator: Evaluator,
+    recorders: tuple[Callable[[Report], None], ...],
+    stop: asyncio.Event,
+    interval: float,
 ) -> None:
     stopping = asyncio.create_task(stop.wait(), name="verify-stop")
     try:
@@ -102,7 +118,8 @@ async def _loop(
                     await evaluation
                 log.info("verify.evaluation_abandoned", reason="stop requested")
                 return
-            readiness.record(evaluation.result())
+            for record in recorders:
+                record(evaluation.result())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(stopping), timeout=interval)
     finally:
