@@ -495,3 +495,19 @@ async def _all_received(conn: asyncpg.Connection, per_sink: int) -> bool:
         "SELECT count(DISTINCT (event_id, sink)) FROM flowproof_receipts WHERE valid"
     )
     return bool(count == 2 * per_sink)
+
+
+async def test_a_backlog_created_before_the_window_and_published_in_it_is_judged(
+    judged: Settings, conn: asyncpg.Connection, redis_client: aioredis.Redis
+) -> None:
+    # Written two hours ago while the relay was down; the window is the last hour.
+    await emit(conn, 5)
+    await conn.execute("UPDATE flowproof_outbox SET created_at = now() - interval '2 hours'")
+    await relay(judged)
+    gone = (await read_stream(redis_client, stream_of(judged)))[4]
+    await redis_client.xdel(stream_of(judged), gone.position)
+    await consume_all(judged)
+    report = await verdict(tuned(judged, latency_e2e_threshold_seconds=10_000.0), [FLOW_LOST])
+    redis = lost_of(report, "redis")
+    assert (redis["judged"], redis["lost"], redis["examples"]) == (20, 1, [gone.event_id])
+    assert lost_of(report, "kafka")["judged"] == 20

@@ -1,7 +1,7 @@
 -- flow.duplicates, flow.order, latency.e2e, unexpected and misrouted receipts of one sink and
 -- consumer group, and the events still without a receipt (whose loss verifier/loss.py decides by
 -- their positions), in one pass over the outbox window and the group's receipts.
--- $1 window start (events created from a minute before it, or published within it)
+-- $1 window start (events created within the window, or published within it)
 -- $2 receipts received from (a minute and a clock-skew margin before the window start)
 -- $3 consumer group        $4 sampled ids are below this uuid (NULL: every event is sampled)
 -- $5 lost: published before            $6 stream/topic prefix (an event's destination)
@@ -22,6 +22,7 @@ WITH events AS (
            hashtextextended(o.aggregatetype || '/' || o.aggregateid, 0) AS aggregate
     FROM {{outbox}} o
     WHERE o.created_at >= $1::timestamptz - interval '1 minute'
+      AND (o.created_at >= $1 OR o.{{sink}}_published_at >= $1)
       AND o.{{sink}}_published_at IS NOT NULL
       -- flowproof.sampling's choice (the id's first 32 bits below the threshold) as one uuid
       -- comparison instead of a text conversion per row.
