@@ -127,6 +127,26 @@ def db_migrate(ctx: typer.Context) -> None:
     run(ctx, job)
 
 
+@db_app.command("sinks")
+def db_sinks(
+    ctx: typer.Context,
+    remove: Annotated[
+        str | None,
+        typer.Option(help="Take this sink out of the outbox for good (its rows may be pruned)."),
+    ] = None,
+) -> None:
+    """List the sinks of the outbox: pruning keeps every row one of them has not published."""
+    from publisher.commands import outbox_sinks  # noqa: PLC0415
+
+    async def job(settings: Settings) -> list[str]:
+        return await outbox_sinks(settings, remove)
+
+    sinks = run(ctx, job)
+    if remove is not None:
+        typer.echo(f"removed {remove}")
+    typer.echo(f"sinks of the outbox: {', '.join(sinks) or 'none (no relay has run)'}")
+
+
 @app.command()
 def emit(
     ctx: typer.Context,

@@ -9,10 +9,11 @@ from typing import Any
 
 from flowproof.config import SINK_NAMES, Settings
 from flowproof.connect import connect_postgres
+from flowproof.errors import ConfigError
 from publisher.errors import EnvelopeInvalid, OutboxMissing
 from publisher.outbox import Outbox
 from publisher.parked import ParkedRow, list_parked, retry_parked
-from publisher.queries import query
+from publisher.queries import deliveries_table, query
 from publisher.relay import serve
 from schemas.errors import PayloadInvalid
 
@@ -81,5 +82,20 @@ async def parked_retry(
         if not await conn.fetchval(query("outbox_exists", settings.outbox_table)):
             raise OutboxMissing(settings.outbox_table)
         return await retry_parked(conn, settings.outbox_table, _sinks(sink), event_id)
+    finally:
+        await conn.close()
+
+
+async def outbox_sinks(settings: Settings, remove: str | None) -> list[str]:
+    """The sinks of the outbox (`flowproof db sinks`), after removing `remove` if given; a sink
+    that is not registered cannot be removed (ConfigError naming it)."""
+    table = settings.outbox_table
+    conn = await connect_postgres(settings)
+    try:
+        if not await conn.fetchval(query("outbox_exists", deliveries_table(table))):
+            raise OutboxMissing(deliveries_table(table))
+        if remove is not None and await conn.fetchval(query("forget_sink", table), remove) is None:
+            raise ConfigError(f"{remove!r} is not a sink of {table}")
+        return [row["sink"] for row in await conn.fetch(query("outbox_sinks", table))]
     finally:
         await conn.close()

@@ -19,8 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
+from typer.testing import CliRunner, Result
 
 from consumers.run import consume
+from flowproof.cli import app
 from flowproof.config import Settings
 from publisher.relay import Relay
 from publisher.testing import Delivered, insert_canaries, read_stream, read_topic, wait_until
@@ -511,3 +513,21 @@ async def test_a_backlog_created_before_the_window_and_published_in_it_is_judged
     redis = lost_of(report, "redis")
     assert (redis["judged"], redis["lost"], redis["examples"]) == (20, 1, [gone.event_id])
     assert lost_of(report, "kafka")["judged"] == 20
+
+
+async def test_db_sinks_lists_and_removes_the_sinks_pruning_waits_for(
+    judged: Settings, settings_env: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    await relay(judged)  # registers redis and kafka
+
+    def flowproof_db_sinks(*args: str) -> Result:
+        return CliRunner().invoke(app, ["db", "sinks", *args], env=settings_env)
+
+    listed = await asyncio.to_thread(flowproof_db_sinks)
+    assert (listed.exit_code, listed.output) == (0, "sinks of the outbox: kafka, redis\n")
+    unknown = await asyncio.to_thread(flowproof_db_sinks, "--remove", "nats")
+    assert unknown.exit_code == 2
+    assert "'nats' is not a sink of flowproof_outbox" in unknown.output
+    removed = await asyncio.to_thread(flowproof_db_sinks, "--remove", "kafka")
+    assert removed.exit_code == 0, removed.output
+    assert await conn.fetchval("SELECT array_agg(sink) FROM flowproof_outbox_sinks") == ["redis"]
