@@ -10,7 +10,6 @@ from flowproof.config import Settings
 from flowproof.sampling import is_sampled
 from tests.test_verify_support import (
     GROUP,
-    Event,
     assert_only,
     clean_pipeline,
     closed_port,
@@ -18,6 +17,7 @@ from tests.test_verify_support import (
     evidence,
     insert_receipt,
     produce,
+    published_event,
     record_delivery,
     tuned,
 )
@@ -75,14 +75,7 @@ async def test_an_event_whose_offset_is_no_longer_in_the_partition_is_lost(
     pipeline = await clean_pipeline(settings, redis_client, kafka_admin)
     # The relay recorded one more event at an offset the partition does not have (truncated
     # after an unclean leader election, say) and no consumer ever received it.
-    [row] = await pipeline.fetch(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
-               redis_published_at, kafka_published_at)
-           VALUES ('order', 'agg-9', 'orders.OrderPlaced', '{}', now() - interval '2 minutes',
-                   NULL, now() - interval '2 minutes')
-           RETURNING seq, id, aggregateid, created_at"""
-    )
-    extra = Event(row["seq"], row["id"], row["aggregateid"], row["created_at"])
+    extra = await published_event(pipeline, "agg-9", age_seconds=120, sinks=("kafka",))
     await record_delivery(pipeline, extra, sink="kafka", position="0:40")
     report = await evaluate(settings)
     assert_only(report, [FLOW_LOST, LAG_OUTBOX])  # it also never went to Redis: still pending
@@ -357,14 +350,7 @@ async def test_an_entry_the_group_has_not_reached_is_late_not_lost(
     settings: Settings, redis_client: aioredis.Redis, kafka_admin: AIOKafkaAdminClient
 ) -> None:
     pipeline = await clean_pipeline(settings, redis_client, kafka_admin)
-    [row] = await pipeline.fetch(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
-               redis_published_at, kafka_published_at)
-           VALUES ('order', 'agg-8', 'orders.OrderPlaced', '{}', now() - interval '90 seconds',
-                   now() - interval '90 seconds', now() - interval '90 seconds')
-           RETURNING seq, id, aggregateid, created_at"""
-    )
-    waiting = Event(row["seq"], row["id"], row["aggregateid"], row["created_at"])
+    waiting = await published_event(pipeline, "agg-8", age_seconds=90)
     # In both sinks, after everything the group has read: nobody consumed it yet.
     entry = (await redis_client.xadd(pipeline.stream, {"id": str(waiting.id)})).decode()
     await record_delivery(pipeline, waiting, sink="redis", position=entry)

@@ -167,6 +167,31 @@ async def insert_receipt(
     )
 
 
+async def published_event(
+    pipeline: Pipeline,
+    aggregateid: str,
+    *,
+    age_seconds: float,
+    sinks: tuple[str, ...] = ("redis", "kafka"),
+) -> Event:
+    """One more event, created and marked published to `sinks` `age_seconds` ago (its delivery
+    records are the caller's to add)."""
+    [row] = await pipeline.fetch(
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
+               redis_published_at, kafka_published_at)
+           SELECT $1, $2, 'orders.OrderPlaced', '{}', t, CASE WHEN $4 THEN t END,
+                  CASE WHEN $5 THEN t END
+           FROM (SELECT now() - make_interval(secs => $3) AS t) AS at
+           RETURNING seq, id, aggregateid, created_at""",
+        AGGREGATETYPE,
+        aggregateid,
+        age_seconds,
+        "redis" in sinks,
+        "kafka" in sinks,
+    )
+    return Event(row["seq"], row["id"], row["aggregateid"], row["created_at"])
+
+
 async def record_delivery(
     pipeline: Pipeline, event: Event, *, sink: str, position: str, destination: str = ""
 ) -> None:
