@@ -182,7 +182,10 @@ class SinkWorker:
         if not records:
             return BatchOutcome()
         self.stats.batches += 1
-        plan = self.encoder.plan(OutboxRow.from_record(r) for r in records)
+        rows = [OutboxRow.from_record(r) for r in records]
+        if not await self.encoder.prepare(rows):  # the schema registry did not answer
+            return BatchOutcome(claimed=len(rows), failed=len(rows))
+        plan = self.encoder.plan(rows)
         if plan.parked:
             await self._park(conn, plan.parked)
         failed = await self._publish(conn, plan.messages)
