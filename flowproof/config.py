@@ -575,8 +575,11 @@ class Settings(BaseSettings):
         for name in SECRET_FIELDS:
             secret = getattr(self, name)
             if isinstance(secret, SecretStr):
-                values.append(secret.get_secret_value())
-        return values
+                value = secret.get_secret_value()
+                # A service URL is kept readable in errors (which registry?): only its password
+                # is secret.
+                values.append(value if name not in PLAIN_URL_FIELDS else _password_of(value) or "")
+        return [value for value in values if value]
 
 
 SECRET_FIELDS = frozenset(
@@ -588,6 +591,10 @@ SECRET_FIELDS = frozenset(
         "schema_registry_password",
     }
 )
+
+
+# URLs named in error messages (which server could not be reached); their password is secret.
+PLAIN_URL_FIELDS = frozenset({"schema_registry_url"})
 
 
 def _readable_file(path: Path | None) -> Path | None:
