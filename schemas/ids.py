@@ -122,6 +122,16 @@ class SchemaIds:
             try:
                 schema_id = await self.client.register(subject, schema_text(schema))
             except SchemaRefused as exc:
+                if self.strategy == "TopicNameStrategy":
+                    # The usual cause: a topic that carries several event types (record names).
+                    exc = SchemaRefused(
+                        subject,
+                        exc.status,
+                        f"{exc.detail} (one subject per topic holds one record type under "
+                        "compatibility rules: for a topic with several event types set "
+                        "FLOWPROOF_SCHEMA_REGISTRY_SUBJECT_NAME_STRATEGY=TopicRecordNameStrategy "
+                        "or RecordNameStrategy)",
+                    )
                 log.warning("schema_registry.refused", subject=subject, error=exc.detail)
                 self._refused[key] = exc
                 continue
