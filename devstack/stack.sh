@@ -378,15 +378,15 @@ wait_gone() { # pid [seconds] -> waits for the process to exit, SIGKILL after th
 
 # ---------------------------------------------------------------------------------------------
 
+# DEVSTACK_SCHEMA_REGISTRY_URL is the registry tests' Apicurio. Not FLOWPROOF_SCHEMA_REGISTRY_URL:
+# flowproof keeps its embedded schema ids by default (the demo needs no registry); nor any other
+# FLOWPROOF_ name, which every flowproof command would refuse as an unknown setting.
 write_env() {
   local env=$STACK/env
   cat > "$env.tmp" <<EOF
 FLOWPROOF_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$STACK/ports/postgres")/flowproof
 FLOWPROOF_REDIS_URL=redis://127.0.0.1:$(cat "$STACK/ports/redis")/0
 FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(cat "$STACK/ports/kafka")
-# The tests' schema registry; not FLOWPROOF_SCHEMA_REGISTRY_URL (flowproof keeps its embedded
-# schema ids by default, and the demo needs no registry) nor any FLOWPROOF_ name (refused as
-# unknown by every flowproof command).
 DEVSTACK_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(cat "$STACK/ports/schema_registry")/apis/ccompat/v7
 EOF
   mv "$env.tmp" "$env"
