@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -30,15 +31,19 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
+from consumers.run import consume
 from flowproof.config import Settings, load_settings
-from flowproof.errors import ConfigError
+from flowproof.errors import ComponentUnreachable, ConfigError
 from publisher.outbox import Outbox
 from publisher.relay import Relay
-from publisher.testing import read_stream, read_topic
+from publisher.testing import read_stream, read_topic, wait_until
 from schemas import framing
 from schemas.registry import BUILTIN_DIR, load_registry
 from tests.conftest import ROOT, STACK_ENV, Services
+from tests.faults.proxy import ProxyProcess
+from tests.private_services import free_port
 from tests.test_consumer_support import (
     Message,
     create_topics,
@@ -206,6 +211,96 @@ async def test_without_the_setting_the_embedded_ids_stay(
         framing.read_header(entry.value)
         == load_registry(None).latest("orders.OrderPlaced").schema_id
     )
+
+
+async def test_the_relay_waits_out_a_registry_outage_then_publishes_with_its_ids(
+    *,
+    registry_settings: Settings,
+    registry_url: str,
+    settings_env: dict[str, str],
+    conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    reference_client: SchemaRegistryClient,
+    tmp_path: Path,
+) -> None:
+    target = urlsplit(registry_url)
+    assert target.port is not None
+    routes = {"registry": (free_port(), "127.0.0.1", target.port)}
+    async with ProxyProcess(routes, tmp_path / "proxy.log") as proxy:
+        await proxy.start(settings_env)
+        settings = registry_settings.model_copy(
+            update={
+                "schema_registry_url": SecretStr(
+                    f"http://127.0.0.1:{proxy.port('registry')}{target.path}"
+                ),
+                "schema_registry_timeout_seconds": 2.0,
+                "sinks": ("redis",),
+                "relay_retry_base_seconds": 0.1,
+                "relay_retry_cap_seconds": 0.5,
+            }
+        )
+        relay = Relay(settings)
+        stream = f"{settings.stream_prefix}orders"
+        with capture_logs() as logs:
+            running = asyncio.create_task(relay.run())
+            await asyncio.wait_for(relay.workers["redis"].idle.wait(), 20)
+            await proxy.mode("registry", "drop")
+            await emit_orders(settings, conn, 3)
+            await wait_until(
+                lambda: any(e["event"] == "relay.schema_registry_unreachable" for e in logs), 20
+            )
+            assert await read_stream(redis_client, stream) == []  # nothing framed without an id
+            await proxy.mode("registry", "pass")
+
+            async def published() -> bool:
+                return len(await read_stream(redis_client, stream)) == 3
+
+            await wait_until(published, 20)
+            relay.stop()
+            await asyncio.wait_for(running, 20)
+    assert not [e for e in logs if e["event"] == "relay.parked"]  # retried, not parked
+    registered = reference_client.get_latest_version(f"{settings.topic_prefix}orders-value")
+    entries = await read_stream(redis_client, stream)
+    assert {framing.read_header(e.value) for e in entries} == {registered.schema_id}
+
+
+async def test_a_consumer_stops_on_a_registry_outage_without_acknowledging(
+    *,
+    registry_settings: Settings,
+    registry_url: str,
+    settings_env: dict[str, str],
+    database_url: str,
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    target = urlsplit(registry_url)
+    assert target.port is not None
+    routes = {"registry": (free_port(), "127.0.0.1", target.port)}
+    stream = f"{registry_settings.stream_prefix}orders"
+    group = group_name()
+    async with ProxyProcess(routes, tmp_path / "proxy.log") as proxy:
+        await proxy.start(settings_env)
+        settings = registry_settings.model_copy(
+            update={
+                "schema_registry_url": SecretStr(
+                    f"http://127.0.0.1:{proxy.port('registry')}{target.path}"
+                ),
+                "schema_registry_timeout_seconds": 2.0,
+            }
+        )
+        with capture_logs() as logs:
+            running = asyncio.create_task(consume(settings, sink="redis", group=group))
+            try:
+                await wait_until(lambda: any(e["event"] == "consumer.started" for e in logs), 20)
+                await proxy.mode("registry", "drop")
+                await xadd_all(redis_client, stream, [event(1)])  # an id it has not seen
+                with pytest.raises(ComponentUnreachable, match="schema-registry"):
+                    await asyncio.wait_for(running, 30)
+            finally:
+                running.cancel()
+    assert await receipts(database_url) == []
+    pending = await redis_client.xpending(stream, group)
+    assert pending["pending"] == 1  # read, not acknowledged: delivered again after a restart
 
 
 # --- consumers: what the reference serializer produced is validated and receipted ------------
