@@ -40,6 +40,7 @@ from publisher.outbox import Outbox
 from publisher.relay import Relay
 from publisher.testing import read_stream, read_topic, wait_until
 from schemas import framing
+from schemas.ids import subject_name
 from schemas.registry import BUILTIN_DIR, load_registry
 from tests.conftest import ROOT, STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
@@ -199,6 +200,65 @@ async def test_the_relay_frames_with_the_registrys_id_and_avro_deserializer_read
         key=lambda p: p["order_id"],
     )
     assert payloads == [{**order(n), "channel": "web", "coupon_code": None} for n in range(4)]
+
+
+def test_subject_names_follow_confluents_strategies() -> None:
+    assert subject_name("TopicNameStrategy", "p.orders", "orders.OrderPaid") == "p.orders-value"
+    assert subject_name("RecordNameStrategy", "p.orders", "orders.OrderPaid") == "orders.OrderPaid"
+    assert (
+        subject_name("TopicRecordNameStrategy", "p.orders", "orders.OrderPaid")
+        == "p.orders-orders.OrderPaid"
+    )
+
+
+PAID = {"order_id": "o-1", "payment_id": "p-1", "amount_cents": 100, "method": "CARD"}
+
+
+async def test_a_topic_with_several_event_types_needs_a_record_strategy(
+    *,
+    registry_settings: Settings,
+    conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    reference_client: SchemaRegistryClient,
+) -> None:
+    async def emit_placed_and_paid(settings: Settings, aggregate: str) -> None:
+        outbox = Outbox.from_settings(settings, load_registry(None))
+        for event_type, payload in (("orders.OrderPlaced", order(1)), ("orders.OrderPaid", PAID)):
+            await outbox.emit(
+                conn,
+                type=event_type,
+                aggregate_type=aggregate,
+                aggregate_id="o-1",
+                payload=payload,
+            )
+
+    # TopicNameStrategy: one subject for the topic; the second record type is refused.
+    settings = registry_settings.model_copy(update={"sinks": ("redis",)})
+    await emit_placed_and_paid(settings, "orders")
+    await Relay(settings).run_until_idle()
+    [refused] = await conn.fetch(
+        "SELECT type, redis_parked_reason, redis_parked_error FROM flowproof_outbox "
+        "WHERE redis_parked_reason IS NOT NULL"
+    )
+    assert (refused["type"], refused["redis_parked_reason"]) == (
+        "orders.OrderPaid",
+        "schema_refused",
+    )
+    assert "TopicRecordNameStrategy" in refused["redis_parked_error"]
+
+    # TopicRecordNameStrategy: a subject per topic and record type; both flow.
+    per_record = settings.model_copy(
+        update={"schema_registry_subject_name_strategy": "TopicRecordNameStrategy"}
+    )
+    await emit_placed_and_paid(per_record, "payments")
+    await Relay(per_record).run_until_idle()
+    entries = await read_stream(redis_client, f"{settings.stream_prefix}payments")
+    assert [e.fields["type"] for e in entries] == ["orders.OrderPlaced", "orders.OrderPaid"]
+    for entry in entries:
+        subject = f"{settings.topic_prefix}payments-{entry.fields['type']}"
+        registered = reference_client.get_latest_version(subject)
+        assert framing.read_header(entry.value) == registered.schema_id
+        assert reference_client.get_compatibility(subject) == "BACKWARD"
 
 
 async def test_without_the_setting_the_embedded_ids_stay(
