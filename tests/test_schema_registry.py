@@ -8,13 +8,12 @@ The registry is shared by the tests; each test has its own topic prefix, hence i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -42,7 +41,7 @@ from publisher.testing import read_stream, read_topic, wait_until
 from schemas import framing
 from schemas.ids import subject_name
 from schemas.registry import BUILTIN_DIR, load_registry
-from tests.conftest import ROOT, STACK_ENV, Services
+from tests.conftest import STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
 from tests.private_services import free_port
 from tests.test_consumer_support import (
@@ -50,30 +49,21 @@ from tests.test_consumer_support import (
     create_topics,
     event,
     group_name,
+    order,
     produce_all,
     receipts,
     xadd_all,
 )
+from tests.test_verify_cli import flowproof
 from verifier.evaluator import Evaluator
 from verifier.service import Readiness
 
-FLOWPROOF = [sys.executable, "-m", "flowproof"]
 REGISTRY_VARIABLE = "DEVSTACK_SCHEMA_REGISTRY_URL"
 HOW_TO_START = (
     "start it with `make stack-up` (Apicurio Registry, written to .devstack/env as "
     f"{REGISTRY_VARIABLE}), or point {REGISTRY_VARIABLE} at a Confluent-compatible registry"
 )
 ORDER_PLACED_V2 = (BUILTIN_DIR / "orders.OrderPlaced.v2.avsc").read_text(encoding="utf-8")
-
-
-def order(n: int) -> dict[str, Any]:
-    return {
-        "order_id": f"o-{n}",
-        "customer_id": f"c-{n % 3}",
-        "currency": "EUR",
-        "total_cents": 100 * n,
-        "lines": [{"sku": "sku-1", "quantity": n, "unit_price_cents": 100}],
-    }
 
 
 def _configured_url() -> str | None:
@@ -131,21 +121,6 @@ def closed_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     yield port
-
-
-async def run_flowproof(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *FLOWPROOF,
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def emit_orders(settings: Settings, conn: asyncpg.Connection, count: int) -> None:
@@ -273,6 +248,28 @@ async def test_without_the_setting_the_embedded_ids_stay(
     )
 
 
+@contextlib.asynccontextmanager
+async def registry_behind_proxy(
+    settings: Settings, registry_url: str, env: dict[str, str], log: Path
+) -> AsyncIterator[tuple[ProxyProcess, Settings]]:
+    """The registry behind a fault proxy (route `registry`), and `settings` pointing at it."""
+    target = urlsplit(registry_url)
+    assert target.port is not None
+    routes = {"registry": (free_port(), "127.0.0.1", target.port)}
+    async with ProxyProcess(routes, log) as proxy:
+        await proxy.start(env)
+        url = f"http://127.0.0.1:{proxy.port('registry')}{target.path}"
+        yield (
+            proxy,
+            settings.model_copy(
+                update={
+                    "schema_registry_url": SecretStr(url),
+                    "schema_registry_timeout_seconds": 2.0,
+                }
+            ),
+        )
+
+
 async def test_the_relay_waits_out_a_registry_outage_then_publishes_with_its_ids(
     *,
     registry_settings: Settings,
@@ -283,17 +280,10 @@ async def test_the_relay_waits_out_a_registry_outage_then_publishes_with_its_ids
     reference_client: SchemaRegistryClient,
     tmp_path: Path,
 ) -> None:
-    target = urlsplit(registry_url)
-    assert target.port is not None
-    routes = {"registry": (free_port(), "127.0.0.1", target.port)}
-    async with ProxyProcess(routes, tmp_path / "proxy.log") as proxy:
-        await proxy.start(settings_env)
-        settings = registry_settings.model_copy(
+    behind = registry_behind_proxy(registry_settings, registry_url, settings_env, tmp_path / "p")
+    async with behind as (proxy, proxied):
+        settings = proxied.model_copy(
             update={
-                "schema_registry_url": SecretStr(
-                    f"http://127.0.0.1:{proxy.port('registry')}{target.path}"
-                ),
-                "schema_registry_timeout_seconds": 2.0,
                 "sinks": ("redis",),
                 "relay_retry_base_seconds": 0.1,
                 "relay_retry_cap_seconds": 0.5,
@@ -333,21 +323,10 @@ async def test_a_consumer_stops_on_a_registry_outage_without_acknowledging(
     redis_client: aioredis.Redis,
     tmp_path: Path,
 ) -> None:
-    target = urlsplit(registry_url)
-    assert target.port is not None
-    routes = {"registry": (free_port(), "127.0.0.1", target.port)}
     stream = f"{registry_settings.stream_prefix}orders"
     group = group_name()
-    async with ProxyProcess(routes, tmp_path / "proxy.log") as proxy:
-        await proxy.start(settings_env)
-        settings = registry_settings.model_copy(
-            update={
-                "schema_registry_url": SecretStr(
-                    f"http://127.0.0.1:{proxy.port('registry')}{target.path}"
-                ),
-                "schema_registry_timeout_seconds": 2.0,
-            }
-        )
+    behind = registry_behind_proxy(registry_settings, registry_url, settings_env, tmp_path / "p")
+    async with behind as (proxy, settings):
         with capture_logs() as logs:
             running = asyncio.create_task(consume(settings, sink="redis", group=group))
             try:
@@ -400,7 +379,7 @@ async def test_a_record_avro_serializer_produced_is_validated_and_receipted(
 
     group = group_name()
     for sink in ("kafka", "redis"):
-        code, out, err = await run_flowproof(
+        code, out, err = await flowproof(
             registry_env, "consume", "--sink", sink, "--group", group, "--drain"
         )
         assert code == 0, err[-2000:]
@@ -426,7 +405,7 @@ async def test_an_unknown_registry_id_is_invalid_not_a_crash(
     good = event(1)
     unknown = Message(good.envelope, b"\x00" + (2**31 - 7).to_bytes(4, "big") + good.value[5:])
     await xadd_all(redis_client, f"{settings.stream_prefix}orders", [unknown])
-    code, _, err = await run_flowproof(
+    code, _, err = await flowproof(
         registry_env, "consume", "--sink", "redis", "--group", group_name(), "--drain"
     )
     assert code == 0, err[-2000:]
@@ -469,12 +448,12 @@ async def test_an_incompatible_schema_is_refused_and_reported_by_schemas_check(
         reference_client.register_schema(subject, Schema(v3, "AVRO"))
     assert refused.value.http_status_code == 409
 
-    code, out, err = await run_flowproof(registry_env, "schemas", "check", "--registry")
+    code, out, err = await flowproof(registry_env, "schemas", "check", "--registry")
     assert code == 0, out + err
     assert f"{subject}: version 1 (id " in out
     assert "is orders.OrderPlaced v2" in out
 
-    code, out, err = await run_flowproof(env, "schemas", "check", "--registry")
+    code, out, err = await flowproof(env, "schemas", "check", "--registry")
     assert code == 1, out + err
     assert "version pairs checked (BACKWARD): compatible" in out  # locally v3 is fine
     assert (
@@ -522,7 +501,7 @@ async def test_an_unreachable_registry_exits_2_naming_it(
         ("schemas", "check", "--registry"),
         ("check",),
     ):
-        code, _, err = await run_flowproof(env, *args)
+        code, _, err = await flowproof(env, *args)
         assert code == 2, (args, err[-2000:])
         assert "schema-registry is unreachable" in err, (args, err[-2000:])
         assert f"127.0.0.1:{closed_port}" in err, (args, err[-2000:])
