@@ -88,7 +88,8 @@ class Processor:
         With a schema registry, ComponentUnreachable when it does not answer (nothing of the
         batch is receipted or acknowledged: it is delivered again).
         """
-        await self._ids.fetch(_schema_ids(deliveries))
+        if self._ids.remote:
+            await self._ids.fetch(_schema_ids(deliveries))
         outcome = BatchOutcome(deliveries=len(deliveries))
         for delivery in deliveries:
             try:
