@@ -89,7 +89,7 @@ class Processor:
         batch is receipted or acknowledged: it is delivered again).
         """
         if self._ids.remote:
-            await self._ids.fetch(_schema_ids(deliveries))
+            await self._ids.look_up(_schema_ids(deliveries))
         outcome = BatchOutcome(deliveries=len(deliveries))
         for delivery in deliveries:
             try:

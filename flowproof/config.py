@@ -576,10 +576,15 @@ class Settings(BaseSettings):
             secret = getattr(self, name)
             if isinstance(secret, SecretStr):
                 value = secret.get_secret_value()
-                # A service URL is kept readable in errors (which registry?): only its password
-                # is secret.
-                values.append(value if name not in PLAIN_URL_FIELDS else _password_of(value) or "")
-        return [value for value in values if value]
+                if name not in PLAIN_URL_FIELDS:
+                    values.append(value)
+                    continue
+                # A service URL is kept readable in errors (which registry?): only its password,
+                # raw and URL-decoded, is secret.
+                password = _password_of(value)
+                if password:
+                    values += [password, unquote(password)]
+        return values
 
 
 SECRET_FIELDS = frozenset(

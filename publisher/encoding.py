@@ -2,8 +2,9 @@
 destination, and the size check; or the reason a row can never be published.
 
 Each row is encoded with the newest schema of its type (the writer schema of the registry),
-framed with its id from `schemas.ids.SchemaIds` (embedded, or a schema registry's: `prepare`
-registers the batch's schemas before `plan`). The sink modules only send what this module produced.
+framed with its id from `schemas.ids.SchemaIds` (embedded, or a schema registry's:
+`register_schemas` registers the batch's schemas before `plan`). The sink modules only send what
+this module produced.
 
 The relay's sink workers claim the same rows, each for its sink: with
 `publisher.shared_encoding.EncodedRows` the first worker's encoding serves the others (only the
@@ -194,7 +195,7 @@ class Encoder:
         if self._shared is not None:
             await self._shared.pace(self._sink, stop)
 
-    async def prepare(self, rows: Sequence[OutboxRow]) -> bool:
+    async def register_schemas(self, rows: Sequence[OutboxRow]) -> bool:
         """Before `plan`: register the rows' writer schemas with the schema registry, if one is
         configured. False when it did not answer (nothing to send now: try the batch later)."""
         if not self._ids.remote:

@@ -183,7 +183,7 @@ class SinkWorker:
             return BatchOutcome()
         self.stats.batches += 1
         rows = [OutboxRow.from_record(r) for r in records]
-        if not await self.encoder.prepare(rows):  # the schema registry did not answer
+        if not await self.encoder.register_schemas(rows):  # the schema registry did not answer
             return BatchOutcome(claimed=len(rows), failed=len(rows))
         plan = self.encoder.plan(rows)
         if plan.parked:

@@ -11,7 +11,7 @@ writer schema as it is and resolved to the local reader schema).
 The subject is named after the Kafka topic (FLOWPROOF_TOPIC_PREFIX + aggregatetype) for both
 sinks, so a Redis entry and a Kafka record of one event carry the same id. Both directions are
 cached for the life of the process: an id never changes meaning. Lookups are async and done for a
-whole batch before the synchronous encode and decode (`register`, `fetch`), so the hot path only
+whole batch before the synchronous encode and decode (`register`, `look_up`), so the hot path only
 reads dictionaries.
 """
 
@@ -171,7 +171,7 @@ class SchemaIds:
 
     # --- readers (consumers) -------------------------------------------------------------------
 
-    async def fetch(self, schema_ids: Iterable[int]) -> None:
+    async def look_up(self, schema_ids: Iterable[int]) -> None:
         """Look up the ids not seen yet; ComponentUnreachable when the registry does not answer."""
         if self.client is None:
             return
@@ -208,7 +208,7 @@ class SchemaIds:
         )
 
     def by_id(self, schema_id: int) -> SchemaVersion | None:
-        """The writer schema `schema_id` names (after `fetch`, with a registry), or None."""
+        """The writer schema `schema_id` names (after `look_up`, with a registry), or None."""
         if self.client is None:
             return self.local.by_id(schema_id)
         return self._writers.get(schema_id)
