@@ -378,7 +378,8 @@ wait_gone() { # pid [seconds] -> waits for the process to exit, SIGKILL after th
 
 # ---------------------------------------------------------------------------------------------
 
-# DEVSTACK_SCHEMA_REGISTRY_URL is the registry tests' Apicurio. Not FLOWPROOF_SCHEMA_REGISTRY_URL:
+# DEVSTACK_SCHEMA_REGISTRY_URL is the registry tests' Apicurio (DEVSTACK_APICURIO_JAR and _JAVA
+# let a test start a private one, e.g. with TLS and basic auth). Not FLOWPROOF_SCHEMA_REGISTRY_URL:
 # flowproof keeps its embedded schema ids by default (the demo needs no registry); nor any other
 # FLOWPROOF_ name, which every flowproof command would refuse as an unknown setting.
 write_env() {
@@ -388,6 +389,8 @@ FLOWPROOF_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$STACK/ports/postg
 FLOWPROOF_REDIS_URL=redis://127.0.0.1:$(cat "$STACK/ports/redis")/0
 FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(cat "$STACK/ports/kafka")
 DEVSTACK_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(cat "$STACK/ports/schema_registry")/apis/ccompat/v7
+DEVSTACK_APICURIO_JAR=$APICURIO_APP/quarkus-run.jar
+DEVSTACK_APICURIO_JAVA=$(java21)
 EOF
   mv "$env.tmp" "$env"
   say "wrote $env"

@@ -43,7 +43,7 @@ from schemas.ids import subject_name
 from schemas.registry import BUILTIN_DIR, load_registry
 from tests.conftest import STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
-from tests.private_services import free_port
+from tests.private_services import PrivateRegistry, TestCA, free_port
 from tests.test_consumer_support import (
     Message,
     create_topics,
@@ -66,15 +66,17 @@ HOW_TO_START = (
 ORDER_PLACED_V2 = (BUILTIN_DIR / "orders.OrderPlaced.v2.avsc").read_text(encoding="utf-8")
 
 
-def _configured_url() -> str | None:
-    if os.environ.get(REGISTRY_VARIABLE):
-        return os.environ[REGISTRY_VARIABLE]
+def _env_file() -> dict[str, str]:
+    values = {}
     if STACK_ENV.is_file():
         for line in STACK_ENV.read_text(encoding="utf-8").splitlines():
             key, _, value = line.partition("=")
-            if key.strip() == REGISTRY_VARIABLE:
-                return value.strip()
-    return None
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _configured_url() -> str | None:
+    return os.environ.get(REGISTRY_VARIABLE) or _env_file().get(REGISTRY_VARIABLE)
 
 
 @pytest.fixture(scope="session")
@@ -536,6 +538,83 @@ async def test_the_verifier_reports_an_unreachable_registry_and_is_not_ready(
         f for f in report.check("components.up").findings if f.subject == "schema-registry"
     ]
     assert finding.ok
+
+
+# --- TLS and basic auth -------------------------------------------------------------------------
+
+
+def _devstack_value(name: str) -> str:
+    value = os.environ.get(name) or _env_file().get(name)
+    if not value:
+        pytest.fail(f"{name} is not set and not in {STACK_ENV}: {HOW_TO_START}")
+    return value
+
+
+@pytest.fixture
+def secure_registry(tmp_path: Path) -> Iterator[PrivateRegistry]:
+    """An Apicurio of this test only: HTTPS with a test CA, basic auth (flowproof / its secret)."""
+    ca = TestCA(tmp_path / "ca")
+    registry = PrivateRegistry(
+        tmp_path / "registry",
+        java=_devstack_value("DEVSTACK_APICURIO_JAVA"),
+        jar=_devstack_value("DEVSTACK_APICURIO_JAR"),
+        cert=ca.issue("registry"),
+        user="flowproof",
+        password="reg-pw/0123456789",
+    )
+    with registry:
+        yield registry
+
+
+@pytest.mark.slow
+async def test_https_and_basic_auth_with_secrets_from_files(
+    *,
+    secure_registry: PrivateRegistry,
+    settings: Settings,
+    settings_env: dict[str, str],
+    conn: asyncpg.Connection,
+    redis_client: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    password_file = tmp_path / "registry-password"
+    password_file.write_text(secure_registry.password + "\n", encoding="utf-8")
+    env = {
+        **settings_env,
+        "FLOWPROOF_SCHEMA_REGISTRY_URL": secure_registry.url,
+        "FLOWPROOF_SCHEMA_REGISTRY_USERNAME": secure_registry.user,
+        "FLOWPROOF_SCHEMA_REGISTRY_PASSWORD_FILE": str(password_file),
+        "FLOWPROOF_SCHEMA_REGISTRY_SSL_CAFILE": str(secure_registry.cert.ca),
+    }
+    # The relay registers through TLS and basic auth, and frames with the id it got.
+    secured = load_settings_from(env)
+    await emit_orders(secured, conn, 1)
+    await Relay(secured).run_until_idle()
+    [entry] = await read_stream(redis_client, f"{settings.stream_prefix}orders")
+    code, out, err = await flowproof(env, "schemas", "check", "--registry")
+    assert code == 0, out + err
+    assert f"version 1 (id {framing.read_header(entry.value)}) is orders.OrderPlaced v2" in out
+
+    without_ca = {k: v for k, v in env.items() if k != "FLOWPROOF_SCHEMA_REGISTRY_SSL_CAFILE"}
+    code, _, err = await flowproof(without_ca, "schemas", "check", "--registry")
+    assert code == 2, err
+    assert "schema-registry is unreachable" in err
+    assert "CERTIFICATE_VERIFY_FAILED" in err
+
+    password_file.write_text("wrong-password", encoding="utf-8")
+    code, out, err = await flowproof(env, "schemas", "check", "--registry")
+    assert code == 2, err
+    assert "refused the credentials (HTTP 401)" in err
+    assert "FLOWPROOF_SCHEMA_REGISTRY_PASSWORD" in err
+    assert "wrong-password" not in out + err
+
+
+def load_settings_from(env: dict[str, str]) -> Settings:
+    """The settings `env` gives a flowproof process (secret files included)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            if key.startswith("FLOWPROOF_"):
+                patch.setenv(key, value)
+        return load_settings()
 
 
 # --- settings ------------------------------------------------------------------------------------
