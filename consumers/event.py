@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from consumers.delivery import Delivery
+from schemas import framing
 from schemas.envelope import Envelope
 from schemas.registry import SchemaVersion
 
@@ -53,8 +54,8 @@ class Event(Generic[P]):
 
     @property
     def schema_id(self) -> int:
-        """The writer schema's id, as the message carried it."""
-        return self.writer.schema_id
+        """The writer schema's id, as the message carried it (embedded or a registry's)."""
+        return framing.read_header(self.delivery.value or b"")
 
     @property
     def version(self) -> int:

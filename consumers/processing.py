@@ -40,6 +40,7 @@ from flowproof.sampling import is_sampled
 from schemas import framing
 from schemas.envelope import Envelope
 from schemas.errors import MISROUTED, OVERSIZED, TYPE_MISMATCH, FrameError
+from schemas.ids import SchemaIds
 from schemas.registry import SchemaVersion
 from schemas.routing import InvalidDestination, destination
 
@@ -62,6 +63,7 @@ class BatchOutcome:
 class _Decoded:
     envelope: Envelope
     writer: SchemaVersion
+    schema_id: int  # the id on the wire (embedded, or the schema registry's)
     datum: Payload
     route: Route[Any] | None
 
@@ -69,16 +71,25 @@ class _Decoded:
 class Processor:
     """Turns a batch of deliveries into a BatchOutcome (and calls the handlers)."""
 
-    def __init__(self, app: Consumer, options: ConsumerOptions) -> None:
+    def __init__(
+        self, app: Consumer, options: ConsumerOptions, ids: SchemaIds | None = None
+    ) -> None:
         self._app = app
-        self._registry = app.registry
+        # Embedded ids, or a schema registry's (looked up for a whole batch before decoding).
+        self._ids = ids if ids is not None else SchemaIds(app.registry)
         self._options = options
         self._retry = RetryPolicy(base=0.05, cap=2.0, max_attempts=options.handler_attempts)
         # Few aggregate types, each checked once per message: remember their (valid) names.
         self._destination = lru_cache(maxsize=1024)(partial(destination, options.prefix))
 
     async def process(self, deliveries: Sequence[Delivery]) -> BatchOutcome:
-        """Decode and handle every delivery, in order; never raises for a bad message."""
+        """Decode and handle every delivery, in order; never raises for a bad message.
+
+        With a schema registry, ComponentUnreachable when it does not answer (nothing of the
+        batch is receipted or acknowledged: it is delivered again).
+        """
+        if self._ids.remote:
+            await self._ids.look_up(_schema_ids(deliveries))
         outcome = BatchOutcome(deliveries=len(deliveries))
         for delivery in deliveries:
             try:
@@ -114,16 +125,17 @@ class Processor:
         envelope = Envelope.from_wire(delivery.headers)
         self._check_route(delivery, envelope)
         data = delivery.value or b""
-        writer = self._registry.by_id(framing.read_header(data))
+        schema_id = framing.read_header(data)
+        writer = self._ids.by_id(schema_id)
         if writer is not None and writer.event_type != envelope.type:
             raise FrameError(
                 TYPE_MISMATCH,
-                f"envelope type {envelope.type!r} but schema id {writer.schema_id} is "
+                f"envelope type {envelope.type!r} but schema id {schema_id} is "
                 f"{writer.event_type} v{writer.version}",
             )
         route = self._app.route(envelope.type)
-        writer, datum = framing.decode(self._registry, data, route.reader if route else None)
-        return _Decoded(envelope, writer, datum, route)
+        writer, datum = framing.decode(self._ids, data, route.reader if route else None)
+        return _Decoded(envelope, writer, schema_id, datum, route)
 
     def _check_route(self, delivery: Delivery, envelope: Envelope) -> None:
         try:
@@ -188,7 +200,7 @@ class Processor:
             outcome.dead_letters.append(dead)
         if dead is not None or is_sampled(envelope.id, self._options.sample_ratio):
             fields = _envelope_fields(envelope)
-            fields["schema_id"] = decoded.writer.schema_id
+            fields["schema_id"] = decoded.schema_id
             outcome.receipts.append(
                 self._receipt(
                     delivery,
@@ -321,3 +333,13 @@ def _loose_envelope(delivery: Delivery) -> dict[str, Any]:
     if len(value) >= framing.HEADER_SIZE and value[0] == framing.MAGIC:
         fields["schema_id"] = framing.read_header(value)
     return fields
+
+
+def _schema_ids(deliveries: Sequence[Delivery]) -> set[int]:
+    """The schema ids of the framed values of a batch (what is not framed fails later)."""
+    found: set[int] = set()
+    for delivery in deliveries:
+        value = delivery.value
+        if value is not None and len(value) >= framing.HEADER_SIZE and value[0] == framing.MAGIC:
+            found.add(framing.read_header(value))
+    return found

@@ -32,6 +32,7 @@ from flowproof.errors import ComponentUnreachable, ConfigError
 from flowproof.http import MetricsServer
 from flowproof.logging import get_logger
 from flowproof.redact import scrub
+from schemas.ids import SchemaIds
 from schemas.registry import load_registry
 
 log = get_logger(__name__)
@@ -55,7 +56,26 @@ async def consume(
     app = app if app is not None else Consumer(load_registry(settings.schema_dir))
     options = ConsumerOptions.from_settings(settings, sink=sink, group=group, **overrides)
     stop = stop if stop is not None else asyncio.Event()
+    ids = SchemaIds.from_settings(settings, app.registry)
+    try:
+        await ids.check()  # ComponentUnreachable naming the schema registry, before consuming
+        return await _consume(settings, sink, app, options, ids, stop=stop, drain=drain)
+    finally:
+        await ids.aclose()
+
+
+async def _consume(
+    settings: Settings,
+    sink: Sink,
+    app: Consumer,
+    options: ConsumerOptions,
+    ids: SchemaIds,
+    *,
+    stop: asyncio.Event,
+    drain: bool,
+) -> ConsumerStats:
     pool = await create_postgres_pool(settings, min_size=1, max_size=2)
+    processor = Processor(app, options, ids)
     try:
         writer = ReceiptWriter(pool)
         problem = await writer.check_table()
@@ -70,9 +90,13 @@ async def consume(
             drain=drain,
         )
         if sink == "redis":
-            stats = await _consume_redis(settings, app, options, writer, stop=stop, drain=drain)
+            stats = await _consume_redis(
+                settings, processor, options, writer, stop=stop, drain=drain
+            )
         else:
-            stats = await _consume_kafka(settings, app, options, writer, stop=stop, drain=drain)
+            stats = await _consume_kafka(
+                settings, processor, options, writer, stop=stop, drain=drain
+            )
     finally:
         await pool.close()
     log.info("consumer.stopped", sink=sink, group=options.group, **vars(stats))
@@ -81,7 +105,7 @@ async def consume(
 
 async def _consume_redis(
     settings: Settings,
-    app: Consumer,
+    processor: Processor,
     options: ConsumerOptions,
     writer: ReceiptWriter,
     *,
@@ -92,7 +116,7 @@ async def _consume_redis(
     try:
         await ping_redis(client)
         committer = BatchCommitter(options, writer, RedisDeadLetters(client, options), stop)
-        consumer = RedisConsumer(client, Processor(app, options), committer, options)
+        consumer = RedisConsumer(client, processor, committer, options)
         await consumer.run(stop, drain=drain)
         return committer.stats
     finally:
@@ -101,7 +125,7 @@ async def _consume_redis(
 
 async def _consume_kafka(
     settings: Settings,
-    app: Consumer,
+    processor: Processor,
     options: ConsumerOptions,
     writer: ReceiptWriter,
     *,
@@ -127,7 +151,7 @@ async def _consume_kafka(
         await _start_kafka(kafka, producer, settings)
         dead_letters: DeadLetterSink = KafkaDeadLetters(producer, options)
         committer = BatchCommitter(options, writer, dead_letters, stop)
-        consumer = KafkaConsumer(kafka, Processor(app, options), committer, options)
+        consumer = KafkaConsumer(kafka, processor, committer, options)
         try:
             await consumer.run(stop, drain=drain)
         except KafkaError as exc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # flowproof's local services without Docker: PostgreSQL and Redis from Debian's packages, Apache
-# Kafka (KRaft, single node) from Maven Central, each on loopback with its own port, data and log
-# folder under .devstack/.
+# Kafka (KRaft, single node) and Apicurio Registry (a schema registry, for the registry tests)
+# from Maven Central, each on loopback with its own port, data and log folder under .devstack/.
 #
 #   devstack/stack.sh up       install what is missing, start what is not running, write .devstack/env
 #   devstack/stack.sh down     stop exactly the processes `up` started (pid files), nothing else
@@ -15,9 +15,12 @@ STACK=${DEVSTACK_DIR:-$ROOT/.devstack}
 TIMEOUT=${DEVSTACK_TIMEOUT:-90}
 KAFKA_VERSION=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/devstack/kafka/pom.xml")
 KAFKA_LIBS=$STACK/kafka-libs-$KAFKA_VERSION
+APICURIO_VERSION=$(sed -n 's:.*<apicurio.version>\(.*\)</apicurio.version>.*:\1:p' "$ROOT/devstack/apicurio/pom.xml")
+APICURIO_APP=$STACK/apicurio-$APICURIO_VERSION
 
 # First choices of port; the next free one is taken when a port is in use by something else.
-declare -A BASE_PORT=([postgres]=55432 [redis]=56379 [kafka]=59092 [kafka_controller]=59093)
+declare -A BASE_PORT=([postgres]=55432 [redis]=56379 [kafka]=59092 [kafka_controller]=59093
+  [schema_registry]=58081 [schema_registry_management]=58082)
 
 say() { printf 'devstack: %s\n' "$*"; }
 die() { printf 'devstack: error: %s\n' "$*" >&2; exit 1; }
@@ -117,6 +120,37 @@ install_kafka() {
   rm -rf "$ROOT/devstack/kafka/target"
   ls "$KAFKA_LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "no kafka_2.13 jar in $KAFKA_LIBS"
   touch "$KAFKA_LIBS/.complete"
+}
+
+install_apicurio() {
+  [[ -f $APICURIO_APP/.complete ]] && return 0
+  say "fetching Apicurio Registry $APICURIO_VERSION (about 151 MiB) from Maven Central into $APICURIO_APP"
+  # target/ holds the plugin's "already unpacked" markers: a stale one would skip the unpack.
+  rm -rf "$APICURIO_APP" "$ROOT/devstack/apicurio/target"
+  mvn -B -q -f "$ROOT/devstack/apicurio/pom.xml" package \
+    -DoutputDirectory="$APICURIO_APP" \
+    || die "mvn could not fetch Apicurio Registry (is Maven Central reachable?)"
+  rm -rf "$ROOT/devstack/apicurio/target"
+  [[ -f $APICURIO_APP/quarkus-run.jar ]] || die "no quarkus-run.jar in $APICURIO_APP"
+  touch "$APICURIO_APP/.complete"
+}
+
+java_major() { # java binary -> its feature version (17, 21, 25...)
+  "$1" -XshowSettings:properties -version 2>&1 \
+    | sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p' | head -n1
+}
+
+java21() { # prints the newest java of version 21 or later: APICURIO_JAVA, JAVA_HOME, PATH, /usr/lib/jvm
+  local candidate major best="" best_major=0
+  for candidate in "${APICURIO_JAVA:-}" "${JAVA_HOME:+$JAVA_HOME/bin/java}" \
+      "$(command -v java || true)" /usr/lib/jvm/*/bin/java; do
+    [[ -n $candidate && -x $candidate ]] || continue
+    major=$(java_major "$candidate")
+    [[ $major =~ ^[0-9]+$ ]] || continue
+    if ((major >= 21 && major > best_major)); then best=$candidate; best_major=$major; fi
+  done
+  [[ -n $best ]] || return 1
+  echo "$best"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +325,50 @@ stop_kafka() {
   rm -f "$dir/kafka.pid"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Apicurio Registry (Confluent-compatible API under /apis/ccompat/v7), in-memory storage
+
+registry_healthy() { # the Confluent-compatible API answers
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "http://127.0.0.1:$1/apis/ccompat/v7/config"
+}
+
+start_registry() {
+  local dir=$STACK/schema-registry port mport java started
+  port=$(pick_port schema_registry)
+  mport=$(pick_port schema_registry_management)
+  mkdir -p "$dir/log"
+  if pid_alive "$dir/registry.pid" quarkus-run.jar; then
+    say "schema registry already running on 127.0.0.1:$port"
+    return 0
+  fi
+  java=$(java21) || die "Apicurio Registry needs Java 21 or newer and none was found \
+(APICURIO_JAVA, JAVA_HOME, PATH, /usr/lib/jvm/*): install one, e.g. Eclipse Temurin 21 or 25 \
+(apt-get install temurin-25-jdk from packages.adoptium.net) or openjdk-21-jre-headless where \
+the distribution has it, or set APICURIO_JAVA=/path/to/bin/java"
+  say "starting Apicurio Registry $APICURIO_VERSION on 127.0.0.1:$port (management $mport, Java $(java_major "$java"))"
+  started=$SECONDS
+  # Loopback only, in-memory storage (its default), no telemetry export.
+  nohup "$java" -Xms64m -Xmx512m -Djava.awt.headless=true \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$port" \
+    -Dquarkus.management.host=127.0.0.1 -Dquarkus.management.port="$mport" \
+    -Dquarkus.otel.sdk.disabled=true \
+    -jar "$APICURIO_APP/quarkus-run.jar" > "$dir/log/registry.log" 2>&1 < /dev/null &
+  echo $! > "$dir/registry.pid"
+  wait_for "schema registry" "$dir/log/registry.log" registry_healthy "$port"
+  say "schema registry ready in $((SECONDS - started)) s"
+}
+
+stop_registry() {
+  local dir=$STACK/schema-registry pid
+  pid_alive "$dir/registry.pid" quarkus-run.jar || return 0
+  pid=$(head -n1 "$dir/registry.pid")
+  say "stopping schema registry (pid $pid)"
+  kill "$pid"
+  wait_gone "$pid" 30
+  rm -f "$dir/registry.pid"
+}
+
 wait_gone() { # pid [seconds] -> waits for the process to exit, SIGKILL after the time
   local pid=$1 limit=${2:-30} deadline
   deadline=$((SECONDS + limit))
@@ -302,12 +380,19 @@ wait_gone() { # pid [seconds] -> waits for the process to exit, SIGKILL after th
 
 # ---------------------------------------------------------------------------------------------
 
+# DEVSTACK_SCHEMA_REGISTRY_URL is the registry tests' Apicurio (DEVSTACK_APICURIO_JAR and _JAVA
+# let a test start a private one, e.g. with TLS and basic auth). Not FLOWPROOF_SCHEMA_REGISTRY_URL:
+# flowproof keeps its embedded schema ids by default (the demo needs no registry); nor any other
+# FLOWPROOF_ name, which every flowproof command would refuse as an unknown setting.
 write_env() {
   local env=$STACK/env
   cat > "$env.tmp" <<EOF
 FLOWPROOF_DATABASE_URL=postgresql://postgres@127.0.0.1:$(cat "$STACK/ports/postgres")/flowproof
 FLOWPROOF_REDIS_URL=redis://127.0.0.1:$(cat "$STACK/ports/redis")/0
 FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(cat "$STACK/ports/kafka")
+DEVSTACK_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(cat "$STACK/ports/schema_registry")/apis/ccompat/v7
+DEVSTACK_APICURIO_JAR=$APICURIO_APP/quarkus-run.jar
+DEVSTACK_APICURIO_JAVA=$(java21)
 EOF
   mv "$env.tmp" "$env"
   say "wrote $env"
@@ -318,7 +403,7 @@ status_line() { # name port running?
 }
 
 cmd_status() {
-  local pg_state=stopped redis_state=stopped kafka_state=stopped bin
+  local pg_state=stopped redis_state=stopped kafka_state=stopped registry_state=stopped bin
   if bin=$(pg_bin) && [[ -f $STACK/postgres/data/postmaster.pid ]] \
       && "$bin/pg_isready" -q -h 127.0.0.1 -p "$(cat "$STACK/ports/postgres")"; then
     pg_state="running (pid $(head -n1 "$STACK/postgres/data/postmaster.pid"))"
@@ -327,12 +412,16 @@ cmd_status() {
     && redis_state="running (pid $(head -n1 "$STACK/redis/redis.pid"))"
   pid_alive "$STACK/kafka/kafka.pid" kafka.Kafka \
     && kafka_state="running (pid $(head -n1 "$STACK/kafka/kafka.pid"), Kafka $KAFKA_VERSION)"
+  pid_alive "$STACK/schema-registry/registry.pid" quarkus-run.jar \
+    && registry_state="running (pid $(head -n1 "$STACK/schema-registry/registry.pid"), Apicurio Registry $APICURIO_VERSION)"
   echo "devstack in $STACK:"
   status_line postgres "$(cat "$STACK/ports/postgres" 2>/dev/null || echo -)" "$pg_state"
   status_line redis "$(cat "$STACK/ports/redis" 2>/dev/null || echo -)" "$redis_state"
   status_line kafka "$(cat "$STACK/ports/kafka" 2>/dev/null || echo -)" "$kafka_state"
+  status_line registry "$(cat "$STACK/ports/schema_registry" 2>/dev/null || echo -)" "$registry_state"
   [[ -f $STACK/env ]] && echo "environment: $STACK/env (source it: set -a; . $STACK/env; set +a)"
-  [[ $pg_state != stopped && $redis_state != stopped && $kafka_state != stopped ]]
+  [[ $pg_state != stopped && $redis_state != stopped && $kafka_state != stopped \
+    && $registry_state != stopped ]]
 }
 
 cmd_up() {
@@ -340,15 +429,18 @@ cmd_up() {
   mkdir -p "$STACK"
   install_packages
   install_kafka
+  install_apicurio
   start_postgres
   start_redis
   start_kafka
+  start_registry
   write_env
   say "up in $((SECONDS - started)) s"
   cmd_status
 }
 
 cmd_down() {
+  stop_registry
   stop_kafka
   stop_redis
   stop_postgres

@@ -364,24 +364,53 @@ def schemas_check(
             "(default: FLOWPROOF_SCHEMA_DIR).",
         ),
     ] = None,
+    registry: Annotated[
+        bool,
+        typer.Option(
+            "--registry",
+            help="Also check them against FLOWPROOF_SCHEMA_REGISTRY_URL: its versions and its "
+            "compatibility rules for each subject (exit 2 when it cannot be reached).",
+        ),
+    ] = False,
 ) -> None:
     """Validate every schema and the compatibility of each new version (exit 1 on a problem)."""
     from schemas.compat import CheckReport, check_schema_dirs, parse_mode  # noqa: PLC0415
     from schemas.errors import SchemaFileError  # noqa: PLC0415
+    from schemas.registry_check import RegistryReport, check_registry  # noqa: PLC0415
+    from schemas.registry_client import RegistryClient  # noqa: PLC0415
 
-    async def job(settings: Settings) -> CheckReport:
+    async def job(settings: Settings) -> tuple[CheckReport, RegistryReport | None]:
         chosen = parse_mode(mode)
         folder = directory if directory is not None else settings.schema_dir
         try:
-            return check_schema_dirs([folder] if folder else [], chosen)
+            report = check_schema_dirs([folder] if folder else [], chosen)
         except SchemaFileError as exc:
             source = "--dir" if directory is not None else "FLOWPROOF_SCHEMA_DIR"
             raise ConfigError(f"{source}: {exc}") from None
+        if not registry:
+            return report, None
+        client = RegistryClient.from_settings(settings)
+        if client is None:
+            raise ConfigError("--registry needs FLOWPROOF_SCHEMA_REGISTRY_URL")
+        try:
+            remote = await check_registry(
+                client,
+                report.versions,
+                strategy=settings.schema_registry_subject_name_strategy,
+                topic_prefix=settings.topic_prefix,
+            )
+        finally:
+            await client.aclose()
+        return report, remote
 
-    report = run(ctx, job)
+    report, remote = run(ctx, job)
     for line in report.lines():
         typer.echo(line)
-    raise typer.Exit(EXIT_OK if report.ok else EXIT_CHECK_FAILED)
+    if remote is not None:
+        for line in [*remote.lines, *map(str, remote.problems), remote.summary()]:
+            typer.echo(line)
+    ok = report.ok and (remote is None or remote.ok)
+    raise typer.Exit(EXIT_OK if ok else EXIT_CHECK_FAILED)
 
 
 @app.command()

@@ -118,6 +118,44 @@ class Settings(BaseSettings):
     )
     stream_prefix: str = "flowproof."
     topic_prefix: str = "flowproof."
+    schema_registry_url: SecretStr | None = Field(
+        default=None,
+        description="Confluent-compatible schema registry (http:// or https://, e.g. Apicurio's "
+        ".../apis/ccompat/v7); schema ids are then the registry's; default: embedded ids",
+    )
+    schema_registry_username: str | None = Field(
+        default=None, description="basic-auth user of the schema registry"
+    )
+    schema_registry_password: SecretStr | None = Field(
+        default=None, description="basic-auth password of the schema registry"
+    )
+    schema_registry_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) an https:// registry's certificate must chain to; "
+        "default: the system's trust store",
+    )
+    schema_registry_subject_name_strategy: Literal[
+        "TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"
+    ] = Field(
+        default="TopicNameStrategy",
+        description="subject of a schema: <topic>-value, <record full name>, or "
+        "<topic>-<record full name> (the topic is FLOWPROOF_TOPIC_PREFIX + aggregatetype)",
+    )
+    schema_registry_compatibility: Literal[
+        "BACKWARD",
+        "BACKWARD_TRANSITIVE",
+        "FORWARD",
+        "FORWARD_TRANSITIVE",
+        "FULL",
+        "FULL_TRANSITIVE",
+        "NONE",
+    ] = Field(
+        default="BACKWARD",
+        description="compatibility level the relay sets on a subject it creates",
+    )
+    schema_registry_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300, description="timeout of one request to the schema registry"
+    )
     receipt_sample_ratio: float = Field(
         default=1.0,
         gt=0,
@@ -455,6 +493,37 @@ class Settings(BaseSettings):
             raise ValueError("is set but FLOWPROOF_REDIS_URL is not a rediss:// URL")
         return _readable_file(value)
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return SecretStr(url.rstrip("/"))
+
+    @field_validator("schema_registry_password")
+    @classmethod
+    def _check_registry_password(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None and info.data.get("schema_registry_username") is None:
+            raise ValueError("is set but FLOWPROOF_SCHEMA_REGISTRY_USERNAME is not")
+        return value
+
+    @field_validator("schema_registry_ssl_cafile")
+    @classmethod
+    def _check_registry_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("schema_registry_url")
+        if value is not None and not (url and url.get_secret_value().startswith("https://")):
+            raise ValueError("is set but FLOWPROOF_SCHEMA_REGISTRY_URL is not an https:// URL")
+        return _readable_file(value)
+
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
     @classmethod
     def _check_sasl(cls, value: Any, info: ValidationInfo) -> Any:
@@ -539,11 +608,31 @@ class Settings(BaseSettings):
         for name in SECRET_FIELDS:
             secret = getattr(self, name)
             if isinstance(secret, SecretStr):
-                values.append(secret.get_secret_value())
+                value = secret.get_secret_value()
+                if name not in PLAIN_URL_FIELDS:
+                    values.append(value)
+                    continue
+                # A service URL is kept readable in errors (which registry?): only its password,
+                # raw and URL-decoded, is secret.
+                password = _password_of(value)
+                if password:
+                    values += [password, unquote(password)]
         return values
 
 
-SECRET_FIELDS = frozenset({"database_url", "redis_url", "kafka_sasl_password"})
+SECRET_FIELDS = frozenset(
+    {
+        "database_url",
+        "redis_url",
+        "kafka_sasl_password",
+        "schema_registry_url",
+        "schema_registry_password",
+    }
+)
+
+
+# URLs named in error messages (which server could not be reached); their password is secret.
+PLAIN_URL_FIELDS = frozenset({"schema_registry_url"})
 
 
 def _readable_file(path: Path | None) -> Path | None:

@@ -1,8 +1,10 @@
 """Turning outbox rows into messages: the envelope, the Confluent-framed Avro value, the
 destination, and the size check; or the reason a row can never be published.
 
-Each row is encoded with the newest schema of its type (the writer schema of the registry). The
-sink modules only send what this module produced.
+Each row is encoded with the newest schema of its type (the writer schema of the registry),
+framed with its id from `schemas.ids.SchemaIds` (embedded, or a schema registry's:
+`register_schemas` registers the batch's schemas before `plan`). The sink modules only send what
+this module produced.
 
 The relay's sink workers claim the same rows, each for its sink: with
 `publisher.shared_encoding.EncodedRows` the first worker's encoding serves the others (only the
@@ -15,17 +17,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
+from flowproof.errors import ComponentUnreachable
+from flowproof.logging import get_logger
 from publisher.errors import EnvelopeInvalid, Oversized
 from schemas import framing
 from schemas.envelope import Envelope
 from schemas.errors import ContractError, PayloadInvalid
+from schemas.ids import SchemaIds
 from schemas.registry import SchemaRegistry, SchemaVersion
 from schemas.routing import destination
 
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     import asyncio
 
     from publisher.shared_encoding import EncodedRows
+
+log = get_logger(__name__)
 
 Aggregate = tuple[str, str]
 
@@ -104,9 +111,9 @@ class Plan:
     held: int = 0
 
 
-def _frame(schema: SchemaVersion, datum: dict[str, Any]) -> bytes:
+def _frame(schema: SchemaVersion, datum: dict[str, Any], schema_id: int) -> bytes:
     try:
-        return framing.encode(schema, datum)
+        return framing.encode(schema, datum, schema_id)
     except (ValueError, TypeError, OverflowError) as exc:
         # Checked payloads encode; this is a value Avro cannot hold (e.g. a timestamp overflow).
         raise PayloadInvalid(schema.event_type, "<payload>", f"does not encode: {exc}") from None
@@ -172,8 +179,10 @@ class Encoder:
         *,
         shared: EncodedRows | None = None,
         sink: str = "",
+        ids: SchemaIds | None = None,
     ) -> None:
         self._registry = registry
+        self._ids = ids if ids is not None else SchemaIds(registry)
         self._prefix = prefix
         self._max = max_message_bytes
         self._shared = shared
@@ -185,6 +194,27 @@ class Encoder:
         """Before a claim: let the other sinks catch up when this one is far ahead of them."""
         if self._shared is not None:
             await self._shared.pace(self._sink, stop)
+
+    async def register_schemas(self, rows: Sequence[OutboxRow]) -> bool:
+        """Before `plan`: register the rows' writer schemas with the schema registry, if one is
+        configured. False when it did not answer (nothing to send now: try the batch later)."""
+        if not self._ids.remote:
+            return True
+        pairs: dict[tuple[str, str], SchemaVersion] = {}
+        for row in rows:
+            try:
+                self._destination(row.aggregatetype)
+                pairs[(row.aggregatetype, row.type)] = self._registry.latest(row.type)
+            except ContractError:
+                continue  # plan() parks it
+        try:
+            await self._ids.register(
+                (aggregatetype, schema) for (aggregatetype, _), schema in pairs.items()
+            )
+        except ComponentUnreachable as exc:
+            log.warning("relay.schema_registry_unreachable", sink=self._sink, error=exc.detail)
+            return False
+        return True
 
     def _name(self, aggregatetype: str) -> str:
         return destination(self._prefix, aggregatetype)
@@ -222,7 +252,7 @@ class Encoder:
             headers=headers,
         )
         key = row.aggregateid.encode()
-        value = _frame(schema, datum)
+        value = _frame(schema, datum, self._ids.writer_id(row.aggregatetype, schema))
         fields = envelope.wire_fields()
         size = len(value) + len(key) + sum(len(k) + len(v) for k, v in fields.items())
         return Encoded(row, key, value, fields, size)

@@ -35,6 +35,7 @@ from publisher.redis_sink import RedisSink
 from publisher.shared_encoding import EncodedRows
 from publisher.sink import Sink
 from publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
+from schemas.ids import SchemaIds
 from schemas.registry import SchemaRegistry, load_registry
 
 log = get_logger(__name__)
@@ -57,6 +58,7 @@ class Relay:
     def __init__(self, settings: Settings, *, registry: SchemaRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else load_registry(settings.schema_dir)
+        self.ids = SchemaIds.from_settings(settings, self.registry)  # embedded or the registry's
         self._stop = asyncio.Event()
         self._busy = False
         self._aux_pool: asyncpg.Pool | None = None  # gauges and pruning, while running
@@ -76,6 +78,7 @@ class Relay:
                     settings.relay_max_message_bytes,
                     shared=shared,
                     sink=name,
+                    ids=self.ids,
                 ),
                 wake=asyncio.Event(),
                 stop=self._stop,
@@ -106,7 +109,10 @@ class Relay:
     async def run(self) -> None:
         """Serve until `stop()`; raise RelayCrashed if a task died of an unexpected error."""
         with self._exclusive():
-            await self._run()
+            try:
+                await self._run()
+            finally:
+                await self.ids.aclose()
 
     async def _run(self) -> None:
         await self.preflight()
@@ -150,10 +156,13 @@ class Relay:
     async def run_until_idle(self) -> None:
         """Publish every row there is to every sink, then return (retrying a down sink)."""
         with self._exclusive():
-            await self.preflight()
-            async with asyncio.TaskGroup() as group:
-                for name, worker in self.workers.items():
-                    group.create_task(worker.run(until_idle=True), name=f"relay.drain.{name}")
+            try:
+                await self.preflight()
+                async with asyncio.TaskGroup() as group:
+                    for name, worker in self.workers.items():
+                        group.create_task(worker.run(until_idle=True), name=f"relay.drain.{name}")
+            finally:
+                await self.ids.aclose()
         await self.refresh_gauges()
 
     @contextlib.contextmanager
@@ -176,7 +185,9 @@ class Relay:
         return await self._once(prune_rows(self.settings))
 
     async def preflight(self) -> None:
-        """ComponentUnreachable when PostgreSQL is down, OutboxMissing when not migrated."""
+        """ComponentUnreachable when PostgreSQL (or the schema registry) is down, OutboxMissing
+        when not migrated."""
+        await self.ids.check()
         table = self.settings.outbox_table
         conn = await connect_relay(self.settings, "preflight")
         try:

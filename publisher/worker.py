@@ -187,7 +187,10 @@ class SinkWorker:
         if not records:
             return BatchOutcome()
         self.stats.batches += 1
-        plan = self.encoder.plan(OutboxRow.from_record(r) for r in records)
+        rows = [OutboxRow.from_record(r) for r in records]
+        if not await self.encoder.register_schemas(rows):  # the schema registry did not answer
+            return BatchOutcome(claimed=len(rows), failed=len(rows))
+        plan = self.encoder.plan(rows)
         if plan.parked:
             await self._park(conn, plan.parked)
         created = {r["seq"]: r["created_at"] for r in records}

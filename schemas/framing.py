@@ -1,29 +1,39 @@
 """The Confluent wire format: byte 0x00, a 4-byte big-endian schema id, then Avro binary.
 
 The one implementation of the framing; the relay encodes with it and the consumers decode with
-it. Decoding resolves the writer schema (found by id) to the reader's schema.
+it. Decoding resolves the writer schema (found by id) to the reader's schema. The ids are the
+embedded ones or a schema registry's (`schemas.ids.SchemaIds`); both look ids up the same way.
 """
 
 from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import fastavro
 
-from schemas.errors import BAD_MAGIC, CORRUPT_AVRO, UNKNOWN_SCHEMA, FrameError
-from schemas.registry import SchemaRegistry, SchemaVersion
+from schemas.errors import BAD_MAGIC, CORRUPT_AVRO, UNKNOWN_SCHEMA, FrameError, UnknownEventType
+from schemas.registry import SchemaVersion
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size  # 5
 
 
-def encode(schema: SchemaVersion, datum: dict[str, Any]) -> bytes:
-    """Frame `datum` (already checked with `schema.validate`) with `schema`'s id."""
+class SchemaLookup(Protocol):
+    """Writer schemas by id and reader schemas by type (SchemaRegistry, SchemaIds)."""
+
+    def by_id(self, schema_id: int) -> SchemaVersion | None: ...
+
+    def latest(self, event_type: str) -> SchemaVersion: ...
+
+
+def encode(schema: SchemaVersion, datum: dict[str, Any], schema_id: int | None = None) -> bytes:
+    """Frame `datum` (already checked with `schema.validate`) with `schema_id` (default: the
+    schema's embedded id)."""
     buffer = io.BytesIO()
-    buffer.write(HEADER.pack(MAGIC, schema.schema_id))
+    buffer.write(HEADER.pack(MAGIC, schema.schema_id if schema_id is None else schema_id))
     fastavro.schemaless_writer(buffer, schema.parsed, datum)
     return buffer.getvalue()
 
@@ -41,7 +51,7 @@ def read_header(data: bytes) -> int:
 
 
 def decode(
-    registry: SchemaRegistry, data: bytes, reader: SchemaVersion | None = None
+    registry: SchemaLookup, data: bytes, reader: SchemaVersion | None = None
 ) -> tuple[SchemaVersion, dict[str, Any]]:
     """Decode a framed message; return its writer schema and the datum in the reader's shape.
 
@@ -53,7 +63,12 @@ def decode(
     if writer is None:
         raise FrameError(UNKNOWN_SCHEMA, f"schema id {schema_id} is not in the registry")
     if reader is None:
-        reader = registry.latest(writer.event_type)
+        try:
+            reader = registry.latest(writer.event_type)
+        except UnknownEventType:  # a registry's schema of a type without local schemas
+            raise FrameError(
+                UNKNOWN_SCHEMA, f"schema id {schema_id} is {writer.event_type}, which has no schema"
+            ) from None
     body = io.BytesIO(data)
     body.seek(HEADER_SIZE)
     try:

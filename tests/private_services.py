@@ -41,6 +41,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -871,4 +872,66 @@ class PrivateKafka(PrivateService):
                 log.seek(self._log_offset)
                 return b"Kafka Server started" in log.read()
         except OSError:
+            return False
+
+
+# --- Apicurio Registry ---------------------------------------------------------------------------
+
+
+class PrivateRegistry(PrivateService):
+    """An Apicurio Registry of one test, HTTPS only (its certificate from `cert`) and with one
+    basic-auth user (Quarkus' embedded user realm); in memory. The devstack found its jar and a
+    Java 21+ (`DEVSTACK_APICURIO_JAR`, `DEVSTACK_APICURIO_JAVA` in .devstack/env)."""
+
+    name = "schema-registry"
+
+    def __init__(
+        self, workdir: Path, *, java: str, jar: str, cert: Certificate, user: str, password: str
+    ) -> None:
+        super().__init__(workdir)
+        self.log_path = workdir / "log" / f"{self.name}.stdout"
+        self.java, self.jar, self.cert = java, jar, cert
+        self.user, self.password = user, password
+        self.port, self.management_port = free_port(), free_port()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/apis/ccompat/v7"
+
+    def _command(self) -> list[str]:
+        options = {
+            "quarkus.http.host": "127.0.0.1",
+            "quarkus.http.port": str(free_port()),  # plain HTTP: refused (insecure-requests)
+            "quarkus.http.ssl-port": str(self.port),
+            "quarkus.http.ssl.certificate.files": str(self.cert.cert),
+            "quarkus.http.ssl.certificate.key-files": str(self.cert.key),
+            "quarkus.http.insecure-requests": "disabled",
+            "quarkus.management.host": "127.0.0.1",
+            "quarkus.management.port": str(self.management_port),
+            "quarkus.otel.sdk.disabled": "true",
+            "quarkus.http.auth.basic": "true",
+            "quarkus.security.users.embedded.enabled": "true",
+            "quarkus.security.users.embedded.plain-text": "true",
+            f"quarkus.security.users.embedded.users.{self.user}": self.password,
+            "quarkus.http.auth.permission.all.paths": "/*",
+            "quarkus.http.auth.permission.all.policy": "authenticated",
+        }
+        return [
+            self.java,
+            "-Xmx384m",
+            *(f"-D{key}={value}" for key, value in options.items()),
+            "-jar",
+            self.jar,
+        ]
+
+    def _healthy(self) -> bool:
+        request = urllib.request.Request(f"{self.url}/config")
+        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(
+                request, timeout=2, context=_client_tls(self.cert.ca)
+            ) as response:
+                return bool(response.status == 200)
+        except (OSError, ValueError):
             return False

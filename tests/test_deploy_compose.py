@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -40,14 +41,15 @@ FLOWPROOF_COMMANDS = {
 }
 LONG_RUNNING = ("relay", "consumer-redis", "consumer-kafka", "verifier")
 # What each flowproof service talks to, so must find healthy before it starts.
+REGISTRY = "schema-registry"
 USES = {
     "migrate": {"postgres"},
-    "relay": {"postgres", "redis", "kafka"},
-    "consumer-redis": {"postgres", "redis"},
-    "consumer-kafka": {"postgres", "kafka"},
-    "verifier": {"postgres", "redis", "kafka"},
+    "relay": {"postgres", "redis", "kafka", REGISTRY},
+    "consumer-redis": {"postgres", "redis", REGISTRY},
+    "consumer-kafka": {"postgres", "kafka", REGISTRY},
+    "verifier": {"postgres", "redis", "kafka", REGISTRY},
 }
-SERVICES = {"postgres", "redis", "kafka", "prometheus", "grafana", *FLOWPROOF_COMMANDS}
+SERVICES = {"postgres", "redis", "kafka", REGISTRY, "prometheus", "grafana", *FLOWPROOF_COMMANDS}
 SECRETS_DIR = PurePosixPath("/run/secrets")
 
 
@@ -254,6 +256,33 @@ def test_flowproof_settings_are_known_and_load(name: str, monkeypatch: pytest.Mo
     assert settings.database_url.get_secret_value().startswith("postgresql://")
     assert "@postgres:5432/" in settings.database_url.get_secret_value()
     assert settings.kafka_bootstrap_servers == "kafka:9092"
+
+
+def test_the_schema_registry_is_the_devstacks_apicurio_and_every_service_uses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry = services()[REGISTRY]
+    pom = (ROOT / "devstack" / "apicurio" / "pom.xml").read_text(encoding="utf-8")
+    version = re.search(r"<apicurio.version>(.+)</apicurio.version>", pom)
+    assert version is not None
+    assert registry["image"] == f"apicurio/apicurio-registry:{version[1]}"
+    health = " ".join(registry["healthcheck"]["test"])
+    health_url = re.search(r"http://localhost:(\d+)(/\S*)", health)
+    assert health_url is not None, health
+    [mapping] = port_mappings(registry)
+    assert mapping.container_port == int(health_url[1])
+    for name in LONG_RUNNING:
+        url = environment(services()[name])["FLOWPROOF_SCHEMA_REGISTRY_URL"]
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) == (REGISTRY, mapping.container_port), name
+        # The health check asks the very API the services use.
+        assert health_url[2].startswith(parts.path), (health_url[2], url)
+        for key, value in environment(services()[name]).items():
+            if key.startswith("FLOWPROOF_SCHEMA_REGISTRY_"):
+                monkeypatch.setenv(key, value)
+        settings = load_settings()
+        assert settings.schema_registry_url is not None
+        assert settings.schema_registry_url.get_secret_value() == url
 
 
 def test_secrets_referenced_exist() -> None:

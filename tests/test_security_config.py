@@ -26,6 +26,8 @@ SECRET_VALUES = {
     "?sslmode=verify-full&sslrootcert=/run/secrets/ca.pem",
     "redis_url": "rediss://flowproof-relay:redis%2Bpw-456@redis:6380/0",
     "kafka_sasl_password": "kafka+pw/789-file",
+    "schema_registry_url": "https://flowproof:reg%2Fpw-321@registry:8081/apis/ccompat/v7",
+    "schema_registry_password": "registry+pw/654-file",
 }
 
 
@@ -44,6 +46,8 @@ def test_every_secret_can_come_from_a_file(
     monkeypatch.setenv(env_name(field) + "_FILE", str(secret_file))
     if field != "kafka_sasl_password":
         monkeypatch.setenv("FLOWPROOF_KAFKA_SASL_PASSWORD", SASL["FLOWPROOF_KAFKA_SASL_PASSWORD"])
+    if field == "schema_registry_password":
+        monkeypatch.setenv("FLOWPROOF_SCHEMA_REGISTRY_USERNAME", "flowproof")
     settings = load_settings()
     value = getattr(settings, field)
     assert value.get_secret_value() == SECRET_VALUES[field]
@@ -54,8 +58,14 @@ def test_passwords_are_redacted_raw_and_url_decoded(monkeypatch: pytest.MonkeyPa
     _set(monkeypatch, SASL)
     monkeypatch.setenv("FLOWPROOF_DATABASE_URL", SECRET_VALUES["database_url"])
     monkeypatch.setenv("FLOWPROOF_REDIS_URL", SECRET_VALUES["redis_url"])
+    monkeypatch.setenv("FLOWPROOF_SCHEMA_REGISTRY_URL", SECRET_VALUES["schema_registry_url"])
+    monkeypatch.setenv("FLOWPROOF_SCHEMA_REGISTRY_USERNAME", "flowproof")
+    monkeypatch.setenv(
+        "FLOWPROOF_SCHEMA_REGISTRY_PASSWORD", SECRET_VALUES["schema_registry_password"]
+    )
     load_settings()
-    for leaked in ("pg%2Fpw%40x-123", "pg/pw@x-123", "redis%2Bpw-456", "redis+pw-456"):
+    leaks = ("pg%2Fpw%40x-123", "pg/pw@x-123", "redis%2Bpw-456", "redis+pw-456", "reg%2Fpw-321")
+    for leaked in (*leaks, "reg/pw-321", SECRET_VALUES["schema_registry_password"]):
         assert scrub(f"driver said: bad password {leaked}!") == "driver said: bad password ***!"
     assert scrub(f"sasl {SASL['FLOWPROOF_KAFKA_SASL_PASSWORD']} refused") == "sasl *** refused"
 

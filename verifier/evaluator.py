@@ -25,6 +25,7 @@ from flowproof.connect import create_postgres_pool, ping_redis, redis_client
 from flowproof.errors import ComponentUnreachable
 from flowproof.logging import get_logger
 from flowproof.redact import scrub
+from schemas.registry_client import RegistryClient
 from verifier.conformance import (
     ReceiptStats,
     conformance_builder,
@@ -52,6 +53,7 @@ from verifier.model import (
 )
 from verifier.outbox import OutboxStats, judge_outbox, outbox_builder, outbox_stats
 from verifier.redis_lag import redis_snapshot
+from verifier.schema_registry import registry_components
 from verifier.status import LaneStatus, StatusWindows
 
 T = TypeVar("T")
@@ -107,6 +109,7 @@ class Evaluator:
         if REDIS in settings.sinks:
             self._redis = redis_client(settings, socket_timeout=self.timeout)
         self._exporter = Exporter()
+        self._schema_registry = RegistryClient.from_settings(settings)
 
     async def __aenter__(self) -> Evaluator:
         return self
@@ -122,6 +125,8 @@ class Evaluator:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+        if self._schema_registry is not None:
+            await self._schema_registry.aclose()
 
     async def _attempt(self, part: str, read: Awaitable[T]) -> T | ReadFailed:
         try:
@@ -253,13 +258,17 @@ class Evaluator:
     async def evaluate(self) -> Report:
         """Read everything, judge every check, publish the metrics; return the report."""
         started = time.monotonic()
-        database, sinks = await asyncio.gather(self.read_postgres(), self._read_sinks())
+        database, sinks, others = await asyncio.gather(
+            self.read_postgres(),
+            self._read_sinks(),
+            registry_components(self._schema_registry, self.timeout),
+        )
         self._observe(sinks)
         self._forget_vanished_lanes(sinks)
-        checks, statuses = self._judge(database, sinks)
+        checks, statuses = self._judge(database, sinks, others)
         report = Report(
             checks=tuple(checks),
-            components=(database.component, *(read.component for read in sinks)),
+            components=(database.component, *(read.component for read in sinks), *others),
             evaluated_at=dt.datetime.now(dt.UTC),
             duration_seconds=time.monotonic() - started,
             window_seconds=self.settings.verify_window_seconds,
@@ -293,11 +302,14 @@ class Evaluator:
         self.windows.retain(keep)
 
     def _judge(
-        self, database: Read[DatabaseReads], sinks: list[Read[SinkSnapshot]]
+        self,
+        database: Read[DatabaseReads],
+        sinks: list[Read[SinkSnapshot]],
+        others: tuple[ComponentState, ...] = (),
     ) -> tuple[list[CheckResult], dict[tuple[str, str], LaneStatus]]:
         settings = self.settings
         components = CheckBuilder(COMPONENTS_UP, 0, "components down", None)
-        for state in (database.component, *(read.component for read in sinks)):
+        for state in (database.component, *(read.component for read in sinks), *others):
             components.add(state.name, state.up, "reachable" if state.up else str(state.error))
         components.value = sum(1 for f in components.findings if not f.ok)
 
