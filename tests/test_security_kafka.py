@@ -52,7 +52,7 @@ from tests.private_services import (
 
 pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "flowproof."  # the default topic prefix, as in the README
+PREFIX = "flowproof."  # the default topic prefix, as in docs/security.md
 GROUP = "flowproof"  # the default consumer group
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource).
@@ -358,7 +358,7 @@ async def test_users_cannot_publish_where_no_write_acl_allows(
     outcome = await _publish(kafka_settings(secured_kafka, user, users[user]), topic)
     assert isinstance(outcome, SinkError), outcome
     assert refusal in str(outcome), outcome
-    if refusal == "TopicAuthorizationFailedError":  # the README: "...: <topic>"
+    if refusal == "TopicAuthorizationFailedError":  # docs/security.md: "...: <topic>"
         assert f"{refusal}: {topic}" in str(outcome), outcome
     assert users[user] not in str(outcome)
 
@@ -500,7 +500,7 @@ async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - para
     assert f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {refusal}" in str(
         refused.value
     ), refused.value
-    if refusal == "GroupAuthorizationFailedError":  # the README: "...: <group>"
+    if refusal == "GroupAuthorizationFailedError":  # docs/security.md: "...: <group>"
         assert str(refused.value).split("; ")[0].endswith(f": {group}"), refused.value
     assert users[user] not in str(refused.value)
 

@@ -31,7 +31,7 @@ from tests.private_services import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "flowproof."  # the default stream prefix, as in the README
+PREFIX = "flowproof."  # the default stream prefix, as in docs/security.md
 
 # What each component runs (publisher/redis_sink.py; consumers/redis.py and consumers' DLQ;
 # verifier/redis_lag.py), on the keys under the prefix only; the verifier's keys are read-only.
