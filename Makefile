@@ -10,7 +10,7 @@ STACK_ENV := .devstack/env
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status test faults lint demo clean bench bench-quick soak
+.PHONY: help install stack-up stack-down stack-status test faults lint demo clean bench bench-quick soak docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+docs: $(STAMP) ## regenerate docs/configuration.md from the settings model (flowproof/config.py)
+	$(BIN)/python -m flowproof.docs_config > docs/configuration.md
 
 demo: stack-up ## the whole pipeline on local services with a generated workload, then the verdict (ARGS=--prometheus: with alerts)
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/flowproof demo $(ARGS)

@@ -1,6 +1,6 @@
 """Receipts: one row per delivery a consumer saw, written in batches with COPY.
 
-The verifier computes lost, duplicated and reordered events from these rows (DESIGN.md,
+The verifier computes lost, duplicated and reordered events from these rows (docs/design.md,
 "Receipts"). A batch's receipts are written before its messages are acknowledged, so a receipt
 can be duplicated by a crash (the message comes again) but never missing for an acked message.
 """

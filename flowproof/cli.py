@@ -1,4 +1,4 @@
-"""The `flowproof` console script: one command per job of DESIGN.md.
+"""The `flowproof` console script: one command per job of docs/design.md.
 
 Commands here are thin: they load the settings, configure logging and call into the package that
 does the work. Every error that is the user's to fix (configuration, a component that cannot be

@@ -68,7 +68,7 @@ def _weakened_redis_tls(url: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    """Configuration shared by every command (DESIGN.md, "Configuration")."""
+    """Configuration shared by every command (docs/design.md, "Configuration")."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -83,41 +83,64 @@ class Settings(BaseSettings):
     # --- services -----------------------------------------------------------------------------
     database_url: SecretStr = Field(
         default=SecretStr("postgresql://postgres@127.0.0.1:5432/flowproof"),
-        description="PostgreSQL DSN (postgresql://user:password@host:port/db)",
+        description="PostgreSQL DSN, `postgresql://user:password@host:port/db`; libpq's TLS "
+        "parameters (`sslmode=verify-full&sslrootcert=...`) go in its query (see "
+        "[Security](security.md))",
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="Redis URL (redis:// or rediss://)",
+        description="`redis://` or `rediss://` URL; a query that would turn a TLS check off is "
+        "refused",
     )
     redis_ssl_cafile: Path | None = Field(
         default=None,
-        description="PEM file of the CA(s) a rediss:// server's certificate must chain to; "
-        "default: the system's trust store",
+        description="CA bundle (PEM) a `rediss://` server's certificate must chain to; none means "
+        "the system's CAs (see [Security](security.md))",
     )
     kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]"
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, `host:port[,host:port]`"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`, `SASL_SSL`"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None,
+        description="`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`; mechanism, username and password "
+        "are required with `SASL_*`",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL username; required with `SASL_*`"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; required with `SASL_*`"
+    )
     kafka_ssl_cafile: Path | None = Field(
         default=None,
-        description="PEM file of the CA(s) the brokers' certificates must chain to (SSL, "
-        "SASL_SSL); default: the system's trust store",
+        description="CA bundle (PEM) the brokers' certificates must chain to, for `SSL` / "
+        "`SASL_SSL`; none means the system's CAs",
     )
 
     # --- what flows where ---------------------------------------------------------------------
     sinks: Annotated[tuple[Sink, ...], NoDecode] = Field(
-        default=("redis", "kafka"), description="comma-separated sinks: redis, kafka"
+        default=("redis", "kafka"),
+        description="sinks the relay publishes to and the verifier expects, comma-separated: "
+        "`redis`, `kafka`",
     )
-    outbox_table: str = "flowproof_outbox"
+    outbox_table: str = Field(
+        default="flowproof_outbox",
+        description="outbox table (validated identifier, at most 40 characters)",
+    )
     schema_dir: Path | None = Field(
         default=None,
-        description="folder with your own .avsc schemas, loaded beside the built-in ones",
+        description="folder with your own `.avsc` files (`<namespace>.<Name>.v<N>.avsc`), loaded "
+        "beside the built-in ones",
     )
-    stream_prefix: str = "flowproof."
-    topic_prefix: str = "flowproof."
+    stream_prefix: str = Field(
+        default="flowproof.", description="Redis stream name = prefix + `aggregatetype`"
+    )
+    topic_prefix: str = Field(
+        default="flowproof.", description="Kafka topic name = prefix + `aggregatetype`"
+    )
     schema_registry_url: SecretStr | None = Field(
         default=None,
         description="Confluent-compatible schema registry (http:// or https://, e.g. Apicurio's "
@@ -160,25 +183,36 @@ class Settings(BaseSettings):
         default=1.0,
         gt=0,
         le=1,
-        description="share of events consumers record receipts for (by event-id hash); "
-        "the verifier scales its expectations to the same share",
+        description="share of events receipted (chosen by event-id hash, the same in consumers and "
+        "verifier, which scales its expectations to it); invalid messages are always receipted",
     )
     consumer_group: str = Field(
         default="flowproof",
-        description="consumer group `consume` joins by default and the verifier expects per sink",
+        description="group `consume` joins unless `--group` is given, and the group the verifier "
+        "expects in each sink",
     )
 
     # --- process ------------------------------------------------------------------------------
     metrics_host: str = Field(
         default="127.0.0.1",
-        description="address /metrics binds to; 0.0.0.0 in containers",
+        description="address `/metrics` binds to (`0.0.0.0` in containers)",
     )
-    metrics_port: int = Field(default=9400, ge=0, le=65535, description="0 picks a free port")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
+    metrics_port: int = Field(
+        default=9400,
+        ge=0,
+        le=65535,
+        description="`/metrics` port; `0` picks a free one and logs it",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="`debug`, `info`, `warning`, `error`"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="`json`, `console`, or `auto` (JSON unless stderr is a terminal)",
+    )
     allow_unknown_env: bool = Field(
         default=False,
-        description="report unknown FLOWPROOF_* variables as warnings instead of refusing them",
+        description="warn about unknown `FLOWPROOF_*` variables instead of refusing them",
     )
 
     # --- relay (issue 3) ------------------------------------------------------------------------
@@ -186,46 +220,57 @@ class Settings(BaseSettings):
         default=500,
         ge=1,
         le=10000,
-        description="rows a relay claims and publishes at once, per sink",
+        description="rows a relay claims and publishes at once, per sink (also the bound on "
+        "duplicates after a crash)",
     )
     relay_poll_interval_seconds: float = Field(
         default=5.0,
         gt=0,
-        description="how often an idle relay looks for rows when no NOTIFY woke it (fallback)",
+        description="an idle relay looks for rows this often when no NOTIFY woke it",
     )
     relay_max_message_bytes: int = Field(
         default=1_000_000,
         ge=1024,
-        description="largest message (value, key and header fields) the relay sends; larger "
-        "events are parked as oversized. Keep it below the topics' max.message.bytes",
+        description="larger messages (value, key, header fields) are parked as `oversized`; keep "
+        "it below the topics' `max.message.bytes`",
     )
     relay_redis_maxlen: int | None = Field(
         default=None,
         ge=1,
-        description="approximate MAXLEN of each stream (XADD MAXLEN ~); none keeps every entry",
+        description="approximate cap of each stream (`XADD MAXLEN ~`); none keeps every entry. "
+        "Entries trimmed before a group read them are lost, and `flow.lost` says so: size it well "
+        "above the lag you tolerate",
     )
     relay_kafka_linger_ms: int = Field(
         default=0,
         ge=0,
         le=1000,
-        description="how long a record batch waits before it is sent; 0 sends each at once "
-        "(the relay hands Kafka a whole claimed batch at a time, so waiting only adds latency)",
+        description="how long a record batch waits before it is sent; `0` sends it at once (the "
+        "relay hands Kafka a whole claimed batch, one record batch per partition, so waiting only "
+        "adds latency)",
     )
     relay_sink_timeout_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="time limit of one publish to a sink (Redis socket, Kafka request)",
+        description="time limit of one publish (Redis socket, Kafka acknowledgement); past it the "
+        "batch is retried",
     )
     relay_retry_base_seconds: float = Field(
-        default=0.2, gt=0, description="first wait before publishing again after a failure"
+        default=0.2,
+        gt=0,
+        description="first backoff (full jitter) before publishing again to a failing sink",
     )
     relay_retry_cap_seconds: float = Field(
-        default=30.0, gt=0, description="longest wait between two publish attempts to a down sink"
+        default=30.0,
+        gt=0,
+        description="longest backoff (full jitter) between two publish attempts to a failing sink; "
+        "the relay never gives up",
     )
     relay_rebalance_interval_seconds: float = Field(
         default=2.0,
         gt=0,
-        description="how often a relay counts the live relays and adjusts its share of slots",
+        description="how often a relay counts the live relays and adjusts its share of the 64 "
+        "slots",
     )
     relay_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="how often the outbox gauges (pending, oldest) are refreshed"
@@ -233,68 +278,79 @@ class Settings(BaseSettings):
     relay_retention_seconds: float = Field(
         default=86400.0,
         ge=0,
-        description="rows every enabled sink acknowledged are deleted this long after created_at",
+        description="rows every enabled sink acknowledged are deleted this long after "
+        "`created_at`, their delivery records with them (keep it above the verifier's window)",
     )
     relay_prune_interval_seconds: float = Field(
-        default=60.0, ge=0, description="how often delivered rows are pruned; 0 never prunes"
+        default=60.0, ge=0, description="pruning cadence; `0` never prunes"
     )
     relay_prune_batch_size: int = Field(
-        default=1000, ge=1, description="rows deleted per statement when pruning"
+        default=1000, ge=1, description="rows per `DELETE` when pruning"
     )
     relay_shutdown_timeout_seconds: float = Field(
         default=10.0,
         ge=0,
-        description="on SIGTERM, how long the in-flight batches may take before they are abandoned",
+        description="after SIGTERM, how long the in-flight batches may take before they are "
+        "abandoned (and republished by the next relay)",
     )
 
     # --- consumers (issue 4) --------------------------------------------------------------------
     consumer_name: str | None = Field(
         default=None,
-        description="this consumer's name within its group; default <host>-<pid>-<random>",
+        description="this consumer's name in its group; none means `<host>-<pid>-<random>`. A "
+        "fixed name re-reads its own unacknowledged Redis entries after a restart",
     )
     consumer_aggregatetypes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="comma-separated aggregate types to consume; empty means every stream/topic "
-        "under the prefix (except .dlq), looked for again every discovery interval",
+        description="comma-separated aggregate types to consume; none means every stream/topic "
+        "under the prefix except `*.dlq`, looked for again every discovery interval (a Redis "
+        "stream whose name no aggregatetype gives, e.g. not UTF-8, is left alone and logged once "
+        "as `consumer.stream_ignored`)",
     )
     consumer_batch_size: int = Field(
-        default=256, ge=1, le=10000, description="messages read, receipted and acked together"
+        default=256,
+        ge=1,
+        le=10000,
+        description="messages read, receipted and acknowledged together",
     )
     consumer_block_ms: int = Field(
-        default=500, ge=1, le=60000, description="longest XREADGROUP wait for new entries (Redis)"
+        default=500, ge=1, le=60000, description="longest `XREADGROUP` wait for new entries (Redis)"
     )
     consumer_fetch_max_wait_ms: int = Field(
         default=20, ge=0, le=60000, description="longest fetch wait for new messages (Kafka)"
     )
     consumer_discovery_interval_seconds: float = Field(
-        default=5.0, gt=0, description="seconds between two looks for new streams/topics"
+        default=5.0, gt=0, description="how often consumers look for new streams/topics"
     )
     consumer_claim_idle_ms: int = Field(
         default=30000,
         ge=0,
         description="a Redis entry read but not acknowledged this long is taken over from its "
-        "consumer (XAUTOCLAIM)",
+        "consumer (`XAUTOCLAIM`)",
     )
     consumer_max_deliveries: int = Field(
         default=5,
         ge=1,
-        description="a Redis entry delivered more often than this goes to the DLQ "
-        "(reason max_deliveries) instead of to the handler",
+        description="a Redis entry delivered more often goes to the DLQ (`max_deliveries`) instead "
+        "of to the handler",
     )
     consumer_handler_attempts: int = Field(
         default=3,
         ge=1,
         le=100,
         description="attempts of a handler that raises before the message is dead-lettered "
-        "(reason handler_error)",
+        "(`handler_error`)",
     )
     consumer_max_message_bytes: int = Field(
         default=1048576,
         ge=64,
-        description="larger messages are dead-lettered unread (reason oversized)",
+        description="larger messages are dead-lettered unread (`oversized`)",
     )
     consumer_shutdown_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="time to finish the batch in hand after SIGTERM"
+        default=10.0,
+        gt=0,
+        description="time to finish the batch in hand after SIGTERM; after it the batch is left "
+        "for redelivery",
     )
 
     @field_validator("consumer_name")
@@ -325,12 +381,14 @@ class Settings(BaseSettings):
     verify_window_seconds: float = Field(
         default=3600.0,
         gt=0,
-        description="flow, latency and conformance checks look at events created in this window",
+        description="the flow, latency and conformance checks look at events created or published "
+        "(receipts received) this recently; keep it below `FLOWPROOF_RELAY_RETENTION_SECONDS`",
     )
     verify_groups: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
-        description="sink:group pairs the verifier expects, comma-separated; empty means "
-        "FLOWPROOF_CONSUMER_GROUP in every enabled sink",
+        description="`sink:group` pairs the verifier expects, comma-separated "
+        "(`redis:flowproof,kafka:flowproof,kafka:billing`); none means `FLOWPROOF_CONSUMER_GROUP` "
+        "in every enabled sink",
     )
     verify_timeout_seconds: float = Field(
         default=30.0,
@@ -338,40 +396,51 @@ class Settings(BaseSettings):
         description="time limit of each component probe and each read of an evaluation",
     )
     verify_status_window: int = Field(
-        default=10, ge=2, description="observations per group kept for the consumer status"
+        default=10, ge=2, description="observations kept per consumer-group lane for its status"
     )
     verify_status_min_observations: int = Field(
-        default=3, ge=2, description="observations needed before a lagging group gets a status"
+        default=3, ge=2, description="observations needed before a lagging lane gets a status"
     )
-    flow_lost_threshold: int = Field(default=0, ge=0, description="lost events allowed")
+    flow_lost_threshold: int = Field(
+        default=0, ge=0, description="lost events allowed per sink and group"
+    )
     flow_lost_grace_seconds: float = Field(
         default=5.0,
         ge=0,
-        description="events published more recently are not judged lost or late yet (loss is "
-        "decided by positions in the sink, not by this time)",
+        description="events published more recently are not judged lost or late yet (loss itself "
+        "is decided by positions, not by this time)",
     )
     flow_unexpected_threshold: int = Field(
         default=0,
         ge=0,
-        description="receipts of events the outbox never had, allowed (flow.duplicates)",
+        description="receipts of events the outbox never had, allowed per sink and group (fails "
+        "`flow.duplicates`)",
     )
     flow_duplicates_threshold: int = Field(
         default=0,
         ge=0,
-        description="events received more than once, allowed; also copies received from "
-        "another stream or topic",
+        description="events received more than once (and valid copies from another stream or "
+        "topic), allowed",
     )
     flow_duplicates_grace_seconds: float = Field(
-        default=30.0, ge=0, description="events published more recently are not judged yet"
+        default=30.0,
+        ge=0,
+        description="events published more recently are not judged for duplicates yet",
     )
     flow_order_threshold: int = Field(
-        default=0, ge=0, description="events received before an earlier event of their aggregate"
+        default=0,
+        ge=0,
+        description="events first received before an earlier event of their aggregate, allowed",
     )
     flow_order_grace_seconds: float = Field(
-        default=30.0, ge=0, description="events published more recently are not judged yet"
+        default=30.0,
+        ge=0,
+        description="events published more recently are not judged for order yet",
     )
     lag_outbox_threshold: int = Field(
-        default=0, ge=0, description="events allowed to wait in the outbox longer than the grace"
+        default=0,
+        ge=0,
+        description="events allowed to wait in the outbox longer than the grace period, per sink",
     )
     lag_outbox_grace_seconds: float = Field(
         default=60.0, ge=0, description="how long an event may wait in the outbox"
@@ -380,7 +449,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="parked outbox events allowed"
     )
     lag_redis_threshold: int = Field(
-        default=0, ge=0, description="entries a group may be behind longer than the grace"
+        default=0,
+        ge=0,
+        description="entries a group may be behind once the oldest waited longer than the grace "
+        "period",
     )
     lag_redis_grace_seconds: float = Field(
         default=60.0,
@@ -389,7 +461,10 @@ class Settings(BaseSettings):
         "consumer must have been seen to count as alive",
     )
     lag_kafka_threshold: int = Field(
-        default=0, ge=0, description="messages a group may be behind longer than the grace"
+        default=0,
+        ge=0,
+        description="messages a group may be behind once the oldest waited longer than the grace "
+        "period",
     )
     lag_kafka_grace_seconds: float = Field(
         default=60.0, ge=0, description="how long a message may wait uncommitted"
@@ -397,11 +472,11 @@ class Settings(BaseSettings):
     latency_e2e_threshold_seconds: float = Field(
         default=5.0,
         gt=0,
-        description="highest p99 of created_at to receipt, per sink and group; also the oldest "
-        "age a late event (published, not received yet) may reach",
+        description="highest p99 of `created_at` to first receipt per sink and group, and the "
+        "oldest age a late event (published, not received yet) may reach",
     )
     latency_e2e_grace_seconds: float = Field(
-        default=0.0, ge=0, description="events created more recently are left out"
+        default=0.0, ge=0, description="events younger than this are left out"
     )
     schema_conformance_threshold: float = Field(
         default=1.0, ge=0, le=1, description="lowest share of valid receipts per sink and group"
@@ -410,14 +485,19 @@ class Settings(BaseSettings):
         default=0, ge=0, description="dead letters allowed per DLQ within the window"
     )
     schema_conformance_grace_seconds: float = Field(
-        default=0.0, ge=0, description="receipts received more recently are not judged yet"
+        default=0.0, ge=0, description="receipts younger than this are not judged"
     )
-    smoke_events: int = Field(default=10, ge=1, le=10000, description="canaries `smoke` emits")
+    smoke_events: int = Field(
+        default=10, ge=1, le=10000, description="canaries `smoke` emits (`--events` overrides)"
+    )
     smoke_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="how long `smoke` waits for every canary"
+        default=60.0,
+        gt=0,
+        description="how long `smoke` waits for its canaries (`--timeout` overrides)",
     )
     smoke_aggregate_type: str = Field(
-        default="canary", description="aggregatetype of the canaries (stream/topic prefix + it)"
+        default="canary",
+        description="aggregatetype of the canaries: they flow through `<prefix>canary`",
     )
 
     @field_validator("verify_groups", mode="before")
@@ -481,7 +561,7 @@ class Settings(BaseSettings):
         if weakened := _weakened_redis_tls(value.get_secret_value()):
             raise ValueError(
                 f"its query sets {weakened}, which would turn TLS verification off; flowproof "
-                "always verifies the certificate and the host name (see README, Security)"
+                "always verifies the certificate and the host name (see docs/security.md)"
             )
         return value
 

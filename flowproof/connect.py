@@ -115,7 +115,7 @@ def kafka_refusal(exc: BaseException, settings: Settings) -> ConfigError | None:
     user = settings.kafka_sasl_username or "the anonymous user"
     return ConfigError(
         f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {type(exc).__name__}: "
-        f"{scrub(str(exc))}; grant the ACLs listed in README.md (Security)"
+        f"{scrub(str(exc))}; grant the ACLs listed in docs/security.md"
     )
 
 

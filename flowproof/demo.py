@@ -282,7 +282,7 @@ async def run_demo(
     sys.stdout.write("\n" + render_table(report))
     sys.stdout.write(
         "\nThe metrics above were served by each process while it ran. To keep a pipeline up "
-        "with Prometheus and Grafana, see 'Running with Docker' in README.md.\n"
+        "with Prometheus and Grafana, see 'Running with Docker' in docs/operations.md.\n"
     )
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 

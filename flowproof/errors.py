@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Process exit codes of the contract (DESIGN.md): 0 every check passed, 1 a check failed,
+# Process exit codes of the contract (docs/design.md): 0 every check passed, 1 a check failed,
 # 2 configuration error or a component unreachable.
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of flowproof, defined once (DESIGN.md, "Metrics").
+"""Every Prometheus metric of flowproof, defined once (docs/design.md, "Metrics").
 
 One module so that a name is registered exactly once per process, whichever components the
 process runs (tests and `flowproof demo` run several). Label values are bounded: sinks, groups,
@@ -42,7 +42,7 @@ RELAY_PARKED = Counter(
     "Events parked because they can never be published (one per event and sink).",
     ["reason"],
 )
-# Beyond DESIGN.md's minimum: what an operator needs to see why a sink is not moving.
+# Beyond docs/design.md's minimum: what an operator needs to see why a sink is not moving.
 OUTBOX_PARKED = Gauge(
     "flowproof_outbox_parked_events", "Outbox events parked for the sink right now.", ["sink"]
 )
@@ -73,7 +73,7 @@ E2E_LATENCY = Histogram(
     ["sink", "group"],
     buckets=LATENCY_BUCKETS,
 )
-# Beyond DESIGN.md's minimum: what operators need to see a consumer struggle.
+# Beyond docs/design.md's minimum: what operators need to see a consumer struggle.
 CONSUMER_DEAD_LETTER_UNWRITABLE = Counter(
     "flowproof_consumer_dead_letter_unwritable_total",
     "Dead letters the dead-letter stream/topic refused for good (the receipt says why).",
@@ -137,7 +137,7 @@ VERIFY_OUT_OF_ORDER = Gauge(
 VERIFY_CHECK_PASSED = Gauge(
     "flowproof_verify_check_passed", "1 when the check passed at the last evaluation.", ["check"]
 )
-# Beyond DESIGN.md's minimum: the evidence behind each check, per sink, group, stream or topic.
+# Beyond docs/design.md's minimum: the evidence behind each check, per sink, group, stream or topic.
 CONSUMER_GROUP_STATUS = Gauge(
     "flowproof_consumer_group_status",
     "Burrow-style status of the group: 1 for the current one (OK, WARN, STALL, STOP, REWIND, "

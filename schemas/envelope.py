@@ -1,6 +1,6 @@
 """The envelope: an event's metadata, carried in Kafka headers and Redis stream fields.
 
-Fields (DESIGN.md, "Wire format"): `id`, `type`, `aggregatetype`, `aggregateid`, `created_at`
+Fields (docs/design.md, "Wire format"): `id`, `type`, `aggregatetype`, `aggregateid`, `created_at`
 (RFC 3339 UTC with microseconds) and `traceparent` when present. The Redis entry also carries the
 framed Avro bytes in its `payload` field.
 """

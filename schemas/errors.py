@@ -48,7 +48,7 @@ class FrameError(ContractError):
         self.reason = reason
 
 
-# Reasons a consumer gives for an invalid message (DESIGN.md `reason` label values).
+# Reasons a consumer gives for an invalid message (docs/design.md `reason` label values).
 BAD_MAGIC = "bad_magic"
 UNKNOWN_SCHEMA = "unknown_schema"
 CORRUPT_AVRO = "corrupt_avro"

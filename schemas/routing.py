@@ -1,4 +1,5 @@
-"""Where an event goes: stream and topic names from `aggregatetype` (DESIGN.md, "Routing").
+"""Where an event goes: stream and topic names from `aggregatetype` (docs/design.md, "Outbox
+contract").
 
 The Kafka topic and the Redis stream are `<prefix><aggregatetype>` (default prefix `flowproof.`);
 the dead-letter stream or topic of a name is `<name>.dlq`. Relay, consumers and verifier all name

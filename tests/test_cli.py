@@ -1,4 +1,4 @@
-"""The command line: every command of DESIGN.md is registered."""
+"""The command line: every command of docs/design.md is registered."""
 
 from __future__ import annotations
 

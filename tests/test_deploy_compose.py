@@ -31,7 +31,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
-# Each flowproof service and the command it runs (DESIGN.md, "Command line").
+# Each flowproof service and the command it runs (docs/design.md, "Command line").
 FLOWPROOF_COMMANDS = {
     "migrate": ["db", "migrate"],
     "relay": ["relay"],

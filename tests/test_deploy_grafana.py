@@ -159,7 +159,7 @@ def test_every_design_metric_is_on_the_dashboard() -> None:
     for expr in expressions():
         used |= parse_selection(substitute(expr)).series
     missing = set(DESIGN_METRICS) - used
-    assert not missing, f"DESIGN.md metrics not on the dashboard: {sorted(missing)}"
+    assert not missing, f"docs/design.md metrics not on the dashboard: {sorted(missing)}"
     assert STATUS_METRIC in used and "up" in used
     quantiles = set()
     for expr in expressions():

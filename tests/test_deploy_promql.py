@@ -27,7 +27,7 @@ STATUS_METRIC = "flowproof_consumer_group_status"
 STATUS_LABELS = frozenset({"sink", "group", "status"})
 STATUS_VALUES = ("OK", "UNKNOWN", "WARN", "REWIND", "STALL", "STOP")  # verifier/status.py
 
-# DESIGN.md's minimum set ("Metrics"): the dashboard shows each of them.
+# docs/design.md's minimum set ("Metrics"): the dashboard shows each of them.
 DESIGN_METRICS = (
     "flowproof_component_up",
     "flowproof_outbox_pending_events",
@@ -312,7 +312,7 @@ def test_selection_problems_accept_sound_expressions() -> None:
 
 def test_design_metrics_are_defined() -> None:
     missing = set(DESIGN_METRICS) - set(defined_series())
-    assert not missing, f"flowproof/metrics.py lacks DESIGN.md metrics {sorted(missing)}"
+    assert not missing, f"flowproof/metrics.py lacks docs/design.md metrics {sorted(missing)}"
 
 
 def test_status_metric_is_defined_by_the_verifier() -> None:

@@ -41,7 +41,7 @@ from verifier import queries as verifier_queries
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("publisher", "consumers", "verifier", "flowproof")
 
-# What the README promises, written independently of flowproof.identifiers.
+# What docs/configuration.md promises, written independently of flowproof.identifiers.
 LEGAL = {
     "outbox_table": re.compile(r"[a-z_][a-z0-9_]{0,39}"),
     "stream_prefix": re.compile(r"[A-Za-z0-9._\-]{0,200}"),

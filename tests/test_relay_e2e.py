@@ -1,5 +1,5 @@
 """The relay end to end against the real PostgreSQL, Redis and Kafka: every row exactly once in
-both sinks, decodable with its schema, with the envelope of DESIGN.md; NOTIFY wake-up; full
+both sinks, decodable with its schema, with the envelope of docs/design.md; NOTIFY wake-up; full
 batches without NOTIFY; a listener that reconnects; pruning."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A private KRaft broker (tests/private_services.py) has a SASL_SSL listener for clients with a
 certificate from a CA made here, SCRAM users made when its storage is formatted, the standard
 authorizer with `allow.everyone.if.no.acl.found=false`, and one user per component with the ACLs
-the README's Security section documents (`KAFKA_ACLS`, checked against the README below). A user
+docs/security.md documents (`KAFKA_ACLS`, checked against that page below). A user
 without ACLs (or with ACLs for another prefix) is refused, and flowproof says so. The components
 run as these users in tests/test_security_pipeline.py.
 """
@@ -52,7 +52,7 @@ from tests.private_services import (
 
 pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "flowproof."  # the default topic prefix, as in the README
+PREFIX = "flowproof."  # the default topic prefix, as in docs/security.md
 GROUP = "flowproof"  # the default consumer group
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource).
@@ -91,7 +91,7 @@ def kafka_acls(prefix: str, group: str) -> dict[str, list[KafkaAcl]]:
 
 
 def kafka_acls_command(user: str, acl: KafkaAcl) -> str:
-    """The same ACL as a `kafka-acls.sh` command line (what the README shows)."""
+    """The same ACL as a `kafka-acls.sh` command line (what docs/security.md shows)."""
     operations = " ".join(f"--operation {op}" for op in acl.operations)
     return (
         f"kafka-acls.sh --bootstrap-server BROKER:9093 --command-config admin.properties --add "
@@ -358,7 +358,7 @@ async def test_users_cannot_publish_where_no_write_acl_allows(
     outcome = await _publish(kafka_settings(secured_kafka, user, users[user]), topic)
     assert isinstance(outcome, SinkError), outcome
     assert refusal in str(outcome), outcome
-    if refusal == "TopicAuthorizationFailedError":  # the README: "...: <topic>"
+    if refusal == "TopicAuthorizationFailedError":  # docs/security.md: "...: <topic>"
         assert f"{refusal}: {topic}" in str(outcome), outcome
     assert users[user] not in str(outcome)
 
@@ -500,7 +500,7 @@ async def test_users_without_a_group_acl_cannot_consume(  # noqa: PLR0917 - para
     assert f"kafka refused {user} (FLOWPROOF_KAFKA_SASL_USERNAME): {refusal}" in str(
         refused.value
     ), refused.value
-    if refusal == "GroupAuthorizationFailedError":  # the README: "...: <group>"
+    if refusal == "GroupAuthorizationFailedError":  # docs/security.md: "...: <group>"
         assert str(refused.value).split("; ")[0].endswith(f": {group}"), refused.value
     assert users[user] not in str(refused.value)
 
@@ -526,9 +526,9 @@ async def test_the_consumer_user_writes_dead_letters_under_its_acls(
     assert letter.fields["dlq_reason"] == "envelope", letter.fields
 
 
-def test_the_readme_documents_these_acls() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_security_docs_show_these_acls() -> None:
+    docs = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
     for user, acls in component_acls(PREFIX, GROUP).items():
         for acl in acls:
             line = kafka_acls_command(user, acl)
-            assert line in readme, f"README's Security section should show: {line}"
+            assert line in docs, f"docs/security.md should show: {line}"

@@ -81,8 +81,8 @@ def _port(line: dict[str, Any]) -> int:
 
 def test_the_default_is_loopback() -> None:
     assert Settings().metrics_host == "127.0.0.1"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "| `FLOWPROOF_METRICS_HOST` | `127.0.0.1` |" in readme
+    docs = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert "| `FLOWPROOF_METRICS_HOST` | `127.0.0.1` |" in docs
 
 
 async def test_each_long_running_command_binds_loopback_by_default(

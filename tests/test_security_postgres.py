@@ -2,7 +2,7 @@
 
 A private PostgreSQL (tests/private_services.py) accepts only `hostssl` connections with
 scram-sha-256 passwords, with a server certificate signed by a CA made here. The roles come from
-deploy/sql/roles.sql and deploy/sql/grants.sql, applied with psql exactly as the README says,
+deploy/sql/roles.sql and deploy/sql/grants.sql, applied with psql exactly as docs/security.md says,
 with `flowproof db migrate` run in between as flowproof_owner. Each role is then shown to be able
 to do what its component does and refused everything else. The components themselves run as
 these roles in tests/test_security_pipeline.py.

@@ -1,8 +1,8 @@
 """Redis over TLS with ACL users limited to flowproof's keys and commands.
 
 A private redis-server listens on TLS only (plain port 0) with a certificate from a CA made here,
-the default user disabled and one ACL user per component with the rules the README's Security
-section documents (`REDIS_ACL`, checked against the README below). Each user is shown to be
+the default user disabled and one ACL user per component with the rules docs/security.md
+documents (`REDIS_ACL`, checked against that page below). Each user is shown to be
 allowed what its component runs and refused the rest: other keys, other commands, FLUSHALL,
 CONFIG. The components run as these users in tests/test_security_pipeline.py.
 """
@@ -31,7 +31,7 @@ from tests.private_services import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PREFIX = "flowproof."  # the default stream prefix, as in the README
+PREFIX = "flowproof."  # the default stream prefix, as in docs/security.md
 
 # What each component runs (publisher/redis_sink.py; consumers/redis.py and consumers' DLQ;
 # verifier/redis_lag.py), on the keys under the prefix only; the verifier's keys are read-only.
@@ -220,13 +220,13 @@ async def test_logins_other_than_the_users_are_refused(
     assert wrong not in message
 
 
-def test_the_readme_documents_these_rules() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_the_security_docs_show_these_rules() -> None:
+    docs = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
     for component, rules in REDIS_ACL.items():
         line = f"user flowproof-{component} on >{component.upper()}_PASSWORD " + rules.format(
             prefix=PREFIX
         )
-        assert line in readme, f"README's Security section should show: {line}"
+        assert line in docs, f"docs/security.md should show: {line}"
 
 
 # --- what each user may run ------------------------------------------------------------------

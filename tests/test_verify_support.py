@@ -92,7 +92,7 @@ def failing(report: Report) -> set[str]:
 
 
 def assert_only(report: Report, failed: Iterable[str]) -> None:
-    """Exactly the `failed` checks failed; every other check of DESIGN.md passed."""
+    """Exactly the `failed` checks failed; every other check of docs/design.md passed."""
     expected = set(failed)
     assert [c.name for c in report.checks] == list(CHECK_NAMES)
     details = {c.name: c.detail for c in report.checks if c.name in failing(report) ^ expected}

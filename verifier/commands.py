@@ -1,7 +1,7 @@
 """What `flowproof check` and `flowproof smoke` do after an evaluation: print, write, decide.
 
 The report goes to stdout as the table, or as exactly one JSON document with --json; --junit-xml
-also writes it as JUnit XML. The exit code follows DESIGN.md: 0 every check passed, 1 a check
+also writes it as JUnit XML. The exit code follows docs/design.md: 0 every check passed, 1 a check
 failed, 2 a component unreachable (the message on stderr names which, and the report is printed
 all the same, every check that needed the component failing as not evaluated).
 """

@@ -94,7 +94,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class Evaluator:
-    """Evaluates the checks of DESIGN.md against the configured pipeline."""
+    """Evaluates the checks of docs/design.md against the configured pipeline."""
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-# The stable check names of DESIGN.md, in the order they are reported.
+# The stable check names of docs/design.md, in the order they are reported.
 COMPONENTS_UP = "components.up"
 FLOW_LOST = "flow.lost"
 FLOW_DUPLICATES = "flow.duplicates"
