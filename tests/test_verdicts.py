@@ -29,7 +29,7 @@ from publisher.testing import Delivered, insert_canaries, read_stream, read_topi
 from schemas import framing
 from schemas.registry import load_registry
 from tests.private_services import PrivateRedis
-from tests.test_verify_support import assert_only, evidence, tuned
+from tests.test_verify_support import assert_only, closed_port, evidence, tuned
 from verifier.commands import check_once
 from verifier.model import (
     FLOW_DUPLICATES,
@@ -531,3 +531,20 @@ async def test_db_sinks_lists_and_removes_the_sinks_pruning_waits_for(
     removed = await asyncio.to_thread(flowproof_db_sinks, "--remove", "kafka")
     assert removed.exit_code == 0, removed.output
     assert await conn.fetchval("SELECT array_agg(sink) FROM flowproof_outbox_sinks") == ["redis"]
+
+
+async def test_a_sink_that_cannot_be_read_leaves_loss_unjudged_not_passed(
+    judged: Settings, conn: asyncpg.Connection
+) -> None:
+    await emit(conn, 5)
+    await relay(judged)
+    await consume(judged, sink="redis", drain=True)
+    # Kafka's events have no receipt yet and Kafka cannot be reached: nobody can tell whether
+    # they are lost, so flow.lost says so for Kafka; what PostgreSQL alone decides is judged.
+    down = tuned(judged, kafka_bootstrap_servers=f"127.0.0.1:{closed_port()}")
+    report = await verdict(down, ["components.up", FLOW_LOST, "lag.kafka", SCHEMA_CONFORMANCE])
+    [kafka] = evidence(report, FLOW_LOST, sink="kafka", group=GROUP, ok=False)
+    assert "not evaluated: 20 events without a receipt" in kafka["text"]
+    assert lost_of(report, "redis")["lost"] == 0
+    assert not report.check(FLOW_LOST).evaluated
+    assert all(f["ok"] for f in evidence(report, FLOW_DUPLICATES))

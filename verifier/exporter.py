@@ -73,7 +73,8 @@ class Exporter:
 
     def _flow(self, stats: FlowStats) -> None:
         labels = (stats.sink, stats.group)
-        self._set(metrics.VERIFY_LOST, labels, stats.lost)
+        if stats.positions_error is None:  # not measured: the series goes rather than say 0
+            self._set(metrics.VERIFY_LOST, labels, stats.lost)
         self._set(metrics.VERIFY_DUPLICATES, labels, stats.duplicated)
         self._set(metrics.VERIFY_OUT_OF_ORDER, labels, stats.out_of_order)
         self._set(metrics.VERIFY_UNEXPECTED, labels, stats.unexpected)

@@ -17,6 +17,7 @@ previous event's.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import Sequence
@@ -24,12 +25,17 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from flowproof import metrics
 from flowproof.config import Settings, Sink
+from flowproof.logging import get_logger
+from flowproof.redact import scrub
 from flowproof.sampling import threshold
 from verifier.groups import subject
 from verifier.loss import LOST_STATES, Copy, PositionReader, State, Verdict, judge_copies
 from verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, LATENCY_E2E, CheckBuilder
 from verifier.queries import query
+
+log = get_logger(__name__)
 
 # Receipts are read from this long before the window start: the consumer's clock may run behind
 # the database's, which stamped created_at.
@@ -49,6 +55,7 @@ class FlowStats:
     lost: int
     lost_examples: tuple[uuid.UUID, ...]
     lost_evidence: str  # per lane: how many passed or gone, positions, examples
+    positions_error: str | None  # the sink's positions could not be read: loss not judged
     late: int  # no receipt yet, not reached (or pending) in the group
     oldest_late_age: float  # seconds since the oldest late event was published
     unchecked: int  # late events whose entry was not looked up (over verifier.loss.LOOKUP_CAP)
@@ -127,7 +134,7 @@ async def flow_stats(
             Copy(r["id"], r["destination"], r["partition"], r["position"], r["age"])
             for r in await conn.fetch(query("flow_copies", table, sink), unreceived)
         ]
-        states = await positions.classify(group, copies) if copies else []
+        states, positions_error = await _classify(positions, group, copies, settings)
         verdict = judge_copies(copies, states)
         if verdict.lost:
             verdict = await _received_meanwhile(conn, (table, sink, group), copies, states)
@@ -139,6 +146,7 @@ async def flow_stats(
         lost=len(verdict.lost),
         lost_examples=tuple(verdict.lost[:3]),
         lost_evidence=verdict.evidence(),
+        positions_error=positions_error,
         late=verdict.late,
         oldest_late_age=verdict.oldest_late_age,
         unchecked=verdict.unchecked,
@@ -157,6 +165,25 @@ async def flow_stats(
         unexpected=row["unexpected"],
         unexpected_examples=_ids(row["unexpected_examples"]),
     )
+
+
+async def _classify(
+    positions: PositionReader, group: str, copies: Sequence[Copy], settings: Settings
+) -> tuple[list[State], str | None]:
+    """The copies' states in the sink, or (all unchecked, why) when the sink cannot be read: the
+    checks that need only PostgreSQL are still judged, flow.lost is "not evaluated"."""
+    if not copies:
+        return [], None
+    try:
+        async with asyncio.timeout(settings.verify_timeout_seconds / 2):
+            return await positions.classify(group, copies), None
+    except Exception as exc:  # any failure of the sink's client: reported, never a pass
+        why = scrub(str(exc)) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            why = "no answer in time"
+        log.warning("verify.positions_failed", group=group, error=why)
+        metrics.VERIFY_READ_ERRORS.labels("positions").inc()
+        return [State.UNCHECKED] * len(copies), why
 
 
 async def _received_meanwhile(
@@ -198,6 +225,18 @@ def judge_lost(builder: CheckBuilder, stats: FlowStats, settings: Settings) -> N
             f"; {stats.unpositioned} published before positions were recorded (migration 0040),"
             " not judged"
         )
+    if stats.positions_error is not None:
+        builder.evaluated = False  # could not look: a failure, never a pass
+        builder.add(
+            subject(stats.sink, stats.group),
+            False,
+            f"not evaluated: {stats.late} events without a receipt, and their positions in "
+            f"{stats.sink} could not be read: {stats.positions_error}",
+            sink=stats.sink,
+            group=stats.group,
+            late=stats.late,
+        )
+        return
     builder.add(
         subject(stats.sink, stats.group),
         stats.lost <= settings.flow_lost_threshold,
