@@ -330,16 +330,12 @@ def _loose_envelope(delivery: Delivery) -> dict[str, Any]:
         if created is not None:
             fields["created_at"] = created
     value = delivery.value or b""
-    if len(value) >= framing.HEADER_SIZE and value[0] == framing.MAGIC:
+    if framing.is_framed(value):
         fields["schema_id"] = framing.read_header(value)
     return fields
 
 
 def _schema_ids(deliveries: Sequence[Delivery]) -> set[int]:
     """The schema ids of the framed values of a batch (what is not framed fails later)."""
-    found: set[int] = set()
-    for delivery in deliveries:
-        value = delivery.value
-        if value is not None and len(value) >= framing.HEADER_SIZE and value[0] == framing.MAGIC:
-            found.add(framing.read_header(value))
-    return found
+    values = (d.value for d in deliveries)
+    return {framing.read_header(v) for v in values if v is not None and framing.is_framed(v)}

@@ -193,7 +193,7 @@ class SinkWorker:
         plan = self.encoder.plan(rows)
         if plan.parked:
             await self._park(conn, plan.parked)
-        created = {r["seq"]: r["created_at"] for r in records}
+        created = {row.seq: row.created_at for row in rows}
         failed = await self._publish(conn, plan.messages, created)
         return BatchOutcome(
             claimed=len(records),

@@ -38,6 +38,11 @@ def encode(schema: SchemaVersion, datum: dict[str, Any], schema_id: int | None =
     return buffer.getvalue()
 
 
+def is_framed(data: bytes) -> bool:
+    """Whether `data` starts with a Confluent header (magic byte and room for the schema id)."""
+    return len(data) >= HEADER_SIZE and data[0] == MAGIC
+
+
 def read_header(data: bytes) -> int:
     """The schema id of a framed message, or FrameError (bad_magic)."""
     if len(data) < HEADER_SIZE:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,7 @@ async def test_entries_a_dead_consumer_holds_unacknowledged_are_late_not_lost(
     await redis_client.xgroup_create(stream_of(judged), GROUP, id="0")
     await redis_client.xreadgroup(GROUP, "killed-consumer", {stream_of(judged): ">"}, count=8)
     slow = tuned(judged, latency_e2e_threshold_seconds=0.5, lag_redis_grace_seconds=0.5)
-    await _older_than(1.0)
+    await asyncio.sleep(1.0)
     report = await verdict(slow, [LATENCY_E2E, "lag.redis"])
     redis = lost_of(report, "redis")
     assert (redis["ok"], redis["lost"], redis["late"]) == (True, 0, 20)
@@ -208,7 +208,7 @@ async def test_a_stopped_relay_fails_the_outbox_lag_only(
     await relay(judged)
     await consume_all(judged)
     await emit(conn, 3)  # the relay is down from here on
-    await _older_than(1.0)
+    await asyncio.sleep(1.0)
     report = await verdict(tuned(judged, lag_outbox_grace_seconds=0.5), [LAG_OUTBOX])
     for sink in ("redis", "kafka"):
         assert (lost_of(report, sink)["lost"], lost_of(report, sink)["late"]) == (0, 0)
@@ -320,8 +320,8 @@ async def test_a_write_refused_in_the_middle_of_a_batch_reorders_nothing(
             await client.config_set("maxmemory", used + 200_000)
             await client.config_set("maxmemory-policy", "noeviction")
             worker = Relay(private)
-            task = _background(worker.run_until_idle())
-            await _until(lambda: worker.stats["redis"].failures > 0)
+            task = asyncio.ensure_future(worker.run_until_idle())
+            await wait_until(lambda: worker.stats["redis"].failures > 0, 30.0)
             await client.config_set("maxmemory", 0)
             await task
             entries = await read_stream(client, stream_of(private))
@@ -360,18 +360,6 @@ def _uuid(entry: Delivered) -> uuid.UUID:
     return uuid.UUID(entry.event_id)
 
 
-async def _older_than(seconds: float) -> None:
-    await asyncio.sleep(seconds)
-
-
-def _background(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    return asyncio.ensure_future(coro)
-
-
-async def _until(condition: Callable[[], Any], within: float = 30.0) -> None:
-    await wait_until(condition, within)
-
-
 async def _partitions_known(settings: Settings, topic: str, count: int) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
     await producer.start()
@@ -381,7 +369,7 @@ async def _partitions_known(settings: Settings, topic: str, count: int) -> None:
             await producer.client.force_metadata_update()
             return len(await producer.partitions_for(topic)) == count
 
-        await _until(known)
+        await wait_until(known, 30.0)
     finally:
         await producer.stop()
 
@@ -479,7 +467,7 @@ async def test_three_clean_runs_pass_every_check_in_every_evaluation(
                 evaluations += 1
                 assert_only(report, [])  # while events flow: nothing lost, late or reordered
             emitted = 800 * (run + 1)
-            await _until(partial(_all_received, conn, emitted), within=60)
+            await wait_until(partial(_all_received, conn, emitted), 60.0)
             report = await check_once(tuned(live, flow_lost_grace_seconds=0.0))  # judge all
             assert_only(report, [])
             for sink in live.sinks:

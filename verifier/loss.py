@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis.exceptions import ResponseError
 
-from verifier.redis_lag import parse_entry_id
+from verifier.redis_lag import as_text, parse_entry_id
 
 # At most this many entries of one stream are looked up one by one per evaluation (those the
 # group has not reached, oldest first); the rest count as late until a later evaluation.
@@ -129,12 +129,8 @@ def judge_copies(copies: Sequence[Copy], states: Sequence[State]) -> Verdict:
 # --- Redis ----------------------------------------------------------------------------------
 
 
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _entry(value: Any) -> tuple[int, int]:
-    return parse_entry_id(_str(value))
+    return parse_entry_id(as_text(value))
 
 
 class RedisPositions:
@@ -159,7 +155,7 @@ class RedisPositions:
         first = info.get("first-entry")
         first_id = _entry(first[0]) if first else None
         last_id = _entry(info["last-generated-id"])
-        groups = {_str(g["name"]): g for g in await client.xinfo_groups(stream)}
+        groups = {as_text(g["name"]): g for g in await client.xinfo_groups(stream)}
         delivered = _entry(groups[group]["last-delivered-id"]) if group in groups else None
         states = [_by_position(c, delivered, first_id, last_id) for c in copies]
         await self._look_up(stream, copies, states)
@@ -200,7 +196,7 @@ class RedisPositions:
             entries = await self._client.xpending_range(stream, group, low, high, PENDING_CAP)
         except ResponseError:  # NOGROUP: the group went away since XINFO GROUPS
             return set()
-        return {_str(e["message_id"]) for e in entries}
+        return {as_text(e["message_id"]) for e in entries}
 
 
 def _by_position(

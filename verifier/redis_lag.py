@@ -22,7 +22,8 @@ COUNT_CAP = 100_000
 _PAGE = 1000
 
 
-def _str(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -38,7 +39,7 @@ async def find_streams(client: aioredis.Redis, prefix: str) -> tuple[list[str], 
     dlqs: list[str] = []
     # The prefix only holds [A-Za-z0-9._-] (validated), so it is a literal glob.
     async for key in client.scan_iter(match=f"{prefix}*", count=1000, _type="stream"):
-        name = _str(key)
+        name = as_text(key)
         (dlqs if is_dlq(name) else streams).append(name)
     return sorted(streams), sorted(dlqs)
 
@@ -51,19 +52,19 @@ async def count_after(client: aioredis.Redis, stream: str, after: str) -> tuple[
         counted += len(page)
         if len(page) < _PAGE:
             return counted, True
-        cursor = f"({_str(page[-1][0])}"
+        cursor = f"({as_text(page[-1][0])}"
     return counted, False
 
 
 async def _first_after(client: aioredis.Redis, stream: str, after: str) -> str | None:
     entries = await client.xrange(stream, min=f"({after}", max="+", count=1) or []
-    return _str(entries[0][0]) if entries else None
+    return as_text(entries[0][0]) if entries else None
 
 
 async def _lane(
     client: aioredis.Redis, stream: str, length: int, info: dict[str, Any] | None, now: float
 ) -> Lane:
-    last_delivered = _str(info["last-delivered-id"]) if info else "0-0"
+    last_delivered = as_text(info["last-delivered-id"]) if info else "0-0"
     first_undelivered = await _first_after(client, stream, last_delivered)
     time_lag = 0.0
     if first_undelivered is not None:
@@ -80,7 +81,7 @@ async def _lane(
     pending = int(info.get("pending") or 0)
     oldest_idle = None
     if pending:
-        oldest = await client.xpending_range(stream, _str(info["name"]), "-", "+", 1)
+        oldest = await client.xpending_range(stream, as_text(info["name"]), "-", "+", 1)
         if oldest:
             oldest_idle = int(oldest[0]["time_since_delivered"]) / 1000
     return Lane(
@@ -121,7 +122,7 @@ async def redis_snapshot(
         groups[group] = GroupLanes("redis", group, True, False, "")
     for stream in streams:
         length = int(await client.xlen(stream))
-        infos = {_str(i["name"]): i for i in await client.xinfo_groups(stream)}
+        infos = {as_text(i["name"]): i for i in await client.xinfo_groups(stream)}
         for name in sorted(set(infos) | set(expected_groups)):
             info = infos.get(name)
             if info is None and length == 0:

@@ -17,11 +17,6 @@ from verifier.commands import check_once
 GROUP = "g-accounting"
 
 
-# The stream and topic of the events (`orders` under the test's prefix): only a receipt from
-# there counts as a delivery.
-SOURCE: dict[str, str] = {}
-
-
 async def _receipt(
     conn: asyncpg.Connection,
     event_id: object,
@@ -29,7 +24,7 @@ async def _receipt(
     position: str,
     *,
     valid: bool = True,
-    source: str | None = None,
+    source: str = "orders",
 ) -> None:
     await conn.execute(
         """INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source,
@@ -41,7 +36,7 @@ async def _receipt(
         position,
         valid,
         None if valid else "corrupt_avro",
-        source or SOURCE.get(sink, "orders"),
+        source,
     )
 
 
@@ -65,26 +60,28 @@ async def test_accounting_counts_lost_duplicated_and_reordered_events(
     rows = await conn.fetch("SELECT id, seq FROM flowproof_outbox ORDER BY seq")
     a1, a2, a3, b1, b2, b3 = (r["id"] for r in rows)
     seqs = [r["seq"] for r in rows]
-    SOURCE.update(redis=f"{settings.stream_prefix}orders", kafka=f"{settings.topic_prefix}orders")
+    # The stream and topic of the events: only a receipt from there counts as a delivery.
+    assert settings.stream_prefix == settings.topic_prefix
+    home = f"{settings.stream_prefix}orders"
     # The relay recorded where b3 went in Redis: an entry that is not there (the stream is not).
     await conn.execute(
         """INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, position, created_at)
            VALUES ($1, 'redis', $2, '105-0', now())""",
         seqs[5],
-        SOURCE["redis"],
+        home,
     )
     # Redis: a1 a2 a3 in order; b2 before b1 (one reordered); b3 lost; a2 redelivered at the
     # same position, a3 published twice (a second position).
     for event, position in ((a1, "100-0"), (a2, "100-1"), (a3, "101-0"), (b2, "102-0")):
-        await _receipt(conn, event, "redis", position)
-    await _receipt(conn, b1, "redis", "103-0")
-    await _receipt(conn, a2, "redis", "100-1")
-    await _receipt(conn, a3, "redis", "104-5")
+        await _receipt(conn, event, "redis", position, source=home)
+    await _receipt(conn, b1, "redis", "103-0", source=home)
+    await _receipt(conn, a2, "redis", "100-1", source=home)
+    await _receipt(conn, a3, "redis", "104-5", source=home)
     # Kafka: a in partition 0 in order; b in partition 2 with b3 before b2 (one reordered); a1
     # only received as invalid (lost: no valid receipt), so a2 and a3 follow nothing there.
-    await _receipt(conn, a1, "kafka", "0:7", valid=False)
+    await _receipt(conn, a1, "kafka", "0:7", valid=False, source=home)
     for event, position in ((a2, "0:8"), (a3, "0:9"), (b1, "2:3"), (b3, "2:4"), (b2, "2:5")):
-        await _receipt(conn, event, "kafka", position)
+        await _receipt(conn, event, "kafka", position, source=home)
 
     redis = await account(conn, "redis", GROUP)
     kafka = await account(conn, "kafka", GROUP)
