@@ -50,7 +50,7 @@ soak: stack-up ## the whole pipeline 10 min at half the measured maximum: RSS an
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	tools/typecheck
 
 docs: $(STAMP) ## regenerate docs/configuration.md from the settings model (flowproof/config.py)
 	$(BIN)/python -m flowproof.docs_config > docs/configuration.md

@@ -38,9 +38,9 @@ from bench.procs import MB
 from bench.report import Figure, Results, machine, render, versions
 from bench.scratch import ROOT, Scratch, Services
 from bench.verifier import VerifierRun, verifier_evaluation
-from flowproof.config import ENV_PREFIX, Settings
-from flowproof.logging import configure_logging
-from schemas.registry import load_registry
+from flowproof.core.config import ENV_PREFIX, Settings
+from flowproof.core.logging import configure_logging
+from flowproof.schemas.registry import load_registry
 
 SECTIONS = ("raw", "relay", "consumers", "latency", "verifier")
 RESULTS = ROOT / "bench" / "results"

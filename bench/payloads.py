@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from flowproof.publisher.encoding import Encoder, Message, OutboxRow
+from flowproof.schemas.registry import SchemaRegistry
 from flowproof.workload import OrderWorkload
-from publisher.encoding import Encoder, Message, OutboxRow
-from schemas.registry import SchemaRegistry
 
 INSERT_ROWS = """
 INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)

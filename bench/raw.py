@@ -29,11 +29,11 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from bench.payloads import INSERT_ROWS, Pool, Row
 from bench.pipeline import ensure_topic
 from bench.scratch import Scratch
-from flowproof.config import Settings
-from flowproof.connect import redis_client
-from publisher.encoding import Message
-from publisher.kafka_sink import producer_options
-from schemas.envelope import PAYLOAD_FIELD
+from flowproof.core.config import Settings
+from flowproof.core.connect import redis_client
+from flowproof.publisher.encoding import Message
+from flowproof.publisher.kafka_sink import producer_options
+from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 SINGLE_ROW = """
 INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)

@@ -17,8 +17,8 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import ENV_PREFIX, Settings
-from flowproof.migrations import migrate
+from flowproof.core.config import ENV_PREFIX, Settings
+from flowproof.core.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / ".devstack" / "env"

@@ -36,7 +36,7 @@ from bench.payloads import Pool
 from bench.pipeline import Emitter, Pipeline, load
 from bench.procs import MB, Flowproof
 from bench.scratch import ROOT, Scratch, Services
-from flowproof.logging import configure_logging
+from flowproof.core.logging import configure_logging
 
 RESULTS = ROOT / "bench" / "results"
 GROWTH_LIMIT = 0.10

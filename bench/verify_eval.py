@@ -26,17 +26,17 @@ from typing import Any
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.identifiers import validate_name_prefix
-from flowproof.logging import configure_logging
-from flowproof.migrations import migrate
-from flowproof.sampling import sql_predicate, threshold
-from verifier.conformance import receipt_stats
-from verifier.evaluator import SESSION_SETTINGS, Evaluator
-from verifier.flow import flow_stats
-from verifier.loss import Copy, State
-from verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER
-from verifier.outbox import outbox_stats
+from flowproof.core.config import Settings
+from flowproof.core.identifiers import validate_name_prefix
+from flowproof.core.logging import configure_logging
+from flowproof.core.migrations import migrate
+from flowproof.core.sampling import sql_predicate, threshold
+from flowproof.verifier.conformance import receipt_stats
+from flowproof.verifier.evaluator import SESSION_SETTINGS, Evaluator
+from flowproof.verifier.flow import flow_stats
+from flowproof.verifier.loss import Copy, State
+from flowproof.verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER
+from flowproof.verifier.outbox import outbox_stats
 
 FILL_OUTBOX = """
 INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,

@@ -20,11 +20,11 @@ from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
-from consumers.delivery import Delivery
-from consumers.event import Event, Payload
-from flowproof.errors import ConfigError
-from schemas.envelope import Envelope
-from schemas.registry import SchemaRegistry, SchemaVersion
+from flowproof.consumers.delivery import Delivery
+from flowproof.consumers.event import Event, Payload
+from flowproof.core.errors import ConfigError
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.registry import SchemaRegistry, SchemaVersion
 
 P = TypeVar("P")
 M = TypeVar("M")

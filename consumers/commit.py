@@ -15,14 +15,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from consumers.deadletter import DeadLetter, Unwritable
-from consumers.errors import ConsumerError
-from consumers.options import ConsumerOptions
-from consumers.processing import BatchOutcome
-from consumers.receipts import ReceiptWriter, clean_text
-from flowproof import metrics
-from flowproof.logging import get_logger
-from flowproof.retry import RetryPolicy
+from flowproof.consumers.deadletter import DeadLetter, Unwritable
+from flowproof.consumers.errors import ConsumerError
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.processing import BatchOutcome
+from flowproof.consumers.receipts import ReceiptWriter, clean_text
+from flowproof.core import metrics
+from flowproof.core.logging import get_logger
+from flowproof.core.retry import RetryPolicy
 
 log = get_logger(__name__)
 

@@ -1,6 +1,6 @@
 """Dead letters: a message the consumer will not handle, kept whole with the reason why.
 
-A dead letter goes to `<stream or topic>.dlq` (schemas.routing.dlq_name) and carries the
+A dead letter goes to `<stream or topic>.dlq` (flowproof.core.routing.dlq_name) and carries the
 original fields/headers and bytes unchanged, plus these `dlq_*` fields: the reason (a stable
 label: bad_magic, unknown_schema, corrupt_avro, envelope, oversized, type_mismatch, misrouted,
 handler_error, max_deliveries), the error text, where it came from and who gave up on it.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from consumers.delivery import Delivery, Headers
-from consumers.receipts import clean_text
-from schemas.envelope import format_timestamp
-from schemas.routing import dlq_name
+from flowproof.consumers.delivery import Delivery, Headers
+from flowproof.consumers.receipts import clean_text
+from flowproof.core.routing import dlq_name
+from flowproof.schemas.envelope import format_timestamp
 
 REASON = "dlq_reason"
 ERROR = "dlq_error"

@@ -7,7 +7,7 @@ the two reasons here.
 
 from __future__ import annotations
 
-from flowproof.errors import FlowproofError
+from flowproof.core.errors import FlowproofError
 
 HANDLER_ERROR = "handler_error"  # the handler raised on every attempt
 MAX_DELIVERIES = "max_deliveries"  # Redis delivered the entry more often than allowed

@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from consumers.delivery import Delivery
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.registry import SchemaVersion
+from flowproof.consumers.delivery import Delivery
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.registry import SchemaVersion
 
 P = TypeVar("P")
 

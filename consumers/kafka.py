@@ -26,15 +26,15 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
-from consumers.commit import BatchCommitter
-from consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
-from consumers.delivery import Delivery
-from consumers.errors import AckFailed, DeadLetterFailed
-from consumers.options import ConsumerOptions
-from consumers.processing import Processor
-from flowproof import metrics
-from flowproof.logging import get_logger
-from schemas.routing import DLQ_SUFFIX, destination
+from flowproof.consumers.commit import BatchCommitter
+from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
+from flowproof.consumers.delivery import Delivery
+from flowproof.consumers.errors import AckFailed, DeadLetterFailed
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.processing import Processor
+from flowproof.core import metrics
+from flowproof.core.logging import get_logger
+from flowproof.core.routing import DLQ_SUFFIX, destination
 
 log = get_logger(__name__)
 

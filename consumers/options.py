@@ -9,9 +9,9 @@ import socket
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flowproof.config import Settings, Sink
-from flowproof.errors import ConfigError
-from flowproof.identifiers import validate_group_name
+from flowproof.core.config import Settings, Sink
+from flowproof.core.errors import ConfigError
+from flowproof.core.identifiers import validate_group_name
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
 

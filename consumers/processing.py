@@ -26,23 +26,23 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from consumers.app import Consumer, Route
-from consumers.deadletter import DeadLetter
-from consumers.delivery import Delivery
-from consumers.errors import HANDLER_ERROR, MAX_DELIVERIES
-from consumers.event import Payload
-from consumers.options import ConsumerOptions
-from consumers.receipts import Receipt, clean_text
-from flowproof import metrics
-from flowproof.logging import get_logger
-from flowproof.retry import RetryPolicy
-from flowproof.sampling import is_sampled
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.errors import MISROUTED, OVERSIZED, TYPE_MISMATCH, FrameError
-from schemas.ids import SchemaIds
-from schemas.registry import SchemaVersion
-from schemas.routing import InvalidDestination, destination
+from flowproof.consumers.app import Consumer, Route
+from flowproof.consumers.deadletter import DeadLetter
+from flowproof.consumers.delivery import Delivery
+from flowproof.consumers.errors import HANDLER_ERROR, MAX_DELIVERIES
+from flowproof.consumers.event import Payload
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.receipts import Receipt, clean_text
+from flowproof.core import metrics
+from flowproof.core.logging import get_logger
+from flowproof.core.retry import RetryPolicy
+from flowproof.core.routing import InvalidDestination, destination
+from flowproof.core.sampling import is_sampled
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.errors import MISROUTED, OVERSIZED, TYPE_MISMATCH, FrameError
+from flowproof.schemas.ids import SchemaIds
+from flowproof.schemas.registry import SchemaVersion
 
 log = get_logger(__name__)
 

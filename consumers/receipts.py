@@ -15,8 +15,8 @@ from operator import attrgetter
 
 import asyncpg
 
-from consumers.errors import ReceiptWriteFailed
-from flowproof.redact import scrub
+from flowproof.consumers.errors import ReceiptWriteFailed
+from flowproof.core.redact import scrub
 
 RECEIPTS_TABLE = "flowproof_receipts"
 TEXT_LIMIT = 2000  # error texts and untrusted strings of broken messages are cut to this

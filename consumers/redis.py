@@ -35,17 +35,17 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from consumers.commit import BatchCommitter, sleep_unless_stopped
-from consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
-from consumers.delivery import Delivery
-from consumers.errors import AckFailed, DeadLetterFailed
-from consumers.options import ConsumerOptions
-from consumers.processing import Processor
-from flowproof import metrics
-from flowproof.logging import get_logger
-from flowproof.retry import RetryPolicy
-from schemas.envelope import PAYLOAD_FIELD
-from schemas.routing import InvalidDestination, destination, is_dlq
+from flowproof.consumers.commit import BatchCommitter, sleep_unless_stopped
+from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
+from flowproof.consumers.delivery import Delivery
+from flowproof.consumers.errors import AckFailed, DeadLetterFailed
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.processing import Processor
+from flowproof.core import metrics
+from flowproof.core.logging import get_logger
+from flowproof.core.retry import RetryPolicy
+from flowproof.core.routing import InvalidDestination, destination, is_dlq
+from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 log = get_logger(__name__)
 

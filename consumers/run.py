@@ -13,27 +13,27 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from consumers.app import Consumer
-from consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
-from consumers.kafka import KafkaConsumer, KafkaDeadLetters
-from consumers.options import ConsumerOptions
-from consumers.processing import Processor
-from consumers.receipts import ReceiptWriter
-from consumers.redis import RedisConsumer, RedisDeadLetters
-from flowproof.config import Settings, Sink
-from flowproof.connect import (
+from flowproof.consumers.app import Consumer
+from flowproof.consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
+from flowproof.consumers.kafka import KafkaConsumer, KafkaDeadLetters
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.processing import Processor
+from flowproof.consumers.receipts import ReceiptWriter
+from flowproof.consumers.redis import RedisConsumer, RedisDeadLetters
+from flowproof.core.config import Settings, Sink
+from flowproof.core.connect import (
     create_postgres_pool,
     kafka_client_kwargs,
     kafka_refusal,
     ping_redis,
     redis_client,
 )
-from flowproof.errors import ComponentUnreachable, ConfigError
-from flowproof.http import MetricsServer
-from flowproof.logging import get_logger
-from flowproof.redact import scrub
-from schemas.ids import SchemaIds
-from schemas.registry import load_registry
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.http import MetricsServer
+from flowproof.core.logging import get_logger
+from flowproof.core.redact import scrub
+from flowproof.schemas.ids import SchemaIds
+from flowproof.schemas.registry import load_registry
 
 log = get_logger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from flowproof import __version__
-from flowproof.config import Settings, load_settings
-from flowproof.errors import (
+from flowproof.core.config import Settings, load_settings
+from flowproof.core.errors import (
     EXIT_CHECK_FAILED,
     EXIT_CONFIG,
     EXIT_OK,
@@ -26,8 +26,8 @@ from flowproof.errors import (
     ConfigError,
     NotImplementedYet,
 )
-from flowproof.logging import configure_logging, get_logger
-from flowproof.redact import scrub
+from flowproof.core.logging import configure_logging, get_logger
+from flowproof.core.redact import scrub
 
 T = TypeVar("T")
 
@@ -112,8 +112,8 @@ def db_migrate(ctx: typer.Context) -> None:
     """Create or upgrade flowproof's tables, idempotently."""
 
     async def job(settings: Settings) -> None:
-        from flowproof.connect import connect_postgres  # noqa: PLC0415 - keep start-up fast
-        from flowproof.migrations import migrate  # noqa: PLC0415
+        from flowproof.core.connect import connect_postgres  # noqa: PLC0415 - keep start-up fast
+        from flowproof.core.migrations import migrate  # noqa: PLC0415
 
         conn = await connect_postgres(settings)
         try:
@@ -136,7 +136,7 @@ def db_sinks(
     ] = None,
 ) -> None:
     """List the sinks of the outbox: pruning keeps every row one of them has not published."""
-    from publisher.commands import outbox_sinks  # noqa: PLC0415
+    from flowproof.publisher.commands import outbox_sinks  # noqa: PLC0415
 
     async def job(settings: Settings) -> list[str]:
         return await outbox_sinks(settings, remove)
@@ -164,8 +164,8 @@ def emit(
     An event that does not fit its schema (or the envelope, routing or size rules) exits 2 with
     a message naming the field, and nothing is written.
     """
-    from publisher.commands import emit_event  # noqa: PLC0415 - keep start-up fast
-    from schemas.errors import ContractError  # noqa: PLC0415
+    from flowproof.publisher.commands import emit_event  # noqa: PLC0415 - keep start-up fast
+    from flowproof.schemas.errors import ContractError  # noqa: PLC0415
 
     async def job(settings: Settings) -> str:
         event_id = await emit_event(
@@ -188,9 +188,9 @@ def emit(
 @app.command()
 def relay(ctx: typer.Context) -> None:
     """Long-running outbox relay to every enabled sink (stops cleanly on SIGTERM)."""
-    from publisher.commands import serve  # noqa: PLC0415
-    from publisher.errors import RelayCrashed  # noqa: PLC0415
-    from schemas.errors import ContractError  # noqa: PLC0415
+    from flowproof.publisher.commands import serve  # noqa: PLC0415
+    from flowproof.publisher.errors import RelayCrashed  # noqa: PLC0415
+    from flowproof.schemas.errors import ContractError  # noqa: PLC0415
 
     try:
         run(ctx, serve)
@@ -207,8 +207,8 @@ def parked_list(
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows per sink.")] = 1000,
 ) -> None:
     """Show the parked outbox rows: seq, id, type, aggregate, sink, reason, since, error."""
-    from publisher.commands import parked_list as list_job  # noqa: PLC0415
-    from publisher.parked import ParkedRow, format_table  # noqa: PLC0415
+    from flowproof.publisher.commands import parked_list as list_job  # noqa: PLC0415
+    from flowproof.publisher.parked import ParkedRow, format_table  # noqa: PLC0415
 
     _check_sink(sink)
 
@@ -229,7 +229,7 @@ def parked_retry(
     """Clear the park mark (of one event, or all) so the relay publishes the rows again."""
     import uuid  # noqa: PLC0415
 
-    from publisher.commands import parked_retry as retry_job  # noqa: PLC0415
+    from flowproof.publisher.commands import parked_retry as retry_job  # noqa: PLC0415
 
     _check_sink(sink)
     if (event_id is None) == (not all_):
@@ -266,9 +266,9 @@ def consume(
     """Long-running schema-validated consumer that records receipts."""
 
     async def job(settings: Settings) -> str | None:
-        from consumers.run import serve  # noqa: PLC0415 - keep start-up of other commands fast
-        from flowproof.config import SINK_NAMES, Sink  # noqa: PLC0415
-        from flowproof.identifiers import validate_group_name  # noqa: PLC0415
+        from flowproof.consumers.run import serve  # noqa: PLC0415 - keep start-up of other commands fast
+        from flowproof.core.config import SINK_NAMES, Sink  # noqa: PLC0415
+        from flowproof.core.identifiers import validate_group_name  # noqa: PLC0415
 
         if sink not in SINK_NAMES:
             raise ConfigError(f"--sink: {sink!r} is not one of {', '.join(SINK_NAMES)}")
@@ -291,7 +291,7 @@ def consume(
 @app.command()
 def verify(ctx: typer.Context) -> None:
     """Long-running verifier serving /metrics, /healthz and /readyz (stops on SIGTERM)."""
-    from verifier.service import run_verifier  # noqa: PLC0415 - keep start-up fast
+    from flowproof.verifier.service import run_verifier  # noqa: PLC0415 - keep start-up fast
 
     run(ctx, run_verifier)
 
@@ -305,7 +305,7 @@ JunitOption = Annotated[
 
 
 def _report_and_exit(report: Any, as_json: bool, junit_xml: Path | None, suite: str) -> NoReturn:
-    from verifier.commands import publish, unreachable_message  # noqa: PLC0415
+    from flowproof.verifier.commands import publish, unreachable_message  # noqa: PLC0415
 
     code = publish(report, as_json=as_json, junit_xml=junit_xml, suite=suite, out=sys.stdout)
     if report.unreachable:
@@ -316,7 +316,7 @@ def _report_and_exit(report: Any, as_json: bool, junit_xml: Path | None, suite: 
 @app.command()
 def check(ctx: typer.Context, json_: JsonOption = False, junit_xml: JunitOption = None) -> None:
     """One evaluation of the checks, printed, then exit (0 pass, 1 fail, 2 unreachable)."""
-    from verifier.commands import check_once  # noqa: PLC0415
+    from flowproof.verifier.commands import check_once  # noqa: PLC0415
 
     _report_and_exit(run(ctx, check_once), json_, junit_xml, "flowproof check")
 
@@ -338,7 +338,7 @@ def smoke(
     ] = None,
 ) -> None:
     """Post-deploy check: canary events through the real pipeline, then the checks."""
-    from verifier.commands import smoke_once  # noqa: PLC0415
+    from flowproof.verifier.commands import smoke_once  # noqa: PLC0415
 
     async def job(settings: Settings) -> Any:
         return await smoke_once(settings, events, timeout)
@@ -374,10 +374,10 @@ def schemas_check(
     ] = False,
 ) -> None:
     """Validate every schema and the compatibility of each new version (exit 1 on a problem)."""
-    from schemas.compat import CheckReport, check_schema_dirs, parse_mode  # noqa: PLC0415
-    from schemas.errors import SchemaFileError  # noqa: PLC0415
-    from schemas.registry_check import RegistryReport, check_registry  # noqa: PLC0415
-    from schemas.registry_client import RegistryClient  # noqa: PLC0415
+    from flowproof.schemas.compat import CheckReport, check_schema_dirs, parse_mode  # noqa: PLC0415
+    from flowproof.schemas.errors import SchemaFileError  # noqa: PLC0415
+    from flowproof.schemas.registry_check import RegistryReport, check_registry  # noqa: PLC0415
+    from flowproof.schemas.registry_client import RegistryClient  # noqa: PLC0415
 
     async def job(settings: Settings) -> tuple[CheckReport, RegistryReport | None]:
         chosen = parse_mode(mode)

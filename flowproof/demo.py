@@ -26,15 +26,15 @@ from typing import IO
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from flowproof.config import Settings, env_name
-from flowproof.connect import connect_postgres, create_postgres_pool
-from flowproof.errors import EXIT_CHECK_FAILED, EXIT_OK, FlowproofError
-from flowproof.http import free_port
+from flowproof.core.config import Settings, env_name
+from flowproof.core.connect import connect_postgres, create_postgres_pool
+from flowproof.core.errors import EXIT_CHECK_FAILED, EXIT_OK, FlowproofError
+from flowproof.core.http import free_port
+from flowproof.core.logging import get_logger
+from flowproof.core.migrations import migrate
 from flowproof.local_prometheus import LocalPrometheus, PrometheusError
-from flowproof.logging import get_logger
-from flowproof.migrations import migrate
+from flowproof.publisher.outbox import Outbox
 from flowproof.workload import OrderWorkload, emit_at_rate
-from publisher.outbox import Outbox
 
 log = get_logger(__name__)
 
@@ -258,8 +258,8 @@ async def run_demo(
     prometheus: bool = False,
 ) -> int:
     """Run the demo; return 0 when the final verdict passed, 1 when not."""
-    from verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
-    from verifier.report import render_table  # noqa: PLC0415
+    from flowproof.verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
+    from flowproof.verifier.report import render_table  # noqa: PLC0415
 
     timeline = timeline or Timeline()
     workdir = Path(tempfile.mkdtemp(prefix="flowproof-demo-"))

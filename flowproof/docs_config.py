@@ -1,7 +1,7 @@
 """docs/configuration.md, generated from the settings model so that one source holds every setting.
 
 `python -m flowproof.docs_config > docs/configuration.md` (or `make docs`) writes it: the text
-below, then one row per field of `flowproof.config.Settings` (its variable, its default, its
+below, then one row per field of `flowproof.core.config.Settings` (its variable, its default, its
 `description=`). tests/test_docs.py fails when the file differs from what this prints. To change
 what a setting's row says, change the field's description in flowproof/config.py.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flowproof.config import FILE_SUFFIX, SECRET_FIELDS, Settings, env_name
+from flowproof.core.config import FILE_SUFFIX, SECRET_FIELDS, Settings, env_name
 
 COMMAND = "python -m flowproof.docs_config > docs/configuration.md"
 

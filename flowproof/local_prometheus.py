@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from flowproof.errors import FlowproofError
-from flowproof.http import free_port
-from flowproof.logging import get_logger
+from flowproof.core.errors import FlowproofError
+from flowproof.core.http import free_port
+from flowproof.core.logging import get_logger
 
 log = get_logger(__name__)
 

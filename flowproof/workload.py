@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from publisher.outbox import Outbox
+from flowproof.publisher.outbox import Outbox
 
 AGGREGATE_TYPE = "order"
 _SKUS = [f"SKU-{n:05d}" for n in range(1, 400)]

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
-from flowproof.logging import get_logger
+from flowproof.core.logging import get_logger
 
 T = TypeVar("T")
 

@@ -7,15 +7,15 @@ import json
 import uuid
 from typing import Any
 
-from flowproof.config import SINK_NAMES, Settings
-from flowproof.connect import connect_postgres
-from flowproof.errors import ConfigError
-from publisher.errors import EnvelopeInvalid, OutboxMissing
-from publisher.outbox import Outbox
-from publisher.parked import ParkedRow, list_parked, retry_parked
-from publisher.queries import deliveries_table, query
-from publisher.relay import serve
-from schemas.errors import PayloadInvalid
+from flowproof.core.config import SINK_NAMES, Settings
+from flowproof.core.connect import connect_postgres
+from flowproof.core.errors import ConfigError
+from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing
+from flowproof.publisher.outbox import Outbox
+from flowproof.publisher.parked import ParkedRow, list_parked, retry_parked
+from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.relay import serve
+from flowproof.schemas.errors import PayloadInvalid
 
 __all__ = ["emit_event", "parked_list", "parked_retry", "serve"]
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.connect import connect_postgres, create_postgres_pool
-from flowproof.redact import scrub
-from publisher.errors import DatabaseLost
+from flowproof.core.config import Settings
+from flowproof.core.connect import connect_postgres, create_postgres_pool
+from flowproof.core.redact import scrub
+from flowproof.publisher.errors import DatabaseLost
 
 # A statement that takes longer than this is treated as a lost connection (the session, and its
 # locks, are dropped and made again) rather than waited for forever.

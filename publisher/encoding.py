@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import ValidationError
 
-from flowproof.errors import ComponentUnreachable
-from flowproof.logging import get_logger
-from publisher.errors import EnvelopeInvalid, Oversized
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.errors import ContractError, PayloadInvalid
-from schemas.ids import SchemaIds
-from schemas.registry import SchemaRegistry, SchemaVersion
-from schemas.routing import destination
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.logging import get_logger
+from flowproof.core.routing import destination
+from flowproof.publisher.errors import EnvelopeInvalid, Oversized
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.errors import ContractError, PayloadInvalid
+from flowproof.schemas.ids import SchemaIds
+from flowproof.schemas.registry import SchemaRegistry, SchemaVersion
 
 if TYPE_CHECKING:
     import asyncio
 
-    from publisher.shared_encoding import EncodedRows
+    from flowproof.publisher.shared_encoding import EncodedRows
 
 log = get_logger(__name__)
 

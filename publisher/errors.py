@@ -4,8 +4,8 @@ PostgreSQL's in `db.py`; rows that can never be published raise a `ContractError
 
 from __future__ import annotations
 
-from flowproof.errors import ConfigError, FlowproofError
-from schemas.errors import ENVELOPE, OVERSIZED, ContractError
+from flowproof.core.errors import ConfigError, FlowproofError
+from flowproof.schemas.errors import ENVELOPE, OVERSIZED, ContractError
 
 
 class EnvelopeInvalid(ContractError):

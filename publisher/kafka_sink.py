@@ -24,13 +24,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from flowproof.config import Settings
-from flowproof.connect import kafka_client_kwargs
-from flowproof.logging import get_logger
-from flowproof.redact import scrub
-from publisher.encoding import Message
-from publisher.errors import SinkError
-from publisher.sink import Outcome, Outcomes, Placed
+from flowproof.core.config import Settings
+from flowproof.core.connect import kafka_client_kwargs
+from flowproof.core.logging import get_logger
+from flowproof.core.redact import scrub
+from flowproof.publisher.encoding import Message
+from flowproof.publisher.errors import SinkError
+from flowproof.publisher.sink import Outcome, Outcomes, Placed
 
 NAME = "kafka"
 # Room for the record batch and request framing around the largest message the relay sends.

@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable
-from flowproof.logging import get_logger
-from flowproof.retry import RetryPolicy
-from publisher.aio import wait_any
-from publisher.db import LOST_CONNECTION, close_quietly, connect_relay
+from flowproof.core.config import Settings
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.logging import get_logger
+from flowproof.core.retry import RetryPolicy
+from flowproof.publisher.aio import wait_any
+from flowproof.publisher.db import LOST_CONNECTION, close_quietly, connect_relay
 
 log = get_logger(__name__)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.logging import get_logger
-from flowproof.metrics import (
+from flowproof.core.config import Settings
+from flowproof.core.logging import get_logger
+from flowproof.core.metrics import (
     OUTBOX_OLDEST_PENDING_AGE,
     OUTBOX_PARKED,
     OUTBOX_PENDING,
     OUTBOX_WAITING_BEHIND_PARKED,
     RELAY_PRUNED,
 )
-from publisher.queries import query
+from flowproof.publisher.queries import query
 
 log = get_logger(__name__)
 

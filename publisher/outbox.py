@@ -32,13 +32,13 @@ from typing import Any
 
 import asyncpg
 
-from flowproof.config import Settings
-from publisher.encoding import Encoder, OutboxRow
-from publisher.errors import EnvelopeInvalid, OutboxMissing
-from publisher.queries import query
-from schemas.errors import PayloadInvalid
-from schemas.payload import unstorable
-from schemas.registry import SchemaRegistry, load_registry
+from flowproof.core.config import Settings
+from flowproof.publisher.encoding import Encoder, OutboxRow
+from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing
+from flowproof.publisher.queries import query
+from flowproof.schemas.errors import PayloadInvalid
+from flowproof.schemas.payload import unstorable
+from flowproof.schemas.registry import SchemaRegistry, load_registry
 
 DEFAULT_TABLE = "flowproof_outbox"
 DEFAULT_PREFIX = "flowproof."

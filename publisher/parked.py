@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof.config import SINK_NAMES
-from publisher.queries import query
+from flowproof.core.config import SINK_NAMES
+from flowproof.publisher.queries import query
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The relay's SQL, loaded by name from `sql/queries.sql` and rendered for a table and a sink.
 
 Only validated names reach the templates: the outbox table passes
-`flowproof.identifiers.validate_sql_identifier` and a sink is one of `flowproof.config.SINK_NAMES`.
+`flowproof.core.identifiers.validate_sql_identifier` and a sink is one of
+`flowproof.core.config.SINK_NAMES`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ import re
 from functools import cache
 from importlib import resources
 
-from flowproof.config import SINK_NAMES
-from flowproof.identifiers import validate_sql_identifier
+from flowproof.core.config import SINK_NAMES
+from flowproof.core.identifiers import validate_sql_identifier
 
 _NAME = re.compile(r"^-- name: (?P<name>[a-z_]+)\s*$", re.MULTILINE)
 
 
 @cache
 def _templates() -> dict[str, str]:
-    text = resources.files("publisher.sql").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = (
+        resources.files("flowproof.publisher.sql")
+        .joinpath("queries.sql")
+        .read_text(encoding="utf-8")
+    )
     parts = _NAME.split(text)
     # split gives [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}

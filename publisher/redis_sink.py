@@ -32,13 +32,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ExecAbortError, RedisError, ResponseError
 
-from flowproof.config import Settings
-from flowproof.connect import redis_client
-from flowproof.redact import scrub
-from publisher.encoding import Message
-from publisher.errors import SinkError
-from publisher.sink import Outcomes, Placed
-from schemas.envelope import PAYLOAD_FIELD
+from flowproof.core.config import Settings
+from flowproof.core.connect import redis_client
+from flowproof.core.redact import scrub
+from flowproof.publisher.encoding import Message
+from flowproof.publisher.errors import SinkError
+from flowproof.publisher.sink import Outcomes, Placed
+from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 NAME = "redis"
 

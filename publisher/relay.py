@@ -19,24 +19,24 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable, ConfigError
-from flowproof.http import MetricsServer
-from flowproof.logging import get_logger
-from publisher.aio import wait_any
-from publisher.db import LOST_CONNECTION, close_quietly, connect_relay, relay_pool
-from publisher.encoding import Encoder
-from publisher.errors import OutboxMissing, RelayCrashed
-from publisher.kafka_sink import KafkaSink
-from publisher.listener import Listener
-from publisher.maintenance import prune, refresh_gauges
-from publisher.queries import deliveries_table, query
-from publisher.redis_sink import RedisSink
-from publisher.shared_encoding import EncodedRows
-from publisher.sink import Sink
-from publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
-from schemas.ids import SchemaIds
-from schemas.registry import SchemaRegistry, load_registry
+from flowproof.core.config import Settings
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.http import MetricsServer
+from flowproof.core.logging import get_logger
+from flowproof.publisher.aio import wait_any
+from flowproof.publisher.db import LOST_CONNECTION, close_quietly, connect_relay, relay_pool
+from flowproof.publisher.encoding import Encoder
+from flowproof.publisher.errors import OutboxMissing, RelayCrashed
+from flowproof.publisher.kafka_sink import KafkaSink
+from flowproof.publisher.listener import Listener
+from flowproof.publisher.maintenance import prune, refresh_gauges
+from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.redis_sink import RedisSink
+from flowproof.publisher.shared_encoding import EncodedRows
+from flowproof.publisher.sink import Sink
+from flowproof.publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
+from flowproof.schemas.ids import SchemaIds
+from flowproof.schemas.registry import SchemaRegistry, load_registry
 
 log = get_logger(__name__)
 

@@ -24,9 +24,9 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from flowproof.logging import get_logger
-from publisher.aio import wait_any
-from publisher.encoding import Encoded, OutboxRow
+from flowproof.core.logging import get_logger
+from flowproof.publisher.aio import wait_any
+from flowproof.publisher.encoding import Encoded, OutboxRow
 
 log = get_logger(__name__)
 

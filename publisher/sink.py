@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from publisher.encoding import Aggregate, Message
-from publisher.errors import SinkError
+from flowproof.publisher.encoding import Aggregate, Message
+from flowproof.publisher.errors import SinkError
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from flowproof.logging import get_logger
-from flowproof.metrics import RELAY_OWNED_SLOTS
-from publisher.queries import query
+from flowproof.core.logging import get_logger
+from flowproof.core.metrics import RELAY_OWNED_SLOTS
+from flowproof.publisher.queries import query
 
 SLOTS = 64
 

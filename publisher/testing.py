@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
-from flowproof.connect import kafka_client_kwargs
-from publisher.queries import query
+from flowproof.core.config import Settings
+from flowproof.core.connect import kafka_client_kwargs
+from flowproof.publisher.queries import query
 
 
 @dataclass(frozen=True, slots=True)

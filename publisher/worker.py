@@ -14,18 +14,18 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable
-from flowproof.logging import get_logger
-from flowproof.metrics import RELAY_PARKED, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED
-from flowproof.retry import RetryPolicy
-from publisher.aio import shielded, wait_any
-from publisher.db import close_quietly, connect_relay, database_boundary
-from publisher.encoding import Encoder, Message, OutboxRow, Parked
-from publisher.errors import DatabaseLost, SinkError
-from publisher.queries import deliveries_table, query
-from publisher.sink import Acknowledged, Sink, acknowledged
-from publisher.slots import SlotLeases, fair_share
+from flowproof.core.config import Settings
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.logging import get_logger
+from flowproof.core.metrics import RELAY_PARKED, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED
+from flowproof.core.retry import RetryPolicy
+from flowproof.publisher.aio import shielded, wait_any
+from flowproof.publisher.db import close_quietly, connect_relay, database_boundary
+from flowproof.publisher.encoding import Encoder, Message, OutboxRow, Parked
+from flowproof.publisher.errors import DatabaseLost, SinkError
+from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.sink import Acknowledged, Sink, acknowledged
+from flowproof.publisher.slots import SlotLeases, fair_share
 
 log = get_logger(__name__)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowproof.errors import ConfigError
-from schemas.errors import SchemaFileError
-from schemas.payload import collect_named
-from schemas.registry import BUILTIN_DIR, SchemaRegistry, SchemaVersion, load_schema_file
+from flowproof.core.errors import ConfigError
+from flowproof.schemas.errors import SchemaFileError
+from flowproof.schemas.payload import collect_named
+from flowproof.schemas.registry import BUILTIN_DIR, SchemaRegistry, SchemaVersion, load_schema_file
 
 Schema = Any  # a fastavro-parsed schema: str (primitive or name), list (union) or dict
 Named = dict[str, Schema]

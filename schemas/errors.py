@@ -3,7 +3,7 @@ in receipts and in dead-letter entries."""
 
 from __future__ import annotations
 
-from flowproof.errors import FlowproofError
+from flowproof.core.errors import FlowproofError
 
 
 class ContractError(FlowproofError):

@@ -13,8 +13,14 @@ from typing import Any, Protocol
 
 import fastavro
 
-from schemas.errors import BAD_MAGIC, CORRUPT_AVRO, UNKNOWN_SCHEMA, FrameError, UnknownEventType
-from schemas.registry import SchemaVersion
+from flowproof.schemas.errors import (
+    BAD_MAGIC,
+    CORRUPT_AVRO,
+    UNKNOWN_SCHEMA,
+    FrameError,
+    UnknownEventType,
+)
+from flowproof.schemas.registry import SchemaVersion
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")

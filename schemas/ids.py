@@ -25,11 +25,11 @@ from typing import Literal
 import fastavro
 from fastavro.schema import SchemaParseException, to_parsing_canonical_form
 
-from flowproof.config import Settings
-from flowproof.logging import get_logger
-from schemas.registry import SchemaRegistry, SchemaVersion
-from schemas.registry_client import RegistryClient, SchemaRefused
-from schemas.routing import destination
+from flowproof.core.config import Settings
+from flowproof.core.logging import get_logger
+from flowproof.core.routing import destination
+from flowproof.schemas.registry import SchemaRegistry, SchemaVersion
+from flowproof.schemas.registry_client import RegistryClient, SchemaRefused
 
 log = get_logger(__name__)
 

@@ -12,7 +12,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from schemas.errors import PayloadInvalid
+from flowproof.schemas.errors import PayloadInvalid
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)

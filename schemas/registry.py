@@ -21,8 +21,8 @@ from typing import Any
 import fastavro
 from fastavro.schema import SchemaParseException, to_parsing_canonical_form
 
-from schemas.errors import SchemaFileError, UnknownEventType
-from schemas.payload import check_payload
+from flowproof.schemas.errors import SchemaFileError, UnknownEventType
+from flowproof.schemas.payload import check_payload
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "avro"
 CANARY_TYPE = "flowproof.Canary"

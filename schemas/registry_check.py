@@ -19,10 +19,10 @@ from typing import Any
 import fastavro
 from fastavro.schema import SchemaParseException, to_parsing_canonical_form
 
-from schemas.compat import Incompatibility, Mode, Problem, incompatibilities
-from schemas.ids import Strategy, schema_text
-from schemas.registry import SchemaVersion
-from schemas.registry_client import RegistryClient
+from flowproof.schemas.compat import Incompatibility, Mode, Problem, incompatibilities
+from flowproof.schemas.ids import Strategy, schema_text
+from flowproof.schemas.registry import SchemaVersion
+from flowproof.schemas.registry_client import RegistryClient
 
 
 @dataclass

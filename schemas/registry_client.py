@@ -17,10 +17,10 @@ from urllib.parse import quote
 
 import httpx
 
-from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable
-from flowproof.redact import scrub
-from schemas.errors import ContractError
+from flowproof.core.config import Settings
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.redact import scrub
+from flowproof.schemas.errors import ContractError
 
 COMPONENT = "schema-registry"
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"

@@ -26,9 +26,9 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.core.http import free_port
 from flowproof.demo import Component
-from flowproof.http import free_port
 from flowproof.local_prometheus import (
     SHIPPED,
     LocalPrometheus,
@@ -38,7 +38,7 @@ from flowproof.local_prometheus import (
     prometheus_binary,
     shorten_for,
 )
-from publisher.testing import insert_canaries
+from flowproof.publisher.testing import insert_canaries
 from tests.test_deploy_promql import promtool
 
 GROUP = "flowproof"

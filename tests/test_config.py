@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from flowproof.config import Settings, load_settings
-from flowproof.errors import ConfigError
-from flowproof.logging import configure_logging, get_logger
-from flowproof.redact import redact_url
+from flowproof.core.config import Settings, load_settings
+from flowproof.core.errors import ConfigError
+from flowproof.core.logging import configure_logging, get_logger
+from flowproof.core.redact import redact_url
 
 FLOWPROOF = [sys.executable, "-m", "flowproof"]
 

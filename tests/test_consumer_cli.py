@@ -17,9 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.run import consume
-from flowproof.config import Settings
-from publisher.testing import wait_until
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.publisher.testing import wait_until
 from tests.conftest import Services
 from tests.test_consumer_support import (
     Message,

@@ -10,13 +10,13 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from consumers.app import Consumer
-from consumers.event import Event, Payload
-from consumers.run import consume
-from flowproof.config import Settings
-from flowproof.errors import ConfigError
-from schemas.errors import UnknownEventType
-from schemas.registry import SchemaRegistry
+from flowproof.consumers.app import Consumer
+from flowproof.consumers.event import Event, Payload
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.core.errors import ConfigError
+from flowproof.schemas.errors import UnknownEventType
+from flowproof.schemas.registry import SchemaRegistry
 from tests.test_consumer_support import event, group_name, metric, receipts, xadd_all
 
 REGISTRY = SchemaRegistry.load()

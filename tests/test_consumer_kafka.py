@@ -10,14 +10,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 from structlog.testing import capture_logs
 
-from consumers.app import Consumer
-from consumers.commit import ConsumerStats
-from consumers.event import Event, Payload
-from consumers.kafka import topic_pattern
-from consumers.run import consume
-from flowproof.config import Settings
-from publisher.testing import wait_until
-from schemas.registry import SchemaRegistry
+from flowproof.consumers.app import Consumer
+from flowproof.consumers.commit import ConsumerStats
+from flowproof.consumers.event import Event, Payload
+from flowproof.consumers.kafka import topic_pattern
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.publisher.testing import wait_until
+from flowproof.schemas.registry import SchemaRegistry
 from tests.test_consumer_support import (
     EXPECTED_REASON,
     Message,

@@ -8,10 +8,10 @@ import uuid
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
-from consumers.run import consume
-from flowproof.config import Settings
-from flowproof.sampling import is_sampled
-from publisher.testing import wait_until
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.core.sampling import is_sampled
+from flowproof.publisher.testing import wait_until
 from tests.test_consumer_support import (
     EXPECTED_REASON,
     bad_messages,

@@ -19,9 +19,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 from prometheus_client import REGISTRY
 
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.registry import SchemaRegistry
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.registry import SchemaRegistry
 
 REGISTRY_ = SchemaRegistry.load()
 

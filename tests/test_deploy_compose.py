@@ -3,7 +3,7 @@
 There is no Docker engine where the tests run, so nothing here builds or starts a container;
 instead every cross-reference a `docker compose up` depends on is checked: services and their
 commands, health checks and start-up order, ports, metrics ports and Prometheus scrape targets,
-FLOWPROOF_* settings (loaded for real through flowproof.config), secrets, bind mounts, and the
+FLOWPROOF_* settings (loaded for real through flowproof.core.config), secrets, bind mounts, and the
 image's user and entry point.
 """
 
@@ -23,7 +23,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flowproof.cli import app
-from flowproof.config import Settings, known_env_names, load_settings
+from flowproof.core.config import Settings, known_env_names, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
@@ -237,7 +237,7 @@ def test_image_exposes_the_metrics_port() -> None:
 
 @pytest.mark.parametrize("name", sorted(FLOWPROOF_COMMANDS))
 def test_flowproof_settings_are_known_and_load(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each service's FLOWPROOF_* variables load through flowproof.config, secret files included."""
+    """Each service's FLOWPROOF_* variables load through the settings, secret files included."""
     service = services()[name]
     env = environment(service)
     flowproof_vars = {key: value for key, value in env.items() if key.startswith("FLOWPROOF_")}
@@ -443,9 +443,8 @@ def test_image_environment_uses_known_settings() -> None:
 
 def test_build_context_holds_the_package_and_nothing_secret() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {
-        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    }
+    # The folders of every installed package (pyproject's package-dir mapping).
+    packages = set(pyproject["tool"]["setuptools"]["package-dir"].values())
     copied: set[str] = set()
     for stage in dockerfile_stages():
         for keyword, arguments in stage:

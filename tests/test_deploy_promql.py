@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-import flowproof.metrics
+import flowproof.core.metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +155,7 @@ _IDENTIFIER = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 def defined_series() -> dict[str, frozenset[str]]:
     """Each series name flowproof exports (with its suffixes), mapped to its label names."""
     series: dict[str, frozenset[str]] = {}
-    for metric in vars(flowproof.metrics).values():
+    for metric in vars(flowproof.core.metrics).values():
         if not isinstance(metric, MetricWrapperBase):
             continue
         family = metric.describe()[0]
@@ -231,7 +231,7 @@ def selection_problems(expr: str) -> list[str]:
         f"groups by {label!r}, which none of its series has"
         for label in sorted(selection.grouping - labels_of_all)
     ]
-    # Every flowproof process imports flowproof.metrics, so an unlabelled metric is exported by
+    # Every flowproof process imports flowproof.core.metrics, so an unlabelled metric is exported by
     # all of them (at 0 where unused): only a job matcher picks the process that sets it.
     defined = defined_series()
     problems += [
@@ -326,7 +326,7 @@ def test_status_metric_is_defined_by_the_verifier() -> None:
     assert series[STATUS_METRIC] == STATUS_LABELS
     families = [
         m.describe()[0]
-        for m in vars(flowproof.metrics).values()
+        for m in vars(flowproof.core.metrics).values()
         if isinstance(m, MetricWrapperBase) and m.describe()[0].name == STATUS_METRIC
     ]
     assert [f.type for f in families] == ["gauge"]

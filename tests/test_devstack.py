@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from flowproof.config import known_env_names
+from flowproof.core.config import known_env_names
 
 ROOT = Path(__file__).resolve().parent.parent
 # Services only the tests use, under names no flowproof command reads.

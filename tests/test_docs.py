@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from flowproof.config import Settings, env_name
+from flowproof.core.config import Settings, env_name
 from flowproof.docs_config import COMMAND, render, secret_file_names, target
 
 ROOT = Path(__file__).resolve().parent.parent

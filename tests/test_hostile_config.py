@@ -27,21 +27,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from consumers.kafka import topic_pattern
-from consumers.options import ConsumerOptions
-from flowproof import migrations, redact
 from flowproof.cli import app
-from flowproof.config import ENV_PREFIX, Settings, env_name, load_settings
-from flowproof.errors import ConfigError
-from flowproof.identifiers import quote_ident
-from publisher import queries as publisher_queries
+from flowproof.consumers.kafka import topic_pattern
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.core import migrations, redact
+from flowproof.core.config import ENV_PREFIX, Settings, env_name, load_settings
+from flowproof.core.errors import ConfigError
+from flowproof.core.identifiers import quote_ident
+from flowproof.publisher import queries as publisher_queries
+from flowproof.verifier import queries as verifier_queries
 from tests.test_hostile_support import HOSTILE_NAMES, bounded
-from verifier import queries as verifier_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("publisher", "consumers", "verifier", "flowproof")
 
-# What docs/configuration.md promises, written independently of flowproof.identifiers.
+# What docs/configuration.md promises, written independently of flowproof.core.identifiers.
 LEGAL = {
     "outbox_table": re.compile(r"[a-z_][a-z0-9_]{0,39}"),
     "stream_prefix": re.compile(r"[A-Za-z0-9._\-]{0,200}"),
@@ -252,7 +252,7 @@ class _Module:
 
     def identifier(self, node: ast.expr, seen: frozenset[str] = frozenset()) -> bool:
         """Whether `node` is a name SQL may hold: a module constant, the configured outbox
-        table (Settings validates it), or what flowproof.identifiers returned."""
+        table (Settings validates it), or what flowproof.core.identifiers returned."""
         if isinstance(node, ast.Name) and node.id in self.constants:
             return True
         if isinstance(node, ast.Attribute) and node.attr == "outbox_table":

@@ -24,16 +24,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from consumers.app import Consumer
-from consumers.delivery import Delivery
-from consumers.options import ConsumerOptions
-from consumers.processing import BatchOutcome, Processor
-from consumers.receipts import Receipt
-from consumers.run import consume
-from flowproof.config import Settings, Sink
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.errors import (
+from flowproof.consumers.app import Consumer
+from flowproof.consumers.delivery import Delivery
+from flowproof.consumers.options import ConsumerOptions
+from flowproof.consumers.processing import BatchOutcome, Processor
+from flowproof.consumers.receipts import Receipt
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings, Sink
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.errors import (
     BAD_MAGIC,
     CORRUPT_AVRO,
     ENVELOPE,

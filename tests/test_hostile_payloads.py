@@ -29,19 +29,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.run import consume
-from flowproof.config import Settings
-from publisher.encoding import Encoder, OutboxRow
-from publisher.errors import EnvelopeInvalid
-from publisher.outbox import Outbox
-from publisher.relay import Relay
-from publisher.testing import Delivered, read_stream, read_topic
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.errors import ContractError, PayloadInvalid, UnknownEventType
-from schemas.payload import collect_named
-from schemas.registry import SchemaVersion
-from schemas.routing import InvalidDestination
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.core.routing import InvalidDestination
+from flowproof.publisher.encoding import Encoder, OutboxRow
+from flowproof.publisher.errors import EnvelopeInvalid
+from flowproof.publisher.outbox import Outbox
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import Delivered, read_stream, read_topic
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.errors import ContractError, PayloadInvalid, UnknownEventType
+from flowproof.schemas.payload import collect_named
+from flowproof.schemas.registry import SchemaVersion
 from tests.test_consumer_support import group_name, receipts
 from tests.test_hostile_support import (
     EVENT_TYPES,

@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from schemas import framing
-from schemas.envelope import Envelope
-from schemas.payload import collect_named
-from schemas.registry import SchemaRegistry, SchemaVersion, load_registry
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.payload import collect_named
+from flowproof.schemas.registry import SchemaRegistry, SchemaVersion, load_registry
 
 T = TypeVar("T")
 

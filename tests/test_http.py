@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from flowproof.http import MetricsServer
+from flowproof.core.http import MetricsServer
 
 
 def test_serves_metrics_and_routes_on_a_free_port() -> None:

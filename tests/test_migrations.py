@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from flowproof.migrations import MIGRATIONS_TABLE, load_migrations, migrate
+from flowproof.core.migrations import MIGRATIONS_TABLE, load_migrations, migrate
 from tests.conftest import Services
 
 

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from publisher.errors import EnvelopeInvalid, Oversized
-from publisher.outbox import emit
-from publisher.testing import wait_until
-from schemas.errors import PayloadInvalid, UnknownEventType
-from schemas.routing import InvalidDestination
+from flowproof.core.routing import InvalidDestination
+from flowproof.publisher.errors import EnvelopeInvalid, Oversized
+from flowproof.publisher.outbox import emit
+from flowproof.publisher.testing import wait_until
+from flowproof.schemas.errors import PayloadInvalid, UnknownEventType
 
 ORDER = {
     "order_id": "o-1",

@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry, Histogram
 from redis.asyncio.connection import Connection
 from structlog.testing import capture_logs
 
-from consumers.processing import observe_all
-from publisher.encoding import Encoder, OutboxRow
-from publisher.kafka_sink import key_hash
-from publisher.redis_sink import xadd_command
-from publisher.shared_encoding import EncodedRows
-from schemas.envelope import PAYLOAD_FIELD
-from schemas.registry import load_registry
+from flowproof.consumers.processing import observe_all
+from flowproof.publisher.encoding import Encoder, OutboxRow
+from flowproof.publisher.kafka_sink import key_hash
+from flowproof.publisher.redis_sink import xadd_command
+from flowproof.publisher.shared_encoding import EncodedRows
+from flowproof.schemas.envelope import PAYLOAD_FIELD
+from flowproof.schemas.registry import load_registry
 
 REGISTRY = load_registry(None)
 

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowproof.config import SINK_NAMES
-from publisher.queries import query
+from flowproof.core.config import SINK_NAMES
+from flowproof.publisher.queries import query
 
 ROWS = 200_000
 PUBLISHED = 40_000

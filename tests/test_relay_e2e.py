@@ -16,10 +16,10 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
-from flowproof.config import Settings
-from publisher.outbox import Outbox
-from publisher.relay import Relay
-from publisher.testing import (
+from flowproof.core.config import Settings
+from flowproof.publisher.outbox import Outbox
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import (
     Delivered,
     insert_canaries,
     read_stream,
@@ -27,9 +27,9 @@ from publisher.testing import (
     unpublished,
     wait_until,
 )
-from schemas import framing
-from schemas.envelope import format_timestamp
-from schemas.registry import load_registry
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import format_timestamp
+from flowproof.schemas.registry import load_registry
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

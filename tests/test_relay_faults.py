@@ -21,9 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from flowproof.config import Settings
-from publisher.relay import Relay
-from publisher.testing import (
+from flowproof.core.config import Settings
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import (
     Delivered,
     insert_canaries,
     read_stream,

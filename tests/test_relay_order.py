@@ -11,10 +11,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
-from publisher.relay import Relay
-from publisher.slots import SLOTS, fair_share
-from publisher.testing import (
+from flowproof.core.config import Settings
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.slots import SLOTS, fair_share
+from flowproof.publisher.testing import (
     Delivered,
     insert_canaries,
     read_stream,
@@ -22,8 +22,8 @@ from publisher.testing import (
     unpublished,
     wait_until,
 )
-from schemas import framing
-from schemas.registry import load_registry
+from flowproof.schemas import framing
+from flowproof.schemas.registry import load_registry
 
 AGGREGATES = [f"agg-{i:02d}" for i in range(50)]
 WAVES = 4

@@ -16,9 +16,9 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
-from flowproof.config import Settings
-from publisher.relay import Relay
-from publisher.testing import read_stream, read_topic
+from flowproof.core.config import Settings
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import read_stream, read_topic
 
 SINKS = ("redis", "kafka")
 GOOD = {"run_id": "r", "sequence": 1, "total": 1}

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from flowproof.retry import RetryPolicy
+from flowproof.core.retry import RetryPolicy
 
 
 def test_backoff_grows_and_is_capped() -> None:

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from flowproof.sampling import is_sampled, sql_predicate, threshold
+from flowproof.core.sampling import is_sampled, sql_predicate, threshold
 
 
 async def test_python_and_sql_choose_the_same_events(database_url: str) -> None:

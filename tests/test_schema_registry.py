@@ -32,15 +32,17 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 from structlog.testing import capture_logs
 
-from consumers.run import consume
-from flowproof.config import Settings, load_settings
-from flowproof.errors import ComponentUnreachable, ConfigError
-from publisher.outbox import Outbox
-from publisher.relay import Relay
-from publisher.testing import read_stream, read_topic, wait_until
-from schemas import framing
-from schemas.ids import subject_name
-from schemas.registry import BUILTIN_DIR, load_registry
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings, load_settings
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.publisher.outbox import Outbox
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import read_stream, read_topic, wait_until
+from flowproof.schemas import framing
+from flowproof.schemas.ids import subject_name
+from flowproof.schemas.registry import BUILTIN_DIR, load_registry
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.service import Readiness
 from tests.conftest import STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
 from tests.private_services import PrivateRegistry, TestCA, free_port
@@ -55,8 +57,6 @@ from tests.test_consumer_support import (
     xadd_all,
 )
 from tests.test_verify_cli import flowproof
-from verifier.evaluator import Evaluator
-from verifier.service import Readiness
 
 REGISTRY_VARIABLE = "DEVSTACK_SCHEMA_REGISTRY_URL"
 HOW_TO_START = (

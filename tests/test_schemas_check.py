@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flowproof.cli import app
-from schemas.compat import Mode, check_schema_dirs, default_problems, incompatibilities
-from schemas.registry import load_schema_file
+from flowproof.schemas.compat import Mode, check_schema_dirs, default_problems, incompatibilities
+from flowproof.schemas.registry import load_schema_file
 
 ALL_MODES = list(Mode)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas import framing
-from schemas.envelope import Envelope, format_timestamp
-from schemas.errors import FrameError, PayloadInvalid, SchemaFileError, UnknownEventType
-from schemas.registry import CANARY_TYPE, SchemaRegistry
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import Envelope, format_timestamp
+from flowproof.schemas.errors import FrameError, PayloadInvalid, SchemaFileError, UnknownEventType
+from flowproof.schemas.registry import CANARY_TYPE, SchemaRegistry
 
 REGISTRY = SchemaRegistry.load()
 

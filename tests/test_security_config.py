@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flowproof.config import SECRET_FIELDS, env_name, load_settings
-from flowproof.errors import ConfigError
-from flowproof.redact import scrub
+from flowproof.core.config import SECRET_FIELDS, env_name, load_settings
+from flowproof.core.errors import ConfigError
+from flowproof.core.redact import scrub
 
 SASL = {
     "FLOWPROOF_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",

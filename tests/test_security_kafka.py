@@ -31,15 +31,15 @@ from aiokafka.errors import (
 from aiokafka.protocol.admin import CreateAclsRequest
 from pydantic import SecretStr
 
-from consumers.run import consume
-from flowproof.config import Settings
-from flowproof.connect import kafka_client_kwargs, ping_kafka
-from flowproof.errors import ComponentUnreachable, ConfigError
-from publisher.encoding import Message
-from publisher.errors import SinkError
-from publisher.kafka_sink import KafkaSink
-from publisher.testing import read_topic
-from schemas.routing import DLQ_SUFFIX
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.core.connect import kafka_client_kwargs, ping_kafka
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.routing import DLQ_SUFFIX
+from flowproof.publisher.encoding import Message
+from flowproof.publisher.errors import SinkError
+from flowproof.publisher.kafka_sink import KafkaSink
+from flowproof.publisher.testing import read_topic
 from tests.private_services import (
     WRONG_HOST,
     Certificate,

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
 
 FLOWPROOF = [sys.executable, "-m", "flowproof"]
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from publisher.outbox import emit
+from flowproof.publisher.outbox import emit
 from tests.private_services import (
     PrivateKafka,
     PrivatePostgres,

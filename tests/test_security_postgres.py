@@ -22,11 +22,11 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from flowproof.config import Settings
-from flowproof.connect import connect_postgres
-from flowproof.errors import ComponentUnreachable
-from publisher.maintenance import prune, refresh_gauges
-from publisher.queries import query
+from flowproof.core.config import Settings
+from flowproof.core.connect import connect_postgres
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.publisher.maintenance import prune, refresh_gauges
+from flowproof.publisher.queries import query
 from tests.private_services import WRONG_HOST, PrivatePostgres, TestCA
 
 ROOT = Path(__file__).resolve().parent.parent

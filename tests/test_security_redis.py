@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.exceptions import NoPermissionError, ResponseError
 
-from flowproof.config import Settings, load_settings
-from flowproof.connect import ping_redis, redis_client
-from flowproof.errors import ComponentUnreachable, ConfigError
+from flowproof.core.config import Settings, load_settings
+from flowproof.core.connect import ping_redis, redis_client
+from flowproof.core.errors import ComponentUnreachable, ConfigError
 from tests.private_services import (
     WRONG_HOST,
     PrivateRedis,

@@ -15,13 +15,20 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.verifier.history import History
+from flowproof.verifier.model import (
+    CHECK_NAMES,
+    LAG_OUTBOX,
+    LAG_REDIS,
+    CheckResult,
+    Finding,
+    Report,
+)
+from flowproof.verifier.page import StatusPage, _short, render_html, status_document
 from tests.browser import WINDOW, chromium, dump_dom, keep, png_pixel, png_size, screenshot
 from tests.test_verify_service import Verifier, verifier
 from tests.test_verify_support import AGGREGATETYPE, GROUP, Pipeline, clean_pipeline
-from verifier.history import History
-from verifier.model import CHECK_NAMES, LAG_OUTBOX, LAG_REDIS, CheckResult, Finding, Report
-from verifier.page import StatusPage, _short, render_html, status_document
 
 # A stream name that would be markup if the page did not escape it.
 HOSTILE = '<b id="injected">x</b>'

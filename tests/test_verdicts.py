@@ -21,17 +21,21 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic, RecordsToDelete
 from typer.testing import CliRunner, Result
 
-from consumers.run import consume
 from flowproof.cli import app
-from flowproof.config import Settings
-from publisher.relay import Relay
-from publisher.testing import Delivered, insert_canaries, read_stream, read_topic, wait_until
-from schemas import framing
-from schemas.registry import load_registry
-from tests.private_services import PrivateRedis
-from tests.test_verify_support import assert_only, closed_port, evidence, tuned
-from verifier.commands import check_once
-from verifier.model import (
+from flowproof.consumers.run import consume
+from flowproof.core.config import Settings
+from flowproof.publisher.relay import Relay
+from flowproof.publisher.testing import (
+    Delivered,
+    insert_canaries,
+    read_stream,
+    read_topic,
+    wait_until,
+)
+from flowproof.schemas import framing
+from flowproof.schemas.registry import load_registry
+from flowproof.verifier.commands import check_once
+from flowproof.verifier.model import (
     FLOW_DUPLICATES,
     FLOW_LOST,
     FLOW_ORDER,
@@ -40,6 +44,8 @@ from verifier.model import (
     SCHEMA_CONFORMANCE,
     Report,
 )
+from tests.private_services import PrivateRedis
+from tests.test_verify_support import assert_only, closed_port, evidence, tuned
 
 AGGREGATETYPE = "canary"
 REGISTRY = load_registry(None)

@@ -6,8 +6,19 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from flowproof.config import Settings
-from flowproof.sampling import is_sampled
+from flowproof.core.config import Settings
+from flowproof.core.sampling import is_sampled
+from flowproof.verifier.model import (
+    COMPONENTS_UP,
+    FLOW_DUPLICATES,
+    FLOW_LOST,
+    FLOW_ORDER,
+    LAG_KAFKA,
+    LAG_OUTBOX,
+    LAG_REDIS,
+    LATENCY_E2E,
+    SCHEMA_CONFORMANCE,
+)
 from tests.test_verify_support import (
     GROUP,
     assert_only,
@@ -20,17 +31,6 @@ from tests.test_verify_support import (
     published_event,
     record_delivery,
     tuned,
-)
-from verifier.model import (
-    COMPONENTS_UP,
-    FLOW_DUPLICATES,
-    FLOW_LOST,
-    FLOW_ORDER,
-    LAG_KAFKA,
-    LAG_OUTBOX,
-    LAG_REDIS,
-    LATENCY_E2E,
-    SCHEMA_CONFORMANCE,
 )
 
 

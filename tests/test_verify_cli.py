@@ -12,9 +12,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.verifier.model import CHECK_NAMES, FLOW_LOST
 from tests.test_verify_support import clean_pipeline, closed_port
-from verifier.model import CHECK_NAMES, FLOW_LOST
 
 FLOWPROOF = [sys.executable, "-m", "flowproof"]
 

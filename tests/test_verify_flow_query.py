@@ -7,8 +7,8 @@ import uuid
 
 import asyncpg
 
-from flowproof.sampling import is_sampled, sql_predicate, threshold
-from verifier.flow import sampled_below
+from flowproof.core.sampling import is_sampled, sql_predicate, threshold
+from flowproof.verifier.flow import sampled_below
 
 RATIOS = (1e-10, 0.1, 0.25, 0.5, 0.999, 1 - 2**-34, 1.0)
 

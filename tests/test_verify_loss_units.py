@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from verifier.loss import Copy, State, judge_copies
+from flowproof.verifier.loss import Copy, State, judge_copies
 
 
 def copy(event: uuid.UUID, position: str, age: float = 10.0) -> Copy:

@@ -17,10 +17,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.verifier.model import ComponentState, Report
+from flowproof.verifier.service import Readiness
 from tests.test_verify_support import clean_pipeline, closed_port
-from verifier.model import ComponentState, Report
-from verifier.service import Readiness
 
 FLOWPROOF = [sys.executable, "-m", "flowproof"]
 

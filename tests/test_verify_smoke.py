@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from verifier.model import LAG_KAFKA
-from verifier.smoke import SMOKE_CANARIES
+from flowproof.verifier.model import LAG_KAFKA
+from flowproof.verifier.smoke import SMOKE_CANARIES
 
 FLOWPROOF = [sys.executable, "-m", "flowproof"]
 

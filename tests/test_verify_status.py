@@ -10,7 +10,10 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.model import LAG_KAFKA, LAG_REDIS
+from flowproof.verifier.status import GroupStatus, LaneStatus, Observation, lane_status, worst
 from tests.test_verify_support import (
     GROUP,
     assert_only,
@@ -19,9 +22,6 @@ from tests.test_verify_support import (
     produce,
     tuned,
 )
-from verifier.evaluator import Evaluator
-from verifier.model import LAG_KAFKA, LAG_REDIS
-from verifier.status import GroupStatus, LaneStatus, Observation, lane_status, worst
 
 
 def window(*points: tuple[float, int, int]) -> list[Observation]:

@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import TopicPartition
 
-from flowproof.config import Settings
-from verifier.evaluator import Evaluator
-from verifier.model import CHECK_NAMES, Report
+from flowproof.core.config import Settings
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.model import CHECK_NAMES, Report
 
 GROUP = "flowproof"
 AGGREGATETYPE = "order"

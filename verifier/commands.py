@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from flowproof.config import Settings
-from flowproof.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_OK
-from verifier.evaluator import Evaluator
-from verifier.model import Report
-from verifier.report import render_json, render_table, write_junit
-from verifier.smoke import run_smoke
+from flowproof.core.config import Settings
+from flowproof.core.errors import EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_OK
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.model import Report
+from flowproof.verifier.report import render_json, render_table, write_junit
+from flowproof.verifier.smoke import run_smoke
 
 
 async def check_once(settings: Settings) -> Report:

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from flowproof.config import Settings, Sink
-from verifier.groups import subject
-from verifier.lanes import DeadLetters
-from verifier.model import SCHEMA_CONFORMANCE, CheckBuilder
-from verifier.queries import query
+from flowproof.core.config import Settings, Sink
+from flowproof.verifier.groups import subject
+from flowproof.verifier.lanes import DeadLetters
+from flowproof.verifier.model import SCHEMA_CONFORMANCE, CheckBuilder
+from flowproof.verifier.queries import query
 
 
 @dataclass(slots=True)

@@ -19,28 +19,28 @@ from typing import Final, Generic, TypeVar
 import asyncpg
 import redis.asyncio as aioredis
 
-from flowproof import metrics
-from flowproof.config import Settings, Sink
-from flowproof.connect import create_postgres_pool, ping_redis, redis_client
-from flowproof.errors import ComponentUnreachable
-from flowproof.logging import get_logger
-from flowproof.redact import scrub
-from schemas.registry_client import RegistryClient
-from verifier.conformance import (
+from flowproof.core import metrics
+from flowproof.core.config import Settings, Sink
+from flowproof.core.connect import create_postgres_pool, ping_redis, redis_client
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.logging import get_logger
+from flowproof.core.redact import scrub
+from flowproof.schemas.registry_client import RegistryClient
+from flowproof.verifier.conformance import (
     ReceiptStats,
     conformance_builder,
     judge_dead_letters,
     judge_receipts,
     receipt_stats,
 )
-from verifier.exporter import Exporter
-from verifier.flow import FlowStats, flow_builders, flow_stats, judge_flow
-from verifier.groups import SinkGroup, expected_groups, groups_of, subject
-from verifier.kafka_lag import KafkaReader, LazyKafkaOffsets, kafka_snapshot
-from verifier.lag import judge_lag, lag_builder, lane_key, limits, observe
-from verifier.lanes import SinkSnapshot
-from verifier.loss import KafkaPositions, PositionReader, RedisPositions
-from verifier.model import (
+from flowproof.verifier.exporter import Exporter
+from flowproof.verifier.flow import FlowStats, flow_builders, flow_stats, judge_flow
+from flowproof.verifier.groups import SinkGroup, expected_groups, groups_of, subject
+from flowproof.verifier.kafka_lag import KafkaReader, LazyKafkaOffsets, kafka_snapshot
+from flowproof.verifier.lag import judge_lag, lag_builder, lane_key, limits, observe
+from flowproof.verifier.lanes import SinkSnapshot
+from flowproof.verifier.loss import KafkaPositions, PositionReader, RedisPositions
+from flowproof.verifier.model import (
     COMPONENTS_UP,
     FLOW_DUPLICATES,
     FLOW_LOST,
@@ -51,10 +51,10 @@ from verifier.model import (
     ComponentState,
     Report,
 )
-from verifier.outbox import OutboxStats, judge_outbox, outbox_builder, outbox_stats
-from verifier.redis_lag import redis_snapshot
-from verifier.schema_registry import registry_components
-from verifier.status import LaneStatus, StatusWindows
+from flowproof.verifier.outbox import OutboxStats, judge_outbox, outbox_builder, outbox_stats
+from flowproof.verifier.redis_lag import redis_snapshot
+from flowproof.verifier.schema_registry import registry_components
+from flowproof.verifier.status import LaneStatus, StatusWindows
 
 T = TypeVar("T")
 log = get_logger(__name__)

@@ -1,4 +1,4 @@
-"""Publishing an evaluation as Prometheus metrics (flowproof.metrics), once per evaluation.
+"""Publishing an evaluation as Prometheus metrics (flowproof.core.metrics), once per evaluation.
 
 A series that was set by the previous evaluation and not by this one is removed rather than left
 at its old value: a stream deleted, a group gone or a component that could not be read has no
@@ -11,13 +11,13 @@ from collections.abc import Iterable
 
 from prometheus_client import Gauge
 
-from flowproof import metrics
-from verifier.conformance import ReceiptStats
-from verifier.flow import FlowStats
-from verifier.lanes import SinkSnapshot
-from verifier.model import Report
-from verifier.outbox import OutboxStats
-from verifier.status import GroupStatus, LaneStatus
+from flowproof.core import metrics
+from flowproof.verifier.conformance import ReceiptStats
+from flowproof.verifier.flow import FlowStats
+from flowproof.verifier.lanes import SinkSnapshot
+from flowproof.verifier.model import Report
+from flowproof.verifier.outbox import OutboxStats
+from flowproof.verifier.status import GroupStatus, LaneStatus
 
 Labels = tuple[str, ...]
 

@@ -25,15 +25,21 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof import metrics
-from flowproof.config import Settings, Sink
-from flowproof.logging import get_logger
-from flowproof.redact import scrub
-from flowproof.sampling import threshold
-from verifier.groups import subject
-from verifier.loss import LOST_STATES, Copy, PositionReader, State, Verdict, judge_copies
-from verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, LATENCY_E2E, CheckBuilder
-from verifier.queries import query
+from flowproof.core import metrics
+from flowproof.core.config import Settings, Sink
+from flowproof.core.logging import get_logger
+from flowproof.core.redact import scrub
+from flowproof.core.sampling import threshold
+from flowproof.verifier.groups import subject
+from flowproof.verifier.loss import LOST_STATES, Copy, PositionReader, State, Verdict, judge_copies
+from flowproof.verifier.model import (
+    FLOW_DUPLICATES,
+    FLOW_LOST,
+    FLOW_ORDER,
+    LATENCY_E2E,
+    CheckBuilder,
+)
+from flowproof.verifier.queries import query
 
 log = get_logger(__name__)
 
@@ -82,7 +88,7 @@ def _ids(values: Sequence[uuid.UUID] | None) -> tuple[uuid.UUID, ...]:
 def sampled_below(ratio: float) -> uuid.UUID | None:
     """The uuid that the ids sampled at `ratio` sort below, or None when every id is sampled.
 
-    flowproof.sampling samples an id when its first 32 bits, unsigned, are below
+    flowproof.core.sampling samples an id when its first 32 bits, unsigned, are below
     `threshold(ratio)`; PostgreSQL orders uuids bytewise, so that is exactly `id < t * 2**96`:
     one comparison per outbox row instead of a conversion through text.
     """

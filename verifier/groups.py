@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flowproof.config import Settings, Sink
-from flowproof.errors import ConfigError
+from flowproof.core.config import Settings, Sink
+from flowproof.core.errors import ConfigError
 
 SinkGroup = tuple[Sink, str]
 

@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from verifier.model import (
+from flowproof.verifier.model import (
     FLOW_LOST,
     LAG_KAFKA,
     LAG_OUTBOX,

@@ -15,12 +15,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import Settings
-from flowproof.connect import kafka_client_kwargs
-from flowproof.errors import ComponentUnreachable
-from flowproof.redact import scrub
-from schemas.routing import is_dlq
-from verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
+from flowproof.core.config import Settings
+from flowproof.core.connect import kafka_client_kwargs
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.redact import scrub
+from flowproof.core.routing import is_dlq
+from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
 
 
 class KafkaReader:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowproof.config import Settings, Sink
-from verifier.groups import subject
-from verifier.lanes import GroupLanes, Lane, SinkSnapshot
-from verifier.model import LAG_KAFKA, LAG_REDIS, CheckBuilder
-from verifier.status import FAILING, LaneStatus, Observation, StatusWindows, worst
+from flowproof.core.config import Settings, Sink
+from flowproof.verifier.groups import subject
+from flowproof.verifier.lanes import GroupLanes, Lane, SinkSnapshot
+from flowproof.verifier.model import LAG_KAFKA, LAG_REDIS, CheckBuilder
+from flowproof.verifier.status import FAILING, LaneStatus, Observation, StatusWindows, worst
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flowproof.config import Sink
-from verifier.status import Position
+from flowproof.core.config import Sink
+from flowproof.verifier.status import Position
 
 
 @dataclass(frozen=True, slots=True)

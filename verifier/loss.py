@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 from redis.exceptions import ResponseError
 
-from verifier.redis_lag import as_text, parse_entry_id
+from flowproof.verifier.redis_lag import as_text, parse_entry_id
 
 # At most this many entries of one stream are looked up one by one per evaluation (those the
 # group has not reached, oldest first); the rest count as late until a later evaluation.

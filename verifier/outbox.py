@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof.config import Settings, Sink
-from verifier.model import LAG_OUTBOX, CheckBuilder
-from verifier.queries import query
+from flowproof.core.config import Settings, Sink
+from flowproof.verifier.model import LAG_OUTBOX, CheckBuilder
+from flowproof.verifier.queries import query
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,11 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flowproof.http import Reply
-from verifier.history import CHARTS, History, Sample
-from verifier.model import LAG_KAFKA, LAG_REDIS, Finding, Report
-from verifier.report import status_word, threshold_text
-from verifier.status import GroupStatus, StatusWindows
+from flowproof.core.http import Reply
+from flowproof.verifier.history import CHARTS, History, Sample
+from flowproof.verifier.model import LAG_KAFKA, LAG_REDIS, Finding, Report
+from flowproof.verifier.report import status_word, threshold_text
+from flowproof.verifier.status import GroupStatus, StatusWindows
 
 Document = dict[str, Any]
 

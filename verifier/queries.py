@@ -9,13 +9,17 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-from flowproof.config import SINK_NAMES
-from flowproof.identifiers import validate_sql_identifier
+from flowproof.core.config import SINK_NAMES
+from flowproof.core.identifiers import validate_sql_identifier
 
 
 @lru_cache(maxsize=64)
 def _text(name: str) -> str:
-    return resources.files("verifier.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
+    return (
+        resources.files("flowproof.verifier.sql")
+        .joinpath(f"{name}.sql")
+        .read_text(encoding="utf-8")
+    )
 
 
 @lru_cache(maxsize=128)

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from schemas.routing import is_dlq
-from verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
+from flowproof.core.routing import is_dlq
+from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
 
 # Counting entries by XRANGE stops here; beyond it `behind` is a lower bound.
 COUNT_CAP = 100_000

@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from verifier.model import CheckResult, Report
+from flowproof.verifier.model import CheckResult, Report
 
 HEADERS = ("CHECK", "STATUS", "EVIDENCE", "THRESHOLD")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-from flowproof.errors import ComponentUnreachable
-from schemas.registry_client import COMPONENT, RegistryClient
-from verifier.model import ComponentState
+from flowproof.core.errors import ComponentUnreachable
+from flowproof.schemas.registry_client import COMPONENT, RegistryClient
+from flowproof.verifier.model import ComponentState
 
 
 async def registry_components(

@@ -17,13 +17,13 @@ import signal
 import time
 from collections.abc import Callable
 
-from flowproof import metrics
-from flowproof.config import Settings
-from flowproof.http import MetricsServer, Route
-from flowproof.logging import get_logger
-from verifier.evaluator import Evaluator
-from verifier.model import Report
-from verifier.page import StatusPage
+from flowproof.core import metrics
+from flowproof.core.config import Settings
+from flowproof.core.http import MetricsServer, Route
+from flowproof.core.logging import get_logger
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.model import Report
+from flowproof.verifier.page import StatusPage
 
 log = get_logger(__name__)
 

@@ -23,17 +23,17 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from flowproof.config import Settings
-from flowproof.connect import connect_postgres
-from flowproof.errors import ConfigError
-from flowproof.logging import get_logger
-from flowproof.sampling import is_sampled
-from publisher.outbox import Outbox
-from schemas.errors import ContractError
-from verifier.evaluator import Evaluator
-from verifier.groups import SinkGroup, subject
-from verifier.model import CheckBuilder, Report
-from verifier.queries import query
+from flowproof.core.config import Settings
+from flowproof.core.connect import connect_postgres
+from flowproof.core.errors import ConfigError
+from flowproof.core.logging import get_logger
+from flowproof.core.sampling import is_sampled
+from flowproof.publisher.outbox import Outbox
+from flowproof.schemas.errors import ContractError
+from flowproof.verifier.evaluator import Evaluator
+from flowproof.verifier.groups import SinkGroup, subject
+from flowproof.verifier.model import CheckBuilder, Report
+from flowproof.verifier.queries import query
 
 CANARY_TYPE = "flowproof.Canary"
 SMOKE_CANARIES = "smoke.canaries"

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncpg
 
-from verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, Report
+from flowproof.verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, Report
 
 # $1 sink, $2 consumer group. Positions: Redis "ms-seq" in a stream; Kafka "partition:offset".
 ACCOUNT_SQL = """

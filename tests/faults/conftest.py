@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from flowproof.config import ENV_PREFIX
+from flowproof.core.config import ENV_PREFIX
 from tests.conftest import Services
 from tests.faults.results import RESULTS, render, write_latest
 from tests.faults.scenario import Endpoints, Plan, Run

@@ -15,8 +15,8 @@ import time
 
 import asyncpg
 
+from flowproof.publisher.outbox import Outbox
 from flowproof.workload import EventSpec, OrderWorkload, emit_batch
-from publisher.outbox import Outbox
 
 RETRY_PAUSE = 0.2
 CONNECT_TIMEOUT = 5.0

@@ -34,14 +34,14 @@ from typing import Any
 import asyncpg
 from pydantic import SecretStr
 
-from flowproof.config import Settings
-from publisher.outbox import Outbox
+from flowproof.core.config import Settings
+from flowproof.publisher.outbox import Outbox
+from flowproof.verifier.commands import check_once
+from flowproof.verifier.model import FLOW_LOST, Report
 from tests.faults.accounting import Account, account, disagreements, first_missing
 from tests.faults.driver import WorkloadDriver
 from tests.faults.processes import FlowproofProcess, ProcessSet, stray_processes
 from tests.faults.results import RESULTS, Result
-from verifier.commands import check_once
-from verifier.model import FLOW_LOST, Report
 
 POLL = 0.25
 # What a scenario is: the coroutine that injects its faults into a Run.

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from flowproof.config import Settings
+from flowproof.core.config import Settings
+from flowproof.verifier.commands import check_once
 from tests.faults.accounting import account, disagreements, first_missing
-from verifier.commands import check_once
 
 GROUP = "g-accounting"
 

@@ -9,10 +9,10 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
+from flowproof.verifier.model import FLOW_LOST, LAG_KAFKA, LAG_REDIS, LATENCY_E2E
 from tests.faults.conftest import RunFactory
 from tests.faults.processes import FlowproofProcess
 from tests.faults.scenario import Endpoints, Plan, Run
-from verifier.model import FLOW_LOST, LAG_KAFKA, LAG_REDIS, LATENCY_E2E
 
 RELAY_BATCH = 500  # FLOWPROOF_RELAY_BATCH_SIZE's default: the in-flight batch a kill repeats
 CONSUMER_BATCH = 256  # FLOWPROOF_CONSUMER_BATCH_SIZE's default

@@ -12,12 +12,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from flowproof.migrations import migrate
+from flowproof.core.migrations import migrate
+from flowproof.verifier.commands import check_once
+from flowproof.verifier.model import LAG_OUTBOX
 from tests.faults.conftest import RunFactory
 from tests.faults.scenario import Endpoints, Faults, Plan, Run
 from tests.private_services import PrivateKafka, PrivatePostgres, PrivateRedis, PrivateService
-from verifier.commands import check_once
-from verifier.model import LAG_OUTBOX
 
 RELAY_BATCH = 500
 CONSUMER_BATCH = 256

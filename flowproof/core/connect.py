@@ -14,9 +14,9 @@ import asyncpg
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from flowproof.config import Settings
-from flowproof.errors import ComponentUnreachable, ConfigError
-from flowproof.redact import scrub
+from flowproof.core.config import Settings
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.redact import scrub
 
 CONNECT_TIMEOUT = 10.0
 

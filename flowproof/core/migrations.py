@@ -13,8 +13,8 @@ from importlib import resources
 
 import asyncpg
 
-from flowproof.identifiers import validate_sql_identifier
-from flowproof.logging import get_logger
+from flowproof.core.identifiers import validate_sql_identifier
+from flowproof.core.logging import get_logger
 
 # An arbitrary constant: the advisory lock key all flowproof migrators agree on.
 MIGRATION_LOCK_KEY = 0x466C6F77  # "Flow"
@@ -35,7 +35,7 @@ def load_migrations(outbox_table: str) -> list[Migration]:
     """Every migration shipped with flowproof, in version order, rendered for `outbox_table`."""
     outbox = validate_sql_identifier(outbox_table)
     found = []
-    for entry in resources.files("flowproof.sql.migrations").iterdir():
+    for entry in resources.files("flowproof.core.sql.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match is None:
             continue

@@ -12,7 +12,7 @@ from typing import Any, Literal, TextIO, cast
 
 import structlog
 
-from flowproof.redact import scrub
+from flowproof.core.redact import scrub
 
 LogFormat = Literal["auto", "json", "console"]
 

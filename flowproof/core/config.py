@@ -31,14 +31,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from flowproof.errors import ConfigError
-from flowproof.identifiers import (
+from flowproof.core.errors import ConfigError
+from flowproof.core.identifiers import (
     validate_group_name,
     validate_name_prefix,
     validate_sql_identifier,
 )
-from flowproof.logging import get_logger
-from flowproof.redact import register_secret
+from flowproof.core.logging import get_logger
+from flowproof.core.redact import register_secret
 
 ENV_PREFIX = "FLOWPROOF_"
 FILE_SUFFIX = "_FILE"
@@ -361,7 +361,7 @@ class Settings(BaseSettings):
     @field_validator("consumer_aggregatetypes", mode="before")
     @classmethod
     def _split_aggregatetypes(cls, value: Any) -> Any:
-        from schemas.routing import InvalidDestination, destination  # noqa: PLC0415
+        from flowproof.core.routing import InvalidDestination, destination  # noqa: PLC0415
 
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
@@ -520,7 +520,7 @@ class Settings(BaseSettings):
     @field_validator("smoke_aggregate_type")
     @classmethod
     def _check_canary_type(cls, value: str) -> str:
-        from schemas.routing import InvalidDestination, destination  # noqa: PLC0415
+        from flowproof.core.routing import InvalidDestination, destination  # noqa: PLC0415
 
         try:
             destination("", value)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from flowproof.logging import get_logger
+from flowproof.core.logging import get_logger
 
 TEXT = "text/plain; charset=utf-8"
 
