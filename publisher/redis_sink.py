@@ -14,6 +14,13 @@ EXEC's reply, the batch may or may not have run: it is published again (at most 
 duplicates, never a reordering, as Redis runs a transaction whole). redis-py's own retries are
 off: the relay's retry policy is the only one.
 
+With FLOWPROOF_RELAY_REDIS_MIN_REPLICAS = n > 0, EXEC is followed on the same connection by
+`WAIT n <timeout>`: Redis answers how many replicas have acknowledged every write of the
+connection so far. Fewer than n is a shortfall: the whole batch is reported failed (nothing of it
+is marked published, so a failover cannot lose what the outbox considers delivered), counted in
+`flowproof_relay_redis_replica_shortfalls_total`, logged, and published again by the relay's
+retry (the copies already on the primary are at most a batch of duplicates per attempt).
+
 The batch is packed by hiredis (C) and written to one pooled connection at once, then the replies
 are read in order: the same wire exchange as redis-py's pipeline, without its per-command Python
 packing and bookkeeping, which cost more than the rest of the relay's Redis work together.
@@ -34,6 +41,8 @@ from redis.exceptions import ExecAbortError, RedisError, ResponseError
 
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
+from flowproof.core.logging import get_logger
+from flowproof.core.metrics import RELAY_REDIS_REPLICA_SHORTFALLS
 from flowproof.core.redact import scrub
 from flowproof.publisher.errors import SinkError
 from flowproof.publisher.rows import Message
@@ -41,6 +50,8 @@ from flowproof.publisher.sink import Outcomes, Placed
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 NAME = "redis"
+
+log = get_logger(__name__)
 
 
 def _error(exc: BaseException) -> SinkError:
@@ -64,6 +75,35 @@ def xadd_command(message: Message, maxlen: int | None) -> bytes:
 
 _MULTI: bytes = hiredis.pack_command(("MULTI",))
 _EXEC: bytes = hiredis.pack_command(("EXEC",))
+
+
+def wait_command(replicas: int, timeout_seconds: float) -> bytes:
+    """`WAIT <replicas> <timeout ms>` in the Redis protocol (a timeout of at least 1 ms: 0 would
+    block for ever)."""
+    timeout_ms = max(1, round(timeout_seconds * 1000))
+    packed: bytes = hiredis.pack_command(("WAIT", str(replicas), str(timeout_ms)))
+    return packed
+
+
+def _shortfall(outcomes: Outcomes, confirmed: Any, required: int) -> Outcomes:
+    """The outcomes of a batch after WAIT: unchanged when `required` replicas confirmed, else
+    every placed message becomes a failure (published again, never marked)."""
+    if isinstance(confirmed, int) and confirmed >= required:
+        return outcomes
+    RELAY_REDIS_REPLICA_SHORTFALLS.inc()
+    placed = sum(1 for outcome in outcomes if isinstance(outcome, Placed))
+    log.warning(
+        "relay.redis_replica_shortfall",
+        required=required,
+        confirmed=confirmed if isinstance(confirmed, int) else scrub(str(confirmed)),
+        events=placed,
+    )
+    error = SinkError(
+        NAME,
+        f"WAIT: {confirmed} of the {required} replicas required confirmed the batch; "
+        "not marked published, published again",
+    )
+    return [error if isinstance(outcome, Placed) else outcome for outcome in outcomes]
 
 
 async def _reply(conn: Any) -> Any:
@@ -109,6 +149,9 @@ class RedisSink:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: aioredis.Redis | None = None
+        self._wait = wait_command(
+            settings.relay_redis_min_replicas, settings.relay_redis_replica_timeout_seconds
+        )
 
     def _connect(self) -> aioredis.Redis:
         if self._client is None:
@@ -158,6 +201,7 @@ class RedisSink:
         except (RedisError, OSError, TimeoutError) as exc:
             return [_error(exc)] * len(messages), {}
         timeout = self._settings.relay_sink_timeout_seconds
+        required = self._settings.relay_redis_min_replicas
         clean = False
         try:
             # One time limit for all the replies, not one timer per reply (`math.inf`: none).
@@ -169,6 +213,9 @@ class RedisSink:
                     return [_error(started)] * len(messages), {}
                 await conn.send_packed_command(b"".join([*commands, _EXEC]))
                 outcomes, refused, clean = await _transaction_replies(conn, messages)
+                if required and clean and any(isinstance(o, Placed) for o in outcomes):
+                    await conn.send_packed_command(self._wait)
+                    outcomes = _shortfall(outcomes, await _reply(conn), required)
         except (RedisError, OSError, TimeoutError) as exc:
             # redis-py has dropped the connection (as it does on cancellation and our time
             # limit): the transaction may or may not have run; all of it is published again.

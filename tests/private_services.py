@@ -43,12 +43,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".devstack"))
@@ -559,10 +561,14 @@ class PrivateRedis(PrivateService):
         tls: Certificate | None = None,
         users: Sequence[RedisUser] = (),
         start_timeout: float = 30.0,
+        replica_of: PrivateRedis | None = None,
+        config: Sequence[str] = (),
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
         self.tls = tls
+        self.replica_of = replica_of
+        self.config = tuple(config)  # more `--name value` arguments of redis-server
         self.users = tuple(users)
         self.admin = (
             RedisUser("flowproof-test-admin", secrets.token_hex(16), "~* &* +@all")
@@ -610,7 +616,9 @@ class PrivateRedis(PrivateService):
             ]  # fmt: skip
         if self.admin is not None:
             command += ["--aclfile", str(self._aclfile)]
-        return command
+        if self.replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        return [*command, *self.config]
 
     def _prepare(self) -> None:
         if self.admin is None:
@@ -648,6 +656,135 @@ class PrivateRedis(PrivateService):
                 return reply.startswith(expected)
         except OSError:
             return False
+
+
+class PrivateSentinel(PrivateService):
+    """redis-server in Sentinel mode watching one primary (quorum 1), tuned to notice a dead
+    primary within a second and to promote its replica at once."""
+
+    name = "sentinel"
+
+    def __init__(
+        self, workdir: Path, primary: PrivateRedis, *, service: str = "flowproof"
+    ) -> None:
+        super().__init__(workdir, start_timeout=30.0)
+        self.port = free_port()
+        self.primary = primary
+        self.service = service
+        self._conf = workdir / "sentinel.conf"
+
+    def _prepare(self) -> None:
+        if self._conf.exists():
+            return  # Sentinel rewrites its file with what it learnt: keep it over a restart
+        name = self.service
+        self._conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.workdir / 'data'}\n"
+            f"logfile {self.log_path}\n"
+            f"sentinel monitor {name} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {name} 1000\n"
+            f"sentinel failover-timeout {name} 5000\n"
+            f"sentinel parallel-syncs {name} 1\n",
+            encoding="utf-8",
+        )
+
+    def _command(self) -> list[str]:
+        return [shutil.which("redis-server") or "redis-server", str(self._conf), "--sentinel"]
+
+    def _healthy(self) -> bool:
+        return self.primary_port() is not None
+
+    def primary_port(self) -> int | None:
+        """The port of the primary this Sentinel names now (None when it does not answer)."""
+        reply = redis_ask(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(reply[1]) if isinstance(reply, list | tuple) and len(reply) == 2 else None
+
+
+class ReplicatedRedis:
+    """A private Redis primary with one replica and a Sentinel: `url` is the
+    redis+sentinel:// URL of flowproof's clients, `primary_url` a direct URL of the primary
+    (the one of the start; `current` follows the promotions). `config` goes to both servers.
+    """
+
+    def __init__(self, workdir: Path, *, config: Sequence[str] = ()) -> None:
+        self.primary = PrivateRedis(workdir / "primary", config=config)
+        self.replica = PrivateRedis(
+            workdir / "replica", replica_of=self.primary, config=config
+        )
+        self.sentinel = PrivateSentinel(workdir / "sentinel", self.primary)
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.sentinel.service}/0"
+
+    def current(self) -> PrivateRedis:
+        """The server the Sentinel names primary now."""
+        port = self.sentinel.primary_port()
+        return self.replica if port == self.replica.port else self.primary
+
+    def start(self) -> Self:
+        self.primary.start()
+        self.replica.start()
+        _wait_for(
+            lambda: _replica_in_sync(self.replica),
+            30.0,
+            f"the replica in {self.replica.workdir} in sync",
+        )
+        self.sentinel.start()
+        _wait_for(
+            lambda: _sentinel_knows_replica(self.sentinel),
+            30.0,
+            "the Sentinel knowing the replica",
+        )
+        return self
+
+    def close(self) -> None:
+        for server in (self.sentinel, self.replica, self.primary):
+            server.close()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def redis_ask(port: int, *command: str, timeout: float = 2.0) -> Any:
+    """A loopback Redis's (or Sentinel's) reply to one command; None when it does not answer."""
+    client = redis.Redis(port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return client.execute_command(*command)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def _replica_in_sync(replica: PrivateRedis) -> bool:
+    info = redis_ask(replica.port, "INFO", "replication")
+    return isinstance(info, dict) and info.get("master_link_status") == "up"
+
+
+def _sentinel_knows_replica(sentinel: PrivateSentinel) -> bool:
+    return bool(redis_ask(sentinel.port, "SENTINEL", "REPLICAS", sentinel.service))
+
+
+def _wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise ServiceFailed(f"{what}: not within {within:.0f} s")
+        time.sleep(0.1)
 
 
 # --- Kafka -----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from flowproof.core.identifiers import (
 )
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import register_secret
+from flowproof.core.redis_topology import check_redis_url
 from flowproof.core.routing import InvalidDestination, destination
 from flowproof.core.sinks import SINK_NAMES
 
@@ -91,8 +92,10 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="`redis://` or `rediss://` URL; a query that would turn a TLS check off is "
-        "refused",
+        description="`redis://` or `rediss://` URL of one server; a query that would turn a TLS "
+        "check off is refused. `redis+sentinel://[user:password@]host:port[,host:port]/<primary>"
+        "[/<db>]` names the Sentinels that know where the primary `<primary>` is: every client "
+        "follows it after a failover (see [Redis topologies](pipeline.md#redis-topologies))",
     )
     redis_ssl_cafile: Path | None = Field(
         default=None,
@@ -242,6 +245,22 @@ class Settings(BaseSettings):
         description="approximate cap of each stream (`XADD MAXLEN ~`); none keeps every entry. "
         "Entries trimmed before a group read them are lost, and `flow.lost` says so: size it well "
         "above the lag you tolerate",
+    )
+    relay_redis_min_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="replicas that must confirm a batch (`WAIT <n> <timeout>`) before the relay "
+        "marks it published; a shortfall is counted "
+        "(`flowproof_relay_redis_replica_shortfalls_total`), logged and published again, never "
+        "marked. `0` marks what the primary acknowledged, which a failover can lose (see "
+        "[Redis topologies](pipeline.md#redis-topologies))",
+    )
+    relay_redis_replica_timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="how long `WAIT` waits for `FLOWPROOF_RELAY_REDIS_MIN_REPLICAS` replicas; "
+        "must be below `FLOWPROOF_RELAY_SINK_TIMEOUT_SECONDS`",
     )
     relay_kafka_linger_ms: int = Field(
         default=0,
@@ -556,12 +575,22 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith(("redis://", "rediss://")):
-            raise ValueError("must be a redis:// or rediss:// URL")
+        check_redis_url(value.get_secret_value())
         if weakened := _weakened_redis_tls(value.get_secret_value()):
             raise ValueError(
                 f"its query sets {weakened}, which would turn TLS verification off; flowproof "
                 "always verifies the certificate and the host name (see docs/security.md)"
+            )
+        return value
+
+    @field_validator("relay_sink_timeout_seconds")
+    @classmethod
+    def _check_sink_timeout(cls, value: float, info: ValidationInfo) -> float:
+        # WAIT runs inside the publish's time limit: a longer WAIT would always time out first.
+        wait = info.data.get("relay_redis_replica_timeout_seconds")
+        if wait is not None and wait >= value:
+            raise ValueError(
+                f"must be above FLOWPROOF_RELAY_REDIS_REPLICA_TIMEOUT_SECONDS ({wait:g})"
             )
         return value
 

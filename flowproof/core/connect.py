@@ -12,11 +12,13 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable, ConfigError
 from flowproof.core.redact import scrub
+from flowproof.core.redis_topology import is_sentinel_url, parse_sentinel_url
 
 CONNECT_TIMEOUT = 10.0
 
@@ -58,12 +60,38 @@ def redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
     """A redis-py asyncio client (connections are made lazily; see `ping_redis`).
 
     With a rediss:// URL the server's certificate and host name are always verified, against
-    FLOWPROOF_REDIS_SSL_CAFILE when set.
+    FLOWPROOF_REDIS_SSL_CAFILE when set. With a redis+sentinel:// URL it is a client of the
+    primary the Sentinels name, asked again on every new connection (see
+    `flowproof.core.redis_topology`).
     """
+    url = settings.redis_url.get_secret_value()
+    if is_sentinel_url(url):
+        return _sentinel_client(url, **kwargs)
     if settings.redis_ssl_cafile is not None:
         kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
     client: aioredis.Redis = aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        **kwargs,
+    )
+    return client
+
+
+def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
+    target = parse_sentinel_url(url)
+    sentinels = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs={
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": CONNECT_TIMEOUT,
+        },
+    )
+    client: aioredis.Redis = sentinels.master_for(
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=30,
         **kwargs,

@@ -54,6 +54,11 @@ OUTBOX_WAITING_BEHIND_PARKED = Gauge(
 RELAY_OWNED_SLOTS = Gauge(
     "flowproof_relay_owned_slots", "Aggregate slots (of 64) this relay publishes.", ["sink"]
 )
+RELAY_REDIS_REPLICA_SHORTFALLS = Counter(
+    "flowproof_relay_redis_replica_shortfalls_total",
+    "Redis batches fewer replicas confirmed (WAIT) than FLOWPROOF_RELAY_REDIS_MIN_REPLICAS asks: "
+    "not marked published, published again.",
+)
 RELAY_PRUNED = Counter(
     "flowproof_relay_pruned_total", "Outbox rows deleted after every sink acknowledged them."
 )

@@ -1,0 +1,94 @@
+"""Which Redis topology FLOWPROOF_REDIS_URL names: one server, or a primary found through Sentinel.
+
+- `redis://` / `rediss://`: one server (a primary, with or without replicas).
+- `redis+sentinel://[user:password@]host:port[,host:port...]/<primary name>[/<db>]`: the Sentinels
+  to ask where the primary named `<primary name>` (Sentinel's `monitor` name) is. Every client
+  asks them again whenever its connection breaks or the server says it is now a replica
+  (`READONLY`), so after a failover the relay, the consumers and the verifier follow the promoted
+  replica. The user and password are the data nodes' (the Sentinels are asked without them).
+
+Sentinel rather than a scripted `REPLICAOF NO ONE`: redis-py's asyncio client ships a
+Sentinel-managed connection pool (`redis.asyncio.sentinel`) that looks the primary up on every
+new connection and drops a connection to a demoted primary; a scripted promotion would need
+flowproof to find the new primary itself. TLS to the data nodes behind Sentinel is not
+supported (a `rediss+sentinel://` URL is refused when the settings load).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+SENTINEL_SCHEME = "redis+sentinel"
+SCHEMES = ("redis", "rediss", SENTINEL_SCHEME)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    """A `redis+sentinel://` URL taken apart."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    host, sep, port = item.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item.strip()!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """The parts of a `redis+sentinel://` URL; ValueError saying what is wrong (never the
+    password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SENTINEL_SCHEME:
+        raise ValueError(f"is not a {SENTINEL_SCHEME}:// URL")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        hosts, userinfo = authority, ""
+    if not hosts:
+        raise ValueError(f"a {SENTINEL_SCHEME}:// URL needs at least one Sentinel host:port")
+    sentinels = tuple(_host_port(item) for item in hosts.split(",") if item.strip())
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise ValueError(
+            f"a {SENTINEL_SCHEME}:// URL ends with /<primary name> or /<primary name>/<db>"
+        )
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError(f"database {parts[1]!r} is not a number")
+    username, password = None, None
+    if userinfo:
+        name, colon, secret = userinfo.partition(":")
+        username = unquote(name) or None
+        password = unquote(secret) if colon else None
+    return SentinelTarget(
+        sentinels=sentinels,
+        service=unquote(parts[0]),
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=username,
+        password=password,
+    )
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError naming what is wrong with FLOWPROOF_REDIS_URL's topology, else None."""
+    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if scheme not in SCHEMES:
+        if scheme.startswith("rediss+"):
+            raise ValueError(f"{scheme}:// is not supported (TLS behind Sentinel)")
+        raise ValueError(
+            "must be a redis://, rediss:// or redis+sentinel://host:port[,host:port]/<primary> URL"
+        )
+    if scheme == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
