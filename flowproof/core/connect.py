@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from flowproof.core.config import Settings
@@ -78,6 +78,16 @@ def redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
     return client
 
 
+class _SentinelPool(SentinelConnectionPool):
+    """A Sentinel-managed pool that closes its Sentinel connections with its own (redis-py
+    leaves them to the caller, and the client is all flowproof's callers hold)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the client's aclose, not a switch to a new primary
+            await self.sentinel_manager.aclose()
+
+
 def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     target = parse_sentinel_url(url)
     sentinels = Sentinel(
@@ -89,6 +99,7 @@ def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     )
     client: aioredis.Redis = sentinels.master_for(
         target.service,
+        connection_pool_class=_SentinelPool,
         db=target.db,
         username=target.username,
         password=target.password,
