@@ -26,6 +26,8 @@ from typing import Any
 
 import asyncpg
 
+from flowproof.core.config import Settings
+from flowproof.core.connect import redis_client
 from flowproof.verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, Report
 
 # $1 sink, $2 consumer group. Positions: Redis "ms-seq" in a stream; Kafka "partition:offset".
@@ -193,3 +195,61 @@ def disagreements(report: Report, accounts: list[Account]) -> list[str]:
                     f"{acc.sink}/{acc.group} {what}: verifier {verifier}, accounting {ours}"
                 )
     return problems
+
+
+async def redis_group_drained(settings: Settings, group: str) -> bool:
+    """`group` has read every stream under the prefix to its end and acknowledged it all."""
+    client = redis_client(settings)
+    try:
+        async for key in client.scan_iter(match=f"{settings.stream_prefix}*", _type="stream"):
+            for info in await client.xinfo_groups(key):
+                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+                if name == group and (info.get("lag") != 0 or info.get("pending")):
+                    return False
+        return True
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Events marked published to Redis whose every recorded entry is gone from its stream (a
+    failover dropped what the primary had acknowledged), found by looking each entry up."""
+
+    published: int
+    dropped: int
+    dropped_unreceived: int  # of those, the ones no consumer received before the failover
+
+
+async def redis_dropped(conn: asyncpg.Connection, settings: Settings, group: str) -> Dropped:
+    """Count the published events whose Redis entries a failover dropped (see `Dropped`)."""
+    rows = await conn.fetch(
+        """SELECT o.seq, d.destination, d.position,
+                  EXISTS (SELECT 1 FROM flowproof_receipts r
+                          WHERE r.event_id = o.id AND r.sink = 'redis'
+                            AND r.consumer_group = $1 AND r.valid) AS received
+           FROM flowproof_outbox o JOIN flowproof_outbox_deliveries d
+             ON d.seq = o.seq AND d.sink = 'redis'
+           WHERE o.redis_published_at IS NOT NULL""",
+        group,
+    )
+    client = redis_client(settings)
+    present: dict[int, bool] = {}
+    try:
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            async with client.pipeline(transaction=False) as pipe:
+                for row in chunk:
+                    pipe.xrange(row["destination"], row["position"], row["position"], count=1)
+                found = await pipe.execute()
+            for row, entries in zip(chunk, found, strict=True):
+                present[row["seq"]] = present.get(row["seq"], False) or bool(entries)
+    finally:
+        await client.aclose()
+    received = {row["seq"] for row in rows if row["received"]}
+    dropped = [seq for seq, here in present.items() if not here]
+    return Dropped(
+        published=len(present),
+        dropped=len(dropped),
+        dropped_unreceived=sum(1 for seq in dropped if seq not in received),
+    )
