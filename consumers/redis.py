@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -45,13 +46,16 @@ from flowproof.consumers.receipts import ReceiptWriter
 from flowproof.core import metrics
 from flowproof.core.aio import sleep_unless_stopped
 from flowproof.core.config import Settings
-from flowproof.core.connect import ping_redis, redis_client
+from flowproof.core.connect import RedisClient, ping_redis, redis_client
 from flowproof.core.logging import get_logger
 from flowproof.core.retry import RetryPolicy
 from flowproof.core.routing import InvalidDestination, destination, is_dlq
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 log = get_logger(__name__)
+
+# On a Redis Cluster, the pause after a read of every stream found nothing (instead of BLOCK).
+CLUSTER_POLL_SECONDS = 0.05
 
 # An entry as redis-py returns it: (entry id, fields), fields None when the entry was trimmed.
 Entry = tuple[bytes, dict[bytes, bytes] | None]
@@ -87,7 +91,7 @@ def _transient(error: ResponseError) -> bool:
 class RedisDeadLetters:
     """Dead letters as entries of `<stream>.dlq`: the original fields plus `dlq_*` ones."""
 
-    def __init__(self, client: aioredis.Redis, options: ConsumerOptions) -> None:
+    def __init__(self, client: RedisClient, options: ConsumerOptions) -> None:
         self._client = client
         self._options = options
 
@@ -134,7 +138,7 @@ class RedisConsumer:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         processor: Processor,
         committer: BatchCommitter,
         options: ConsumerOptions,
@@ -147,6 +151,7 @@ class RedisConsumer:
         self._groups_ready: set[str] = set()
         self._ignored: set[str] = set()  # streams under the prefix that are not flowproof's
         self._claim_cursors: dict[str, bytes] = {}
+        self._rotation = 0  # the stream a Cluster read starts with (see `_xreadgroup`)
         self._own_pending = True
         self._next_discovery = 0.0
         self._next_claim = 0.0
@@ -165,7 +170,7 @@ class RedisConsumer:
             try:
                 batch = await self._next_batch(stop, drain=drain)
                 failures = 0
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 failures += 1
                 metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation="read").inc()
                 delay = self._retry.delay(failures) or self._retry.cap
@@ -249,13 +254,7 @@ class RedisConsumer:
 
     async def _read(self, last_id: str, block_ms: int | None = None) -> list[Delivery]:
         try:
-            response: Any = await self._client.xreadgroup(
-                self._options.group,
-                self._options.name,
-                dict.fromkeys(self._streams, last_id),
-                count=self._options.batch_size,
-                block=block_ms,
-            )
+            response: Any = await self._xreadgroup(last_id, block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -271,6 +270,38 @@ class RedisConsumer:
             counts = await self._delivery_counts(stream, entries) if last_id != ">" else {}
             batch += await self._deliveries(stream, entries, received_at, counts)
         return batch
+
+    async def _xreadgroup(self, last_id: str, block_ms: int | None) -> Any:
+        """XREADGROUP over every stream: one command on one server; on a Redis Cluster (one
+        hash slot per command) one per stream, without BLOCK, starting with a different stream
+        each time so that a busy one cannot starve the others, then a short pause when none
+        had anything."""
+        options = self._options
+        if not isinstance(self._client, RedisCluster):
+            return await self._client.xreadgroup(
+                options.group,
+                options.name,
+                dict.fromkeys(self._streams, last_id),
+                count=options.batch_size,
+                block=block_ms,
+            )
+        self._rotation = (self._rotation + 1) % len(self._streams)
+        order = self._streams[self._rotation :] + self._streams[: self._rotation]
+        response: list[Any] = []
+        room = options.batch_size
+        for stream in order:
+            if room <= 0:
+                break
+            got = await self._client.xreadgroup(
+                options.group, options.name, {stream: last_id}, count=room
+            )
+            for key, entries in got or []:
+                if entries:
+                    response.append((key, entries))
+                    room -= len(entries)
+        if not response and block_ms:
+            await asyncio.sleep(min(block_ms / 1000, CLUSTER_POLL_SECONDS))
+        return response
 
     async def _claim(self) -> list[Delivery]:
         batch: list[Delivery] = []

@@ -7,6 +7,13 @@ in order. Without the transaction, the commands after a refused one would run, a
 event, published again later, would land after later events of its aggregate. MULTI's own reply
 is awaited before the XADDs are sent: were MULTI refused, they would run one by one.
 
+With a Redis Cluster (`redis+cluster://`) a transaction may only touch one hash slot, so a batch
+becomes one transaction per stream (a stream is one key), all sent at once, each on a connection
+to the primary of its stream's slot: the guarantees above hold per stream, which is where an
+aggregate's events go, and a refused or unreachable stream holds back no other. A MOVED or ASK
+refusal (the slot moved, or a replica took over) fails that stream's transaction; the relay then
+resets the client, which learns the slots again before the batch is published again.
+
 A refusal of one stream only (NOPERM, WRONGTYPE) must not hold back the others: when Redis names
 the refused commands, the batch is sent again at once without every event of their aggregates,
 which fail and are retried (still in order) by the relay. When the connection breaks before
@@ -30,28 +37,31 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import hiredis
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ExecAbortError, RedisError, ResponseError
+from redis.exceptions import ExecAbortError, RedisClusterException, RedisError, ResponseError
 
 from flowproof.core.config import Settings
-from flowproof.core.connect import redis_client
+from flowproof.core.connect import RedisClient, redis_client
 from flowproof.core.logging import get_logger
 from flowproof.core.metrics import RELAY_REDIS_REPLICA_SHORTFALLS
 from flowproof.core.redact import scrub
 from flowproof.publisher.errors import SinkError
 from flowproof.publisher.rows import Message
-from flowproof.publisher.sink import Outcomes, Placed
+from flowproof.publisher.sink import Outcome, Outcomes, Placed
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 NAME = "redis"
 
 log = get_logger(__name__)
+
+
+_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 def _error(exc: BaseException) -> SinkError:
@@ -81,7 +91,7 @@ def wait_command(replicas: int, timeout_seconds: float) -> bytes:
     """`WAIT <replicas> <timeout ms>` in the Redis protocol (a timeout of at least 1 ms: 0 would
     block for ever)."""
     timeout_ms = max(1, round(timeout_seconds * 1000))
-    packed: bytes = hiredis.pack_command(("WAIT", str(replicas), str(timeout_ms)))
+    packed: bytes = hiredis.pack_command(("WAIT", str(replicas), str(timeout_ms)))  # type: ignore[arg-type]  # stub too narrow
     return packed
 
 
@@ -148,12 +158,12 @@ class RedisSink:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
         self._wait = wait_command(
             settings.relay_redis_min_replicas, settings.relay_redis_replica_timeout_seconds
         )
 
-    def _connect(self) -> aioredis.Redis:
+    def _connect(self) -> RedisClient:
         if self._client is None:
             timeout = self._settings.relay_sink_timeout_seconds
             self._client = redis_client(
@@ -167,12 +177,33 @@ class RedisSink:
         client = self._connect()
         try:
             await client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*_FAILURES, RedisClusterException) as exc:
             raise _error(exc) from None
 
     async def publish(self, messages: Sequence[Message]) -> Outcomes:
         maxlen = self._settings.relay_redis_maxlen
         commands = [xadd_command(m, maxlen) for m in messages]
+        if not isinstance(self._connect(), RedisCluster):
+            return await self._publish(messages, commands)
+        # A Cluster runs a transaction on one hash slot only: one per stream, all at once, each
+        # on a connection to its stream's node.
+        lanes: dict[str, list[int]] = {}
+        for index, message in enumerate(messages):
+            lanes.setdefault(message.destination, []).append(index)
+        results = await asyncio.gather(
+            *(
+                self._publish([messages[i] for i in lane], [commands[i] for i in lane])
+                for lane in lanes.values()
+            )
+        )
+        by_index: dict[int, Outcome] = {}
+        for lane, result in zip(lanes.values(), results, strict=True):
+            by_index.update(zip(lane, result, strict=True))
+        return [by_index[index] for index in range(len(messages))]
+
+    async def _publish(self, messages: Sequence[Message], commands: Sequence[bytes]) -> Outcomes:
+        """One transaction; when Redis refused some of its commands, once more without every
+        event of their aggregates."""
         outcomes, refused = await self._transaction(messages, commands)
         if not refused or len(refused) == len(messages):
             return outcomes
@@ -190,15 +221,32 @@ class RedisSink:
                 outcomes[index] = held
         return outcomes
 
+    async def _checkout(self, stream: str) -> tuple[Any, Callable[[Any], Awaitable[None]]]:
+        """A connection to the server of `stream` (with a Cluster: the primary of its hash
+        slot), and how to give it back."""
+        client = self._connect()
+        if isinstance(client, RedisCluster):
+            await client.initialize()  # learns the slots once (again after a reset)
+            node = client.get_node_from_key(stream)
+            if node is None:  # only ever None when asked for a replica
+                raise RedisClusterException(f"no node serves {stream}")
+            conn = node.acquire_connection()
+
+            async def release(connection: Any) -> None:
+                node.release(connection)
+
+            return conn, release
+        pool = client.connection_pool
+        return await pool.get_connection(), pool.release  # type: ignore[no-untyped-call]
+
     async def _transaction(
         self, messages: Sequence[Message], commands: Sequence[bytes]
     ) -> tuple[Outcomes, dict[int, SinkError]]:
         """MULTI, the XADDs, EXEC on one connection: the outcomes, and the commands Redis refused
         when they were queued (which made it discard the transaction)."""
-        pool = self._connect().connection_pool
         try:
-            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        except (RedisError, OSError, TimeoutError) as exc:
+            conn, release = await self._checkout(messages[0].destination)
+        except (*_FAILURES, RedisClusterException) as exc:
             return [_error(exc)] * len(messages), {}
         timeout = self._settings.relay_sink_timeout_seconds
         required = self._settings.relay_redis_min_replicas
@@ -216,7 +264,7 @@ class RedisSink:
                 if required and clean and any(isinstance(o, Placed) for o in outcomes):
                     await conn.send_packed_command(self._wait)
                     outcomes = _shortfall(outcomes, await _reply(conn), required)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             # redis-py has dropped the connection (as it does on cancellation and our time
             # limit): the transaction may or may not have run; all of it is published again.
             error = _error(exc)
@@ -227,7 +275,7 @@ class RedisSink:
             if not clean:
                 # A connection left inside MULTI (EXEC itself refused) must not be reused.
                 await conn.disconnect()
-            await pool.release(conn)
+            await release(conn)
         return outcomes, refused
 
     async def reset(self) -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from flowproof.core import metrics
 from flowproof.core.config import Settings
-from flowproof.core.connect import ping_redis, redis_client
+from flowproof.core.connect import RedisClient, ping_redis, redis_client
 from flowproof.core.routing import is_dlq
 from flowproof.core.sinks import REDIS
 from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
@@ -40,7 +39,7 @@ def parse_entry_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def find_streams(client: aioredis.Redis, prefix: str) -> tuple[list[str], list[str]]:
+async def find_streams(client: RedisClient, prefix: str) -> tuple[list[str], list[str]]:
     """The streams under `prefix`: (event streams, dead-letter streams), sorted."""
     streams: list[str] = []
     dlqs: list[str] = []
@@ -51,7 +50,7 @@ async def find_streams(client: aioredis.Redis, prefix: str) -> tuple[list[str], 
     return sorted(streams), sorted(dlqs)
 
 
-async def count_after(client: aioredis.Redis, stream: str, after: str) -> tuple[int, bool]:
+async def count_after(client: RedisClient, stream: str, after: str) -> tuple[int, bool]:
     """Entries with an id above `after`, counted up to COUNT_CAP: (count, exact)."""
     counted, cursor = 0, f"({after}"
     while counted < COUNT_CAP:
@@ -63,13 +62,13 @@ async def count_after(client: aioredis.Redis, stream: str, after: str) -> tuple[
     return counted, False
 
 
-async def _first_after(client: aioredis.Redis, stream: str, after: str) -> str | None:
+async def _first_after(client: RedisClient, stream: str, after: str) -> str | None:
     entries = await client.xrange(stream, min=f"({after}", max="+", count=1) or []
     return as_text(entries[0][0]) if entries else None
 
 
 async def _lane(
-    client: aioredis.Redis, stream: str, length: int, info: dict[str, Any] | None, now: float
+    client: RedisClient, stream: str, length: int, info: dict[str, Any] | None, now: float
 ) -> Lane:
     last_delivered = as_text(info["last-delivered-id"]) if info else "0-0"
     first_undelivered = await _first_after(client, stream, last_delivered)
@@ -105,14 +104,14 @@ async def _lane(
     )
 
 
-async def _min_idle(client: aioredis.Redis, stream: str, group: str) -> float | None:
+async def _min_idle(client: RedisClient, stream: str, group: str) -> float | None:
     consumers = await client.xinfo_consumers(stream, group)
     idles = [int(c["idle"]) / 1000 for c in consumers if c.get("idle") is not None]
     return min(idles) if idles else None
 
 
 async def redis_snapshot(
-    client: aioredis.Redis,
+    client: RedisClient,
     *,
     prefix: str,
     expected_groups: Sequence[str],
@@ -170,7 +169,7 @@ def _entry(value: Any) -> tuple[int, int]:
 class RedisPositions:
     """Reads a stream's group position, pending entries and entries themselves."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: RedisClient) -> None:
         self._client = client
 
     async def classify(self, group: str, copies: Sequence[Copy]) -> list[State]:

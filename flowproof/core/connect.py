@@ -12,15 +12,24 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable, ConfigError
 from flowproof.core.redact import scrub
-from flowproof.core.redis_topology import is_sentinel_url, parse_sentinel_url
+from flowproof.core.redis_topology import (
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 CONNECT_TIMEOUT = 10.0
+
+# What `redis_client` gives: one server's (or Sentinel's primary's) client, or a Cluster's.
+RedisClient = aioredis.Redis | RedisCluster
 
 
 def _unreachable(component: str, exc: BaseException) -> ComponentUnreachable:
@@ -56,17 +65,20 @@ async def create_postgres_pool(
     return pool
 
 
-def redis_client(settings: Settings, **kwargs: Any) -> aioredis.Redis:
+def redis_client(settings: Settings, **kwargs: Any) -> RedisClient:
     """A redis-py asyncio client (connections are made lazily; see `ping_redis`).
 
     With a rediss:// URL the server's certificate and host name are always verified, against
     FLOWPROOF_REDIS_SSL_CAFILE when set. With a redis+sentinel:// URL it is a client of the
     primary the Sentinels name, asked again on every new connection (see
-    `flowproof.core.redis_topology`).
+    `flowproof.core.redis_topology`); with a redis+cluster:// URL, a RedisCluster client that
+    sends each command to the node of its key's hash slot.
     """
     url = settings.redis_url.get_secret_value()
     if is_sentinel_url(url):
         return _sentinel_client(url, **kwargs)
+    if is_cluster_url(url):
+        return _cluster_client(url, **kwargs)
     if settings.redis_ssl_cafile is not None:
         kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
     client: aioredis.Redis = aioredis.Redis.from_url(
@@ -90,7 +102,7 @@ class _SentinelPool(SentinelConnectionPool):
 
 def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     target = parse_sentinel_url(url)
-    sentinels = Sentinel(
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
         list(target.sentinels),
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -110,11 +122,25 @@ def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     return client
 
 
-async def ping_redis(client: aioredis.Redis) -> None:
+def _cluster_client(url: str, **kwargs: Any) -> RedisCluster:
+    target = parse_cluster_url(url)
+    # redis-py's own retries stay as the caller asked (the relay: none); a Cluster client takes
+    # them as `retry` too.
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        health_check_interval=30,
+        **kwargs,
+    )
+
+
+async def ping_redis(client: RedisClient) -> None:
     """Raise ComponentUnreachable('redis') unless the server answers PING."""
     try:
         await client.ping()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise _unreachable("redis", exc) from None
 
 

@@ -1,4 +1,5 @@
-"""Which Redis topology FLOWPROOF_REDIS_URL names: one server, or a primary found through Sentinel.
+"""Which Redis topology FLOWPROOF_REDIS_URL names: one server, a primary found through Sentinel,
+or a Redis Cluster.
 
 - `redis://` / `rediss://`: one server (a primary, with or without replicas).
 - `redis+sentinel://[user:password@]host:port[,host:port...]/<primary name>[/<db>]`: the Sentinels
@@ -6,12 +7,16 @@
   asks them again whenever its connection breaks or the server says it is now a replica
   (`READONLY`), so after a failover the relay, the consumers and the verifier follow the promoted
   replica. The user and password are the data nodes' (the Sentinels are asked without them).
+- `redis+cluster://[user:password@]host:port[,host:port...]`: some nodes of a Redis Cluster (any
+  of them will do; the client learns the others and the hash slots from them). Streams spread
+  over the primaries by the hash slot of their names; a cluster has only database 0.
 
 Sentinel rather than a scripted `REPLICAOF NO ONE`: redis-py's asyncio client ships a
 Sentinel-managed connection pool (`redis.asyncio.sentinel`) that looks the primary up on every
 new connection and drops a connection to a demoted primary; a scripted promotion would need
 flowproof to find the new primary itself. TLS to the data nodes behind Sentinel is not
-supported (a `rediss+sentinel://` URL is refused when the settings load).
+supported, nor to Cluster nodes (`rediss+sentinel://` and `rediss+cluster://` URLs are refused
+when the settings load).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
-SCHEMES = ("redis", "rediss", SENTINEL_SCHEME)
+CLUSTER_SCHEME = "redis+cluster"
+SCHEMES = ("redis", "rediss", SENTINEL_SCHEME, CLUSTER_SCHEME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +40,51 @@ class SentinelTarget:
     password: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """A `redis+cluster://` URL taken apart."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+
+
 def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == CLUSTER_SCHEME
+
+
+def _split(url: str, scheme: str) -> tuple[list[tuple[str, int]], str, str | None, str | None]:
+    """(host:port list, path, username, password) of a multi-host URL of `scheme`."""
+    found, sep, rest = url.partition("://")
+    if not sep or found.lower() != scheme:
+        raise ValueError(f"is not a {scheme}:// URL")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"a {scheme}:// URL takes no query or fragment")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        hosts, userinfo = authority, ""
+    if not hosts:
+        raise ValueError(f"a {scheme}:// URL needs at least one host:port")
+    addresses = [_host_port(item) for item in hosts.split(",") if item.strip()]
+    username, password = None, None
+    if userinfo:
+        name, colon, secret = userinfo.partition(":")
+        username = unquote(name) or None
+        password = unquote(secret) if colon else None
+    return addresses, path, username, password
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """The parts of a `redis+cluster://` URL; ValueError saying what is wrong."""
+    nodes, path, username, password = _split(url, CLUSTER_SCHEME)
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not /{path.strip('/')}")
+    return ClusterTarget(tuple(nodes), username, password)
 
 
 def _host_port(item: str) -> tuple[str, int]:
@@ -48,18 +97,7 @@ def _host_port(item: str) -> tuple[str, int]:
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """The parts of a `redis+sentinel://` URL; ValueError saying what is wrong (never the
     password)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() != SENTINEL_SCHEME:
-        raise ValueError(f"is not a {SENTINEL_SCHEME}:// URL")
-    if "?" in rest or "#" in rest:
-        raise ValueError(f"a {SENTINEL_SCHEME}:// URL takes no query or fragment")
-    authority, _, path = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if not at:
-        hosts, userinfo = authority, ""
-    if not hosts:
-        raise ValueError(f"a {SENTINEL_SCHEME}:// URL needs at least one Sentinel host:port")
-    sentinels = tuple(_host_port(item) for item in hosts.split(",") if item.strip())
+    sentinels, path, username, password = _split(url, SENTINEL_SCHEME)
     parts = [p for p in path.split("/") if p]
     if not parts or len(parts) > 2:
         raise ValueError(
@@ -67,13 +105,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         )
     if len(parts) == 2 and not parts[1].isdigit():
         raise ValueError(f"database {parts[1]!r} is not a number")
-    username, password = None, None
-    if userinfo:
-        name, colon, secret = userinfo.partition(":")
-        username = unquote(name) or None
-        password = unquote(secret) if colon else None
     return SentinelTarget(
-        sentinels=sentinels,
+        sentinels=tuple(sentinels),
         service=unquote(parts[0]),
         db=int(parts[1]) if len(parts) == 2 else 0,
         username=username,
@@ -86,9 +119,12 @@ def check_redis_url(url: str) -> None:
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in SCHEMES:
         if scheme.startswith("rediss+"):
-            raise ValueError(f"{scheme}:// is not supported (TLS behind Sentinel)")
+            raise ValueError(f"{scheme}:// is not supported (TLS to Sentinel or Cluster nodes)")
         raise ValueError(
-            "must be a redis://, rediss:// or redis+sentinel://host:port[,host:port]/<primary> URL"
+            "must be a redis://, rediss://, redis+sentinel://host:port[,host:port]/<primary> or "
+            "redis+cluster://host:port[,host:port] URL"
         )
     if scheme == SENTINEL_SCHEME:
         parse_sentinel_url(url)
+    if scheme == CLUSTER_SCHEME:
+        parse_cluster_url(url)
