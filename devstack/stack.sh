@@ -7,6 +7,9 @@
 #   devstack/stack.sh down     stop exactly the processes `up` started (pid files), nothing else
 #   devstack/stack.sh status   say what runs where
 #
+# Beside the single Redis server, a primary with a replica and a Sentinel, and a 3-primary Redis
+# Cluster (devstack/redis_topologies.sh).
+#
 # Environment: DEVSTACK_DIR (default .devstack), DEVSTACK_TIMEOUT (health wait, default 90 s).
 set -euo pipefail
 
@@ -23,6 +26,8 @@ declare -A BASE_PORT=([postgres]=55432 [redis]=56379 [kafka]=59092 [kafka_contro
   [schema_registry]=58081 [schema_registry_management]=58082)
 
 say() { printf 'devstack: %s\n' "$*"; }
+# shellcheck source=devstack/redis_topologies.sh
+. "$ROOT/devstack/redis_topologies.sh"
 die() { printf 'devstack: error: %s\n' "$*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +398,7 @@ FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(cat "$STACK/ports/kafka")
 DEVSTACK_SCHEMA_REGISTRY_URL=http://127.0.0.1:$(cat "$STACK/ports/schema_registry")/apis/ccompat/v7
 DEVSTACK_APICURIO_JAR=$APICURIO_APP/quarkus-run.jar
 DEVSTACK_APICURIO_JAVA=$(java21)
+$(redis_topologies_env)
 EOF
   mv "$env.tmp" "$env"
   say "wrote $env"
@@ -419,6 +425,7 @@ cmd_status() {
   status_line redis "$(cat "$STACK/ports/redis" 2>/dev/null || echo -)" "$redis_state"
   status_line kafka "$(cat "$STACK/ports/kafka" 2>/dev/null || echo -)" "$kafka_state"
   status_line registry "$(cat "$STACK/ports/schema_registry" 2>/dev/null || echo -)" "$registry_state"
+  redis_topologies_status
   [[ -f $STACK/env ]] && echo "environment: $STACK/env (source it: set -a; . $STACK/env; set +a)"
   [[ $pg_state != stopped && $redis_state != stopped && $kafka_state != stopped \
     && $registry_state != stopped ]]
@@ -432,6 +439,7 @@ cmd_up() {
   install_apicurio
   start_postgres
   start_redis
+  start_redis_topologies
   start_kafka
   start_registry
   write_env
@@ -442,6 +450,7 @@ cmd_up() {
 cmd_down() {
   stop_registry
   stop_kafka
+  stop_redis_topologies
   stop_redis
   stop_postgres
   say "down"

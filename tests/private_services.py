@@ -775,6 +775,8 @@ class PrivateRedisCluster:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
+            # A replica takes over however long ago it last heard from its primary.
+            "--cluster-replica-validity-factor", "0",
             *config,
         ]  # fmt: skip
         # The cluster bus on a free port of its own (by default it is the port + 10000).
@@ -809,6 +811,11 @@ class PrivateRedisCluster:
             lambda: all(_cluster_state(n.port) == "ok" for n in self.nodes),
             60.0,
             "every cluster node saying cluster_state:ok",
+        )
+        _wait_for(
+            lambda: all(_replica_in_sync(n) for n in self.nodes if _role(n.port) == "slave"),
+            60.0,
+            "every replica in sync with its primary",
         )
         return self
 

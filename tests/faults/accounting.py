@@ -29,6 +29,7 @@ import asyncpg
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
 from flowproof.verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER, Report
+from flowproof.verifier.redis_lag import as_text
 
 # $1 sink, $2 consumer group. Positions: Redis "ms-seq" in a stream; Kafka "partition:offset".
 ACCOUNT_SQL = """
@@ -197,16 +198,24 @@ def disagreements(report: Report, accounts: list[Account]) -> list[str]:
     return problems
 
 
-async def redis_group_drained(settings: Settings, group: str) -> bool:
-    """`group` has read every stream under the prefix to its end and acknowledged it all."""
+async def redis_group_behind(settings: Settings, group: str) -> str | None:
+    """Why `group` has not read every stream under the prefix to its end and acknowledged it
+    all, or None when it has."""
     client = redis_client(settings)
     try:
         async for key in client.scan_iter(match=f"{settings.stream_prefix}*", _type="stream"):
             for info in await client.xinfo_groups(key):
-                name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-                if name == group and (info.get("lag") != 0 or info.get("pending")):
-                    return False
-        return True
+                if as_text(info["name"]) != group:
+                    continue
+                if info.get("pending"):
+                    return f"{as_text(key)}: {info['pending']} pending"
+                lag = info.get("lag")
+                if lag is None:  # Redis cannot tell (after a failover): look past the position
+                    after = f"({as_text(info['last-delivered-id'])}"
+                    lag = len(await client.xrange(key, min=after, max="+", count=1))
+                if lag:
+                    return f"{as_text(key)}: lag {lag}"
+        return None
     finally:
         await client.aclose()
 

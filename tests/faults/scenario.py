@@ -33,7 +33,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from flowproof.core.config import Settings
 from flowproof.publisher.outbox import Outbox
@@ -44,7 +44,7 @@ from tests.faults.accounting import (
     account,
     disagreements,
     first_missing,
-    redis_group_drained,
+    redis_group_behind,
 )
 from tests.faults.driver import WorkloadDriver
 from tests.faults.processes import FlowproofProcess, ProcessSet, stray_processes
@@ -200,6 +200,7 @@ class Run:
         # (seconds into the run, the checks that failed) of each evaluation during the run
         self.evaluations: list[tuple[float, frozenset[str]]] = []
         self.lost_during: list[str] = []
+        self._behind: str | None = None  # why a lossy sink was last found not caught up
 
     # --- what a scenario uses -------------------------------------------------------------------
 
@@ -334,9 +335,13 @@ class Run:
         ):
             return False
         try:
-            return await redis_group_drained(self.settings(), group)
-        except (RedisError, OSError, TimeoutError):
-            return False  # the primary is failing over: look again
+            behind = await redis_group_behind(self.settings(), group)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            behind = f"{type(exc).__name__}: {exc}"  # failing over: look again
+        if behind is not None and behind != self._behind:
+            self.mark(f"{sink}/{group} not caught up: {behind}")
+        self._behind = behind
+        return behind is None
 
     async def _sample(self, every: float = 5.0) -> None:
         """Every few seconds, note how far each stage got (timeline.txt): what a slow recovery
