@@ -18,11 +18,11 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import raw
+from bench import cluster, raw
 from bench.payloads import Pool, fill_outbox
 from bench.pipeline import (
     ConsumerRun,
@@ -42,7 +42,7 @@ from flowproof.core.config import ENV_PREFIX, Settings
 from flowproof.core.logging import configure_logging
 from flowproof.schemas.registry import load_registry
 
-SECTIONS = ("raw", "relay", "consumers", "latency", "verifier")
+SECTIONS = ("raw", "relay", "consumers", "latency", "verifier", "cluster")
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -125,6 +125,7 @@ class Bench:
                 "consumers": self.consumers_section,
                 "latency": self.latency_section,
                 "verifier": self.verifier_section,
+                "cluster": self.cluster_section,
             }
             for name, section in sections.items():
                 if name in self.only:
@@ -197,6 +198,65 @@ class Bench:
                     combined,
                     "msg/s",
                     load(),
+                )
+            )
+        finally:
+            await self.release(scratch)
+
+    async def cluster_section(self) -> None:
+        """Raw XADD and the relay against the devstack's 3-primary Redis Cluster (bench.cluster),
+        the streams spread over the nodes."""
+        services = replace(self.services, redis_url=cluster.cluster_url())
+        raw_scratch = Scratch(services, "cluster-raw")
+        self.scratches.append(await raw_scratch.create())
+        try:
+            settings = raw_scratch.settings(**self._settings_values())
+            pool = cluster.spread_pool(self.pool, await cluster.spread_types(settings))
+            messages = pool.messages(self.registry, raw_scratch.prefix, self.plan.raw_messages)
+            batch = settings.relay_batch_size
+            raw_rate = 0.0
+            variants = (
+                (f"Redis Cluster XADD, redis-py ClusterPipeline of {batch}", cluster.pipelined),
+                (f"Redis Cluster XADD, hiredis-packed per node, {batch}", cluster.packed),
+            )
+            for label, measure in variants:
+                rate = await measure(settings, messages)
+                raw_rate = max(raw_rate, rate)
+                self.add(Figure("raw", f"{label} (3 primaries)", rate, "msg/s", load()))
+        finally:
+            await self.release(raw_scratch)
+        scratch = Scratch(services, "cluster-relay")
+        self.scratches.append(await scratch.create())
+        try:
+            types = await cluster.spread_types(scratch.settings(**self._settings_values()))
+            conn = await scratch.connect()
+            try:
+                spread = cluster.spread_pool(self.pool, types)
+                await fill_outbox(conn, spread, self.plan.outbox_rows)
+            finally:
+                await conn.close()
+            run = await relay_throughput(
+                scratch,
+                "redis",
+                within=self.plan.relay_timeout,
+                extra_env=self.overrides,
+                profile=self._profile("relay-redis-cluster"),
+            )
+            self.results.details["relay_redis_cluster"] = as_dict(run)
+            note = (
+                f"{run.events:,} events in {run.seconds:.1f} s over {len(types)} streams; relay "
+                f"CPU {run.cpu_seconds / run.events * 1e6:.0f} us/event"
+            )
+            self.add(
+                Figure(
+                    "relay",
+                    "relay -> Redis Cluster (3 primaries)",
+                    run.rate,
+                    "ev/s",
+                    run.load,
+                    raw=raw_rate,
+                    raw_name="raw Redis Cluster",
+                    note=note,
                 )
             )
         finally:

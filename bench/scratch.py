@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from flowproof.core.config import ENV_PREFIX, Settings
+from flowproof.core.connect import redis_client
 from flowproof.core.migrations import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,11 +157,11 @@ async def drop_database(services: Services, name: str) -> None:
 
 async def delete_names(services: Services, prefix: str) -> None:
     """Delete every stream and topic under `prefix` (the benchmark's own)."""
-    client = aioredis.Redis.from_url(services.redis_url)
+    client = redis_client(Settings(redis_url=SecretStr(services.redis_url)))
     try:
         keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        for key in keys:  # one by one: on a Redis Cluster they live on different nodes
+            await client.delete(key)
     finally:
         await client.aclose()
     admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka)
