@@ -292,7 +292,7 @@ class RedisConsumer:
         for stream in order:
             if room <= 0:
                 break
-            got = await self._client.xreadgroup(
+            got: Any = await self._client.xreadgroup(
                 options.group, options.name, {stream: last_id}, count=room
             )
             for key, entries in got or []:
