@@ -95,7 +95,8 @@ class Settings(BaseSettings):
         description="`redis://` or `rediss://` URL of one server; a query that would turn a TLS "
         "check off is refused. `redis+sentinel://[user:password@]host:port[,host:port]/<primary>"
         "[/<db>]` names the Sentinels that know where the primary `<primary>` is: every client "
-        "follows it after a failover (see [Redis topologies](pipeline.md#redis-topologies))",
+        "follows it after a failover; `redis+cluster://[user:password@]host:port[,host:port]` "
+        "names nodes of a Redis Cluster (see [Redis topologies](pipeline.md#redis-topologies))",
     )
     redis_ssl_cafile: Path | None = Field(
         default=None,
