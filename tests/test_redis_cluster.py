@@ -20,11 +20,11 @@ from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
 from flowproof.core.routing import dlq_name
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import insert_canaries, unpublished
 from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST
 from flowproof.verifier.redis_lag import redis_snapshot
 from tests.private_services import PrivateRedisCluster
+from tests.readback import insert_canaries, unpublished
 from tests.test_consumer_support import bad_messages
 
 PER_AGGREGATE = 25

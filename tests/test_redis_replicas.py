@@ -22,10 +22,10 @@ from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import insert_canaries, unpublished, wait_until
 from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST
 from tests.private_services import ReplicatedRedis
+from tests.readback import insert_canaries, unpublished, wait_until
 
 SHORTFALLS = "flowproof_relay_redis_replica_shortfalls_total"
 
