@@ -699,7 +699,33 @@ class PrivateSentinel(PrivateService):
         return int(reply[1]) if isinstance(reply, list | tuple) and len(reply) == 2 else None
 
 
-class ReplicatedRedis:
+class ServerGroup:
+    """Servers started and closed together (`start` and `close` from the subclass); a context
+    manager that closes what started when the start fails."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ReplicatedRedis(ServerGroup):
     """A private Redis primary with one replica and a Sentinel: `url` is the
     redis+sentinel:// URL of flowproof's clients, `primary_url` a direct URL of the primary
     (the one of the start; `current` follows the promotions). `config` goes to both servers.
@@ -739,23 +765,8 @@ class ReplicatedRedis:
         for server in (self.sentinel, self.replica, self.primary):
             server.close()
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class PrivateRedisCluster:
+class PrivateRedisCluster(ServerGroup):
     """A Redis Cluster of private servers on loopback: `primaries` primaries (the hash slots
     spread evenly) with `replicas` replicas each, made with `redis-cli --cluster create`. A
     primary killed is replaced by its replica within about `node_timeout_ms` (the other
@@ -822,21 +833,6 @@ class PrivateRedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _role(port: int) -> str | None:

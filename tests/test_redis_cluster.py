@@ -19,8 +19,13 @@ from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
 from flowproof.core.routing import dlq_name
+from flowproof.publisher.errors import SinkError
+from flowproof.publisher.redis_sink import RedisSink
 from flowproof.publisher.relay import Relay
+from flowproof.publisher.rows import Message
+from flowproof.publisher.sink import Placed
 from flowproof.verifier.commands import check_once
+from flowproof.verifier.lanes import SinkSnapshot
 from flowproof.verifier.model import FLOW_LOST
 from flowproof.verifier.redis_lag import redis_snapshot
 from tests.private_services import PrivateRedisCluster
@@ -78,6 +83,19 @@ def spread_types(client: RedisCluster, prefix: str) -> list[str]:
     raise AssertionError("no aggregate types cover every primary")
 
 
+async def snapshot(client: RedisCluster, prefix: str, group: str) -> SinkSnapshot:
+    """What the verifier reads of the Redis side (its window: the last 10 minutes)."""
+    now = time.time()
+    return await redis_snapshot(
+        client,
+        prefix=prefix,
+        expected_groups=[group],
+        alive_within=30.0,
+        window_start=now - 600,
+        now=now,
+    )
+
+
 async def test_publish_consume_verify_on_every_node(
     on_cluster: Settings, database_url: str, client: RedisCluster
 ) -> None:
@@ -108,14 +126,7 @@ async def test_publish_consume_verify_on_every_node(
         await client.xadd(f"{prefix}{aggregatetype}", bad.redis_fields())  # type: ignore[arg-type]
 
     group = on_cluster.consumer_group
-    before = await redis_snapshot(
-        client,
-        prefix=prefix,
-        expected_groups=[group],
-        alive_within=30.0,
-        window_start=time.time() - 600,
-        now=time.time(),
-    )
+    before = await snapshot(client, prefix, group)
     (lanes,) = [g for g in before.groups if g.group == group]
     behind = {lane.source: lane.behind for lane in lanes.lanes}
     assert behind == {f"{prefix}{t}": per_stream + 1 for t in types}
@@ -124,14 +135,7 @@ async def test_publish_consume_verify_on_every_node(
     stats = await consume(on_cluster, sink="redis", group=group, drain=True)
     assert stats.receipts == len(types) * (per_stream + 1)
 
-    after = await redis_snapshot(
-        client,
-        prefix=prefix,
-        expected_groups=[group],
-        alive_within=30.0,
-        window_start=time.time() - 600,
-        now=time.time(),
-    )
+    after = await snapshot(client, prefix, group)
     (lanes,) = [g for g in after.groups if g.group == group]
     assert all(lane.behind == 0 and lane.pending == 0 for lane in lanes.lanes)
     dead = {d.name: d.depth for d in after.dead_letters}
@@ -142,3 +146,44 @@ async def test_publish_consume_verify_on_every_node(
     lost = report.check(FLOW_LOST)
     assert lost.passed, lost.detail
     assert any(f.data.get("judged") == len(types) * per_stream for f in lost.findings), lost
+
+
+async def test_a_refused_stream_holds_back_no_other(
+    on_cluster: Settings, client: RedisCluster
+) -> None:
+    """One transaction per stream, on its node: the stream Redis refuses (WRONGTYPE: the key is
+    a string) fails alone, the others' entries are placed, their ids given back in order."""
+    prefix = on_cluster.stream_prefix
+    types = spread_types(client, prefix)
+    refused = types[0]
+    await client.set(f"{prefix}{refused}", "not a stream")
+    messages = [
+        Message(
+            seq=n,
+            aggregate=(aggregatetype, f"a-{n % 2}"),
+            destination=f"{prefix}{aggregatetype}",
+            key=f"a-{n % 2}".encode(),
+            value=b"\x00value",
+            fields={"id": str(n).encode()},
+        )
+        for n, aggregatetype in enumerate(types * 3)
+    ]
+    sink = RedisSink(on_cluster)
+    try:
+        await sink.start()
+        outcomes = await sink.publish(messages)
+    finally:
+        await sink.close()
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if message.destination == f"{prefix}{refused}":
+            assert isinstance(outcome, SinkError) and "WRONGTYPE" in outcome.detail, outcome
+            continue
+        assert isinstance(outcome, Placed), outcome
+        entries = await client.xrange(message.destination, outcome.position, outcome.position)
+        assert entries and entries[0][1][b"id"] == str(message.seq).encode()
+    placed = {
+        m.destination for m, o in zip(messages, outcomes, strict=True) if isinstance(o, Placed)
+    }
+    assert {node_of(client, s) for s in placed} | {node_of(client, f"{prefix}{refused}")} == {
+        n.name for n in client.get_primaries()
+    }

@@ -122,11 +122,22 @@ def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     return client
 
 
+class _ClusterClient(RedisCluster):
+    """A RedisCluster whose `aclose` closes every connection it opened: redis-py's closes
+    nothing when the client never finished learning the slots (a node down meanwhile), and
+    leaves those sockets open."""
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
+
+
 def _cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     target = parse_cluster_url(url)
     # redis-py's own retries stay as the caller asked (the relay: none); a Cluster client takes
     # them as `retry` too.
-    return RedisCluster(
+    return _ClusterClient(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         username=target.username,
         password=target.password,

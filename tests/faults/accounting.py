@@ -230,6 +230,15 @@ class Dropped:
     dropped_unreceived: int  # of those, the ones no consumer received before the failover
 
 
+def lane_lost(per_lane: list[str], sink: str) -> int:
+    """The lost count of `sink` in a fault-table row's per-lane column ("redis 3/0/0; ...")."""
+    for lane in per_lane:
+        name, _, counts = lane.partition(" ")
+        if name == sink:
+            return int(counts.split("/", 1)[0])
+    raise AssertionError(f"no {sink} lane in {per_lane}")
+
+
 async def redis_dropped(conn: asyncpg.Connection, settings: Settings, group: str) -> Dropped:
     """Count the published events whose Redis entries a failover dropped (see `Dropped`)."""
     rows = await conn.fetch(

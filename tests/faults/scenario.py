@@ -41,9 +41,11 @@ from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST, CheckResult, Report
 from tests.faults.accounting import (
     Account,
+    Dropped,
     account,
     disagreements,
     first_missing,
+    redis_dropped,
     redis_group_behind,
 )
 from tests.faults.driver import WorkloadDriver
@@ -551,6 +553,17 @@ class Run:
         problems += [f"{f.label}: never recovered" for f in self.faults if f.recovered is None]
         result.problems = list(dict.fromkeys(problems))
         result.passed = not result.problems
+
+    async def redis_dropped(self) -> Dropped:
+        """The published events whose Redis entries are gone, looked up one by one (see
+        `accounting.redis_dropped`); noted in the timeline."""
+        conn = await self._connect()
+        try:
+            dropped = await redis_dropped(conn, self.settings(), self.group)
+        finally:
+            await conn.close()
+        self.mark(f"accounting by lookup: {dropped}")
+        return dropped
 
     def _expected(self, check: CheckResult) -> bool:
         """flow.lost failing for the lossy sinks only: what the run is there to show."""

@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import asyncpg
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from flowproof.core.connect import redis_client
-from tests.faults.accounting import redis_dropped
+from tests.faults.accounting import lane_lost
 from tests.faults.conftest import RunFactory
 from tests.faults.scenario import Endpoints, Faults, Plan, Run
 from tests.private_services import PrivateRedis, PrivateRedisCluster
@@ -89,12 +88,6 @@ async def test_cluster_primary_killed_the_verdict_agrees(
     endpoints = replace(shared_endpoints, redis_url=cluster.url)
     run = make_run(plan, endpoints)
     result = await run.execute(primary_killed(cluster))
-    conn = await asyncpg.connect(run.endpoints.database_url)
-    try:
-        dropped = await redis_dropped(conn, run.settings(), run.group)
-    finally:
-        await conn.close()
-    run.mark(f"accounting by lookup: {dropped}")
-    redis_lost = int(result.per_lane[0].split()[1].split("/")[0])
+    dropped = await run.redis_dropped()
     assert result.passed, result.explain()
-    assert dropped.dropped_unreceived == redis_lost, (dropped, result.per_lane)
+    assert dropped.dropped_unreceived == lane_lost(result.per_lane, "redis"), dropped
