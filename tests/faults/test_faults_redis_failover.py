@@ -69,7 +69,7 @@ def failover(servers: ReplicatedRedis, *, alone: int | None, old_primary_back: b
     start the old primary again (the Sentinel makes it the new primary's replica)."""
 
     async def faults(run: Run) -> None:
-        await run.at_fraction(0.2, 0.3)
+        await run.at_fraction(0.1, 0.2)
         replica_pid = servers.replica.pid
         assert replica_pid is not None
         consumers = run.named("consume-redis")
