@@ -188,6 +188,7 @@ class Run:
         # (seconds into the run, the checks that failed) of each evaluation during the run
         self.evaluations: list[tuple[float, frozenset[str]]] = []
         self.lost_during: list[str] = []
+        self.verify_errors: list[str] = []  # evaluations during the run that raised
 
     # --- what a scenario uses -------------------------------------------------------------------
 
@@ -342,6 +343,7 @@ class Run:
             try:
                 report = await check_once(settings)
             except Exception as exc:  # a fault may take a service away; the next one judges
+                self.verify_errors.append(f"{self.now():.1f}s {type(exc).__name__}: {exc}")
                 self.mark(f"verifier during the run: {type(exc).__name__}: {exc}")
                 continue
             at = time.monotonic() - self._t0
@@ -360,6 +362,10 @@ class Run:
     def now(self) -> float:
         """Seconds into the run (the clock of `mark` and `evaluations`)."""
         return time.monotonic() - self._t0
+
+    def into_run(self, moment: float) -> float:
+        """A `time.monotonic()` moment (a FaultRecord's) as seconds into the run."""
+        return moment - self._t0
 
     async def _watch(self, record: FaultRecord, watermark: int) -> None:
         await self.wait_until(
