@@ -32,6 +32,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tests.private_services import PrivateKafka, ServiceFailed, free_port, kraft_cluster_id
 
@@ -161,14 +162,23 @@ class PrivateKafkaCluster:
     ) -> None:
         self.close()
 
-    async def partitions(self, topic: str) -> list[PartitionState]:
-        """The leader, replicas and in-sync replicas of each partition of `topic`."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000)
-        await admin.start()
-        try:
-            described = await admin.describe_topics([topic])
-        finally:
-            await admin.close()
+    async def partitions(self, topic: str, within: float = 30.0) -> list[PartitionState]:
+        """The leader, replicas and in-sync replicas of each partition of `topic`. The admin
+        client asks one node; a node just killed may still be its pick: then ask again (up to
+        `within` seconds, then the last error)."""
+        deadline = time.monotonic() + within
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                described = await admin.describe_topics([topic])
+                break
+            except (KafkaError, OSError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
+            finally:
+                await admin.close()
         states = []
         for item in described:
             for part in item["partitions"]:

@@ -54,6 +54,13 @@ OUTBOX_WAITING_BEHIND_PARKED = Gauge(
 RELAY_OWNED_SLOTS = Gauge(
     "flowproof_relay_owned_slots", "Aggregate slots (of 64) this relay publishes.", ["sink"]
 )
+RELAY_KAFKA_PRODUCE_RETRIES = Counter(
+    "flowproof_relay_kafka_produce_retries_total",
+    "Produce requests a Kafka broker refused with a retriable error, sent again by the producer "
+    "(NotEnoughReplicasError: fewer replicas in sync than min.insync.replicas); the events stay "
+    "unmarked until acknowledged.",
+    ["error"],
+)
 RELAY_PRUNED = Counter(
     "flowproof_relay_pruned_total", "Outbox rows deleted after every sink acknowledged them."
 )
