@@ -10,7 +10,13 @@ from flowproof.core.config import known_env_names
 
 ROOT = Path(__file__).resolve().parent.parent
 # Services only the tests use, under names no flowproof command reads.
-TEST_ONLY = {"DEVSTACK_SCHEMA_REGISTRY_URL", "DEVSTACK_APICURIO_JAR", "DEVSTACK_APICURIO_JAVA"}
+# DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS: the 3-broker cluster of `stack.sh up --kafka-cluster`.
+TEST_ONLY = {
+    "DEVSTACK_SCHEMA_REGISTRY_URL",
+    "DEVSTACK_APICURIO_JAR",
+    "DEVSTACK_APICURIO_JAVA",
+    "DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS",
+}
 
 
 def test_env_file_is_shell_sourceable_and_uses_known_names() -> None:
