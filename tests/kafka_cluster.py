@@ -85,7 +85,10 @@ class PrivateKafkaCluster:
     """`nodes` combined KRaft nodes (node ids 1..nodes) on free loopback ports; see the module.
 
     `advertised_ports`, one per node, make each node advertise another port than it listens on
-    (a fault proxy in front of it listens there, tests/faults/proxy.py)."""
+    (a fault proxy in front of it listens there, tests/faults/proxy.py). `listeners` adds
+    plain-text listeners: name -> the port each node advertises for it (None: its own port);
+    with `inter_broker_listener` one of them, the brokers replicate over it, so a proxy there
+    cuts a node's followers off while its clients and the controller quorum still reach it."""
 
     def __init__(
         self,
@@ -98,10 +101,13 @@ class PrivateKafkaCluster:
         unclean: bool = False,
         properties: Mapping[str, str] | None = None,
         advertised_ports: Sequence[int] | None = None,
+        listeners: Mapping[str, Sequence[int | None]] | None = None,
+        inter_broker_listener: str = "PLAINTEXT",
         start_timeout: float = 150.0,
     ) -> None:
-        if advertised_ports is not None and len(advertised_ports) != nodes:
-            raise ValueError(f"{len(advertised_ports)} advertised ports for {nodes} nodes")
+        for ports in (advertised_ports, *(listeners or {}).values()):
+            if ports is not None and len(ports) != nodes:
+                raise ValueError(f"{len(ports)} advertised ports for {nodes} nodes")
         self.workdir = workdir
         controllers = [free_port() for _ in range(nodes)]
         voters = ",".join(f"{n + 1}@127.0.0.1:{port}" for n, port in enumerate(controllers))
@@ -122,6 +128,8 @@ class PrivateKafkaCluster:
                 voters=voters,
                 cluster_id=cluster_id,
                 properties=settings,
+                listeners={name: ports[n] for name, ports in (listeners or {}).items()},
+                inter_broker_listener=inter_broker_listener,
             )
             for n in range(nodes)
         ]
@@ -130,6 +138,10 @@ class PrivateKafkaCluster:
     def bootstrap(self) -> str:
         """Every node's client listener (as they advertise it), comma-separated."""
         return ",".join(f"127.0.0.1:{node.advertised_port}" for node in self.nodes)
+
+    def bootstrap_of(self, listener: str) -> str:
+        """Every node's `listener` (one of `listeners`), as advertised, comma-separated."""
+        return ",".join(f"127.0.0.1:{node.listener_advertised[listener]}" for node in self.nodes)
 
     def node(self, node_id: int) -> PrivateKafka:
         return self.nodes[node_id - 1]

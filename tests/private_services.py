@@ -742,6 +742,8 @@ class PrivateKafka(PrivateService):
         voters: str | None = None,
         cluster_id: str | None = None,
         properties: Mapping[str, str] = SINGLE_NODE_PROPERTIES,
+        listeners: Mapping[str, int | None] | None = None,
+        inter_broker_listener: str = "PLAINTEXT",
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
@@ -753,6 +755,16 @@ class PrivateKafka(PrivateService):
         self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self.cluster_id = cluster_id
         self.properties = dict(properties)
+        # More plain-text listeners (name -> the port it advertises, None: its own), each on a
+        # port of its own (`listener_ports`): e.g. REPLICATION for the brokers' replication
+        # (`inter_broker_listener`), RELAY for the relay only. A fault proxy listening on the
+        # advertised port cuts that traffic alone: a client is told the addresses of the
+        # listener it connected through.
+        self.listener_ports = {name: free_port() for name in listeners or {}}
+        self.listener_advertised = {
+            name: port or self.listener_ports[name] for name, port in (listeners or {}).items()
+        }
+        self.inter_broker_listener = inter_broker_listener
         self.misnamed_port = free_port() if security and security.misnamed else None
         self.heap = heap
         self.partitions = partitions
@@ -789,6 +801,22 @@ class PrivateKafka(PrivateService):
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         ]
+        if self.listener_ports:
+            names = ["PLAINTEXT", *self.listener_ports]
+            ports = {"PLAINTEXT": self.port, **self.listener_ports}
+            advertised = {"PLAINTEXT": self.advertised_port, **self.listener_advertised}
+            plain = [
+                "listeners="
+                + ",".join(f"{n}://127.0.0.1:{ports[n]}" for n in names)
+                + f",CONTROLLER://127.0.0.1:{self.controller_port}",
+                "advertised.listeners="
+                + ",".join(f"{n}://127.0.0.1:{advertised[n]}" for n in names),
+                "controller.listener.names=CONTROLLER",
+                f"inter.broker.listener.name={self.inter_broker_listener}",
+                "listener.security.protocol.map="
+                + ",".join(f"{n}:PLAINTEXT" for n in names)
+                + ",CONTROLLER:PLAINTEXT",
+            ]
         security = self.security
         if security is None:
             return plain

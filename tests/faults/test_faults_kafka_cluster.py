@@ -7,24 +7,39 @@ idempotence, the consumers and the verifier given the three brokers as bootstrap
   get new leaders among the in-sync followers, the relay's unacknowledged batch is sent again
   to the new leader, the consumers follow, nothing lost, order kept; a short run in `make test`,
   the 20,000-event one with `make faults`. All along, the verifier's lag and group checks are
-  evaluated (they must not raise, and never call an event lost).
+  evaluated (they must not raise, and never call an event lost);
+- the configuration that loses acknowledged records (min.insync.replicas 1, unclean leader
+  election allowed): the busiest partition's leader is cut off from its followers (a fault proxy
+  on the listener the brokers replicate over), so it is soon alone in sync and acknowledges
+  alone, then SIGKILLed: an out-of-sync follower becomes leader and what only the dead leader
+  had is gone (truncated when it comes back). The verifier's flow.lost must report exactly the
+  events the accounting finds lost (`Plan.loss_expected`);
+- a network partition between the relay and one broker (the relay reaches the brokers through
+  a listener of its own, behind the fault proxy; consumers, verifier and replication do not):
+  dropped, slowed, then half-open; nothing lost.
 
 The session's cluster (tests/conftest.py `kafka_cluster`) is shared: a scenario that kills a node
-starts it again and waits for every replica to be back in sync before it ends.
+starts it again and waits for every replica to be back in sync before it ends. The last two
+scenarios start clusters of their own (other settings, other listeners).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from tests.faults.conftest import RunFactory
+from tests.faults.proxy import ProxyProcess
 from tests.faults.scenario import Endpoints, Faults, Plan, Run
+from tests.faults.test_faults_network import assert_faults_happened, network_faults
 from tests.kafka_cluster import PrivateKafkaCluster, describe
+from tests.private_services import free_port
 
 RELAY_BATCH = 500
 CONSUMER_BATCH = 256
@@ -168,3 +183,185 @@ async def test_leader_broker_killed_under_load(
     result = await run.execute(leader_killed(kafka_cluster, down=(3.0, 6.0)))
     assert result.passed, result.explain()
     assert_judged_during_the_move(run)
+
+
+@pytest.fixture
+async def cluster_behind_proxy(
+    request: pytest.FixtureRequest, tmp_path: Path, base_env: dict[str, str]
+) -> AsyncIterator[tuple[PrivateKafkaCluster, ProxyProcess]]:
+    """A private cluster with one more listener (the test's parameter: name, inter-broker or
+    not) each node advertises at a proxy route `node-<id>`; the cluster settings in
+    `request.param` too."""
+    listener, inter_broker, settings = request.param
+    advertised = [free_port() for _ in range(3)]
+    cluster = PrivateKafkaCluster(
+        tmp_path / "kafka-cluster",
+        listeners={listener: advertised},
+        inter_broker_listener=listener if inter_broker else "PLAINTEXT",
+        **settings,
+    )
+    routes = {
+        f"node-{node.node_id}": (advertised[n], "127.0.0.1", node.listener_ports[listener])
+        for n, node in enumerate(cluster.nodes)
+    }
+    proxy = ProxyProcess(routes, tmp_path / "proxy.log")
+    await proxy.start(base_env)
+    try:
+        await asyncio.to_thread(cluster.start)
+        yield cluster, proxy
+    finally:
+        await asyncio.to_thread(cluster.close)
+        await proxy.stop()
+
+
+def followers_cut_then_leader_killed(
+    cluster: PrivateKafkaCluster, proxy: ProxyProcess, done: dict[str, int]
+) -> Faults:
+    """Cut the busiest partition's leader off from its followers until it is alone in sync,
+    let it acknowledge alone a few seconds, SIGKILL it and heal the cut: the controller elects
+    an out-of-sync follower (unclean), and the dead leader, started again, truncates its log to
+    the new leader's. The Kafka consumers are frozen (SIGSTOP) from the cut until the new leader
+    is elected, as consumers that lag behind would be: what they had not read of the dead
+    leader's records by then is gone for them. (Read before the election, those records would
+    have arrived, and the new leader's records would reuse their offsets.) `done["truncated"]`
+    gets how many records the end offsets lost in the election."""
+
+    async def faults(run: Run) -> None:
+        await run.at_fraction(0.2, 0.3)
+        topic = topic_of(run)
+        state, records = await cluster.busiest_leader(topic)
+        leader, route = state.leader, f"node-{state.leader}"
+        node = cluster.node(leader)
+
+        async def alone_in_sync() -> bool:
+            led = [s for s in await cluster.partitions(topic) if s.leader == leader]
+            return bool(led) and all(s.isr == (leader,) for s in led)
+
+        try:
+            async with run.fault(
+                f"node {leader} (leads partition {state.partition}, {records} records) cut off "
+                "from its followers, alone in sync, SIGKILL+start"
+            ):
+                consumers = run.named("consume-kafka-")
+                for consumer in consumers:
+                    consumer.freeze()
+                await proxy.mode(route, "drop")
+                took = await run.wait_until(alone_in_sync, 90, f"node {leader} alone in sync")
+                run.mark(f"alone in sync after {took:.1f} s: "
+                         f"{describe(await cluster.partitions(topic))}")  # fmt: skip
+                await run.pause(2.0, 4.0)  # records only node `leader` has, acknowledged
+                before = await cluster.end_offsets(topic)
+                await asyncio.to_thread(node.kill)
+                await proxy.mode(route, "pass")
+                await cluster.wait_leader_moved(topic, leader)
+                after = await cluster.end_offsets(topic)
+                truncated = done["truncated"] = sum(
+                    max(before[p] - after.get(p, 0), 0) for p in before
+                )
+                run.mark(
+                    f"unclean election: {describe(await cluster.partitions(topic))}; end offsets "
+                    f"{before} -> {after}: {truncated} records gone with node {leader}"
+                )
+                for consumer in consumers:
+                    consumer.thaw()
+                await asyncio.to_thread(node.start)
+        finally:
+            for consumer in run.named("consume-kafka-"):
+                if consumer.frozen:
+                    consumer.thaw()
+            await proxy.mode(route, "pass")
+            if not node.running:
+                await asyncio.to_thread(node.start)
+        await run.recovered()
+        run.mark(f"back in sync: {describe(await cluster.wait_in_sync(topic))}")
+
+    return faults
+
+
+@pytest.mark.faults_full
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "cluster_behind_proxy",
+    [("REPLICATION", True, {"min_insync": 1, "unclean": True})],
+    indirect=True,
+    ids=["min-isr-1-unclean"],
+)
+async def test_unclean_leader_election_loss_is_reported_exactly(
+    make_run: RunFactory,
+    shared_endpoints: Endpoints,
+    cluster_behind_proxy: tuple[PrivateKafkaCluster, ProxyProcess],
+) -> None:
+    """RF 3 but min.insync.replicas 1 and unclean leader election allowed: the leader alone in
+    sync acknowledges records no follower has, then dies; an out-of-sync follower takes over.
+    Whatever Kafka lost this way was marked published by the relay (it was acknowledged), so
+    only the verifier can tell: flow.lost for kafka must report exactly the events the
+    accounting finds without a receipt, every one of them published. Redis loses nothing.
+    Duplicates are allowed up to the number of events: a consumer whose committed offset lies
+    past the new leader's log end starts the partition again from the beginning
+    (auto.offset.reset earliest)."""
+    cluster, proxy = cluster_behind_proxy
+    plan = Plan(
+        "Kafka cluster: min ISR 1 + unclean election, leader alone in sync then SIGKILL",
+        rate=600.0,
+        kafka_consumers=2,
+        max_duplicates={"redis": 0, "kafka": 20_000},
+        seed=109,
+        recover_timeout=180.0,
+        drain_timeout=180.0,
+        loss_expected=("kafka",),
+    )
+    endpoints = replace(shared_endpoints, kafka_bootstrap=cluster.bootstrap)
+    run = make_run(plan, endpoints)
+    done: dict[str, int] = {}
+    result = await run.execute(followers_cut_then_leader_killed(cluster, proxy, done))
+    assert result.passed, result.explain()
+    # The election did take acknowledged records away (else the scenario proved nothing).
+    assert done.get("truncated", 0) > 0, f"no record truncated: {done}\n{result.explain()}"
+
+
+def relay_cut_from_one_broker(
+    cluster: PrivateKafkaCluster, proxy: ProxyProcess, done: dict[str, int]
+) -> Faults:
+    """The relay's connections to the busiest partition's leader dropped, slowed, then left
+    half-open (`test_faults_network.network_faults`); every other connection is untouched, so
+    the cluster sees nothing wrong and leadership stays where it is."""
+
+    async def faults(run: Run) -> None:
+        await run.at_fraction(0.02, 0.04)
+        state, _ = await cluster.busiest_leader(topic_of(run))
+        run.mark(f"cutting the relay from node {state.leader}")
+        await network_faults(proxy, f"node-{state.leader}", done)(run)
+
+    return faults
+
+
+@pytest.mark.faults_full
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    "cluster_behind_proxy", [("RELAY", False, {})], indirect=True, ids=["relay-listener"]
+)
+async def test_relay_partitioned_from_one_broker(
+    make_run: RunFactory,
+    shared_endpoints: Endpoints,
+    cluster_behind_proxy: tuple[PrivateKafkaCluster, ProxyProcess],
+) -> None:
+    """A network partition between the relay and one broker (RF 3, min ISR 2): the relay cannot
+    reach the leader of some partitions while the cluster is healthy; its sends there time out,
+    are retried and marked only once acknowledged. Nothing lost or reordered."""
+    cluster, proxy = cluster_behind_proxy
+    bound = 3 * (RELAY_BATCH + 2 * CONSUMER_BATCH)
+    plan = Plan(
+        "Kafka cluster: relay cut from one broker (drop, delay, half-open)",
+        rate=250.0,
+        kafka_consumers=2,
+        max_duplicates={"redis": 0, "kafka": bound},
+        seed=113,
+        recover_timeout=120.0,
+        relay_env={"FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_of("RELAY")},
+    )
+    endpoints = replace(shared_endpoints, kafka_bootstrap=cluster.bootstrap)
+    done: dict[str, int] = {}
+    run = make_run(plan, endpoints)
+    result = await run.execute(relay_cut_from_one_broker(cluster, proxy, done))
+    assert result.passed, result.explain()
+    assert_faults_happened(done)
