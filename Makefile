@@ -42,10 +42,10 @@ test: stack-up ## start the stack, run the whole test suite (the stack stays up 
 faults: stack-up ## every fault scenario (tests/faults; `make test` runs the fast ones), then the fault table
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest -m "" tests/faults $(PYTEST_ARGS)
 
-bench: stack-up ## benchmarks beside the raw limits of this machine: a table and bench/results/latest.json
+bench: stack-kafka-cluster ## benchmarks beside the raw limits of this machine (with a 3-broker Kafka): a table and bench/results/latest.json
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench $(ARGS)
 
-bench-quick: stack-up ## make bench ARGS=--quick: the same benchmarks, smaller
+bench-quick: stack-kafka-cluster ## make bench ARGS=--quick: the same benchmarks, smaller
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --quick $(ARGS)
 
 soak: stack-up ## the whole pipeline 10 min at half the measured maximum: RSS and latency over time (not CI)

@@ -266,6 +266,19 @@ kafka_healthy() { # the broker answers and has logged that it started
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && grep -q "Kafka Server started" "$log"
 }
 
+kafka_log4j() { # dir -> a broker's log4j2.properties, logging to dir/log/server.log
+  cat > "$1/log4j2.properties" <<EOF
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $1/log/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+EOF
+}
+
 start_kafka() {
   local dir=$STACK/kafka port cport
   port=$(pick_port kafka)
@@ -295,16 +308,7 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 EOF
-  cat > "$dir/log4j2.properties" <<EOF
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $dir/log/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-EOF
+  kafka_log4j "$dir"
   local java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$dir/log4j2.properties")
   if [[ ! -f $dir/data/meta.properties ]]; then
@@ -403,16 +407,7 @@ num.io.threads=2
 background.threads=2
 num.replica.fetchers=1
 EOF
-    cat > "$dir/log4j2.properties" <<EOF
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $dir/log/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-EOF
+    kafka_log4j "$dir"
     if [[ ! -f $dir/data/meta.properties ]]; then
       java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool format \
         -t "$cluster_id" -c "$dir/server.properties" > "$dir/log/format.log" 2>&1 \
