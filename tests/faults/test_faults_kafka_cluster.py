@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from prometheus_client import REGISTRY
 
 from tests.faults.conftest import RunFactory
 from tests.faults.proxy import ProxyProcess
@@ -104,9 +105,21 @@ def leader_killed(cluster: PrivateKafkaCluster, down: tuple[float, float]) -> Fa
     return faults
 
 
-def assert_judged_during_the_move(run: Run) -> None:
-    """The verifier evaluated while leadership moved, and never failed to (its Kafka lag and
-    group status come from whichever broker answers)."""
+def read_errors() -> float:
+    """Reads the verifier failed so far in this process (flowproof_verify_read_errors_total)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "flowproof_verify_read_errors"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def assert_judged_during_the_move(run: Run, read_errors_before: float) -> None:
+    """The verifier evaluated while leadership moved, and never failed to, nor to read a part
+    (its Kafka lag and group status come from whichever broker answers)."""
+    assert read_errors() == read_errors_before, "the verifier failed reads during the run"
     fault = run.faults[0]
     assert fault.healed is not None
     since, until = run.into_run(fault.started), run.into_run(fault.healed)
@@ -158,9 +171,10 @@ async def test_leader_broker_killed_short_run(
     )
     endpoints = replace(shared_endpoints, kafka_bootstrap=kafka_cluster.bootstrap)
     run = make_run(plan, endpoints)
+    errors = read_errors()
     result = await run.execute(leader_killed(kafka_cluster, down=(0.5, 1.5)))
     assert result.passed, result.explain()
-    assert_judged_during_the_move(run)
+    assert_judged_during_the_move(run, errors)
 
 
 @pytest.mark.faults_full
@@ -180,9 +194,10 @@ async def test_leader_broker_killed_under_load(
     )
     endpoints = replace(shared_endpoints, kafka_bootstrap=kafka_cluster.bootstrap)
     run = make_run(plan, endpoints)
+    errors = read_errors()
     result = await run.execute(leader_killed(kafka_cluster, down=(3.0, 6.0)))
     assert result.passed, result.explain()
-    assert_judged_during_the_move(run)
+    assert_judged_during_the_move(run, errors)
 
 
 @pytest.fixture
