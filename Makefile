@@ -8,9 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK_ENV := .devstack/env
 PYTEST_ARGS ?=
+STACK_ARGS ?=
 ARGS ?=
 
-.PHONY: help install stack-up stack-down stack-status test faults lint demo clean bench bench-quick soak docs
+.PHONY: help install stack-up stack-kafka-cluster stack-down stack-status test faults lint demo clean bench bench-quick soak docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -24,7 +25,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## virtualenv in .venv with flowproof and the dev tools
 
 stack-up: $(STAMP) ## install and start PostgreSQL, Redis and Kafka on loopback; writes .devstack/env
-	@devstack/stack.sh up
+	@devstack/stack.sh up $(STACK_ARGS)
+
+stack-kafka-cluster: $(STAMP) ## stack-up, and a 3-broker Kafka cluster (DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS)
+	@devstack/stack.sh up --kafka-cluster
 
 stack-down: ## stop the services stack-up started, nothing else
 	@devstack/stack.sh down
@@ -38,10 +42,10 @@ test: stack-up ## start the stack, run the whole test suite (the stack stays up 
 faults: stack-up ## every fault scenario (tests/faults; `make test` runs the fast ones), then the fault table
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest -m "" tests/faults $(PYTEST_ARGS)
 
-bench: stack-up ## benchmarks beside the raw limits of this machine: a table and bench/results/latest.json
+bench: stack-kafka-cluster ## benchmarks beside the raw limits of this machine (with a 3-broker Kafka): a table and bench/results/latest.json
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench $(ARGS)
 
-bench-quick: stack-up ## make bench ARGS=--quick: the same benchmarks, smaller
+bench-quick: stack-kafka-cluster ## make bench ARGS=--quick: the same benchmarks, smaller
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --quick $(ARGS)
 
 soak: stack-up ## the whole pipeline 10 min at half the measured maximum: RSS and latency over time (not CI)

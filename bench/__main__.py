@@ -43,6 +43,11 @@ from flowproof.core.logging import configure_logging
 from flowproof.schemas.registry import load_registry
 
 SECTIONS = ("raw", "relay", "consumers", "latency", "verifier", "cluster")
+CLUSTER = "3 brokers, RF 3, min ISR 2"
+NO_CLUSTER = (
+    "no Kafka cluster (DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS): the 3-broker lines are not "
+    "measured; `make bench` starts it (devstack/stack.sh up --kafka-cluster)"
+)
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -97,8 +102,10 @@ class Bench:
         self.profile.mkdir(parents=True, exist_ok=True)
         return self.profile / f"{name}.txt"
 
-    async def scratch(self, label: str, template: str | None = None) -> Scratch:
-        created = await Scratch(self.services, label).create(template)
+    async def scratch(
+        self, label: str, template: str | None = None, services: Services | None = None
+    ) -> Scratch:
+        created = await Scratch(services or self.services, label).create(template)
         self.scratches.append(created)
         return created
 
@@ -118,6 +125,10 @@ class Bench:
         self.results.settings = self.settings_record()
         self.results.details["payloads"] = self.pool.describe(self.registry)
         print(f"flowproof bench ({self.results.mode}), load {load():.2f}", flush=True)
+        if self.services.kafka_cluster is None:
+            # Said, and recorded: its lines are missing from this run, not zero.
+            print(f"  {NO_CLUSTER}", flush=True)
+            self.results.details["kafka_cluster"] = NO_CLUSTER
         try:
             sections = {
                 "raw": self.raw_section,
@@ -179,10 +190,7 @@ class Bench:
                     (f"Redis XADD, redis-py pipeline() of {batch}", raw.redis_pipeline),
                     (f"Redis XADD, hiredis-packed pipeline of {batch}", raw.redis_packed),
                 ],
-                "kafka": [
-                    ("Kafka produce, send() per message", raw.kafka_send),
-                    ("Kafka produce, send_batch() per partition", raw.kafka_send_batch),
-                ],
+                "kafka": KAFKA_RAW,
             }
             for sink, runs in variants.items():
                 for label, measure in runs:
@@ -200,6 +208,21 @@ class Bench:
                     load(),
                 )
             )
+        finally:
+            await self.release(scratch)
+        if self.services.kafka_cluster is not None:
+            await self.raw_kafka_cluster()
+
+    async def raw_kafka_cluster(self) -> None:
+        """The raw Kafka limit on the cluster, measured as on the single broker."""
+        scratch = await self.scratch("raw3", services=self.services.on_kafka_cluster())
+        settings = scratch.settings(**self._settings_values())
+        try:
+            messages = self.pool.messages(self.registry, scratch.prefix, self.plan.raw_messages)
+            for label, measure in KAFKA_RAW:
+                rate = await measure(settings, messages)
+                self.raw_rates["kafka3"] = max(self.raw_rates.get("kafka3", 0.0), rate)
+                self.add(Figure("raw", f"{label}, {CLUSTER}", rate, "msg/s", load()))
         finally:
             await self.release(scratch)
 
@@ -296,15 +319,7 @@ class Bench:
             self.relay[key] = run
             raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
             target = ">= 20000; ratio >= 0.8" if key == "redis,kafka" else None
-            note = f"{run.events:,} events in {run.seconds:.1f} s"
-            if run.seconds < 30:
-                note += " (under 30 s)"
-            note += f"; relay CPU {run.cpu_seconds / run.events * 1e6:.0f} us/event"
-            if processes > 1:
-                note += f" (summed over the {processes} processes)"
-            if run.cores:
-                used = ", ".join(f"{name} {value:.2f}" for name, value in run.cores.items())
-                note += f"; cores in use: {used} (of {os.cpu_count()})"
+            note = relay_note(run, processes)
             self.add(
                 Figure(
                     "relay",
@@ -323,6 +338,8 @@ class Bench:
                 self.filled_streams = scratch
             else:
                 await self.release(scratch)
+        if self.services.kafka_cluster is not None:
+            await self.relay_kafka_cluster(template.db_name)
         self.add(
             Figure(
                 "memory",
@@ -334,6 +351,36 @@ class Bench:
             )
         )
         await self.release(template)
+
+    async def relay_kafka_cluster(self, template: str) -> None:
+        """The relay to the 3-broker cluster alone, over the same pre-filled outbox."""
+        scratch = await self.scratch(
+            "relay3", template=template, services=self.services.on_kafka_cluster()
+        )
+        try:
+            run = await relay_throughput(
+                scratch,
+                "kafka",
+                within=self.plan.relay_timeout,
+                extra_env=self.overrides,
+                profile=self._profile("relay-kafka-cluster"),
+            )
+        finally:
+            await self.release(scratch)
+        self.relay["kafka cluster"] = run
+        self.results.details["relay_kafka_cluster"] = as_dict(run)
+        self.add(
+            Figure(
+                "relay",
+                f"relay -> Kafka only, {CLUSTER}",
+                run.rate,
+                "ev/s",
+                run.load,
+                raw=self.raw_rates.get("kafka3"),
+                raw_name="raw kafka3",
+                note=relay_note(run, 1),
+            )
+        )
 
     async def consumers_section(self) -> None:
         scratch = self.filled_streams
@@ -449,6 +496,26 @@ class Bench:
             )
         )
         self.add(Figure("memory", "verifier peak RSS", run.peak_rss / MB, "MB", run.load))
+
+
+KAFKA_RAW = [
+    ("Kafka produce, send() per message", raw.kafka_send),
+    ("Kafka produce, send_batch() per partition", raw.kafka_send_batch),
+]
+
+
+def relay_note(run: RelayRun, processes: int) -> str:
+    """Events, time, CPU per event and the cores in use of a relay run."""
+    note = f"{run.events:,} events in {run.seconds:.1f} s"
+    if run.seconds < 30:
+        note += " (under 30 s)"
+    note += f"; relay CPU {run.cpu_seconds / run.events * 1e6:.0f} us/event"
+    if processes > 1:
+        note += f" (summed over the {processes} processes)"
+    if run.cores:
+        used = ", ".join(f"{name} {value:.2f}" for name, value in run.cores.items())
+        note += f"; cores in use: {used} (of {os.cpu_count()})"
+    return note
 
 
 def render_one(figure: Figure) -> str:

@@ -36,12 +36,14 @@ RETURNING id
 
 
 async def ensure_topic(bootstrap_servers: str, topic: str) -> None:
-    """Make `topic` (PARTITIONS partitions) unless it exists, as a deployment would (not timed)."""
+    """Make `topic` (PARTITIONS partitions) unless it exists, as a deployment would (not timed):
+    replicated on every broker up to 3 (the cluster's min.insync.replicas is the brokers')."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         if topic not in await admin.list_topics():
-            await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+            brokers = len((await admin.describe_cluster())["brokers"])
+            await admin.create_topics([NewTopic(topic, PARTITIONS, min(brokers, 3))])
     finally:
         await admin.close()
 

@@ -46,7 +46,8 @@ def _pid_file(path: Path) -> int | None:
 
 def service_cpu(stack: Path) -> dict[str, float]:
     """CPU seconds used so far by the devstack's PostgreSQL (the postmaster, its live children
-    and those it has reaped), Redis and Kafka; a service the devstack does not run is left out."""
+    and those it has reaped), Redis and Kafka (and the nodes of `up --kafka-cluster`, summed as
+    `kafka-cluster`); a service the devstack does not run is left out."""
     tick = os.sysconf("SC_CLK_TCK")
     pids = {
         "postgresql": _pid_file(stack / "postgres" / "data" / "postmaster.pid"),
@@ -67,6 +68,10 @@ def service_cpu(stack: Path) -> dict[str, float]:
                     if stat and stat[1] == str(pid):  # field 4, ppid
                         total += int(stat[11]) + int(stat[12])
         found[name] = total / tick
+    nodes = [_pid_file(p) for p in sorted(stack.glob("kafka-cluster/node-*/kafka.pid"))]
+    stats = [_stat_fields(pid) for pid in nodes if pid is not None]
+    if stats and all(stats):
+        found["kafka-cluster"] = sum(int(v) for f in stats for v in f[11:15]) / tick
     return found
 
 

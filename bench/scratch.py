@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
@@ -52,6 +52,8 @@ class Services:
     database_url: str
     redis_url: str
     kafka: str
+    # The 3-broker cluster of `devstack/stack.sh up --kafka-cluster`, when it runs.
+    kafka_cluster: str | None = None
 
     @classmethod
     def from_env(cls) -> Services:
@@ -60,7 +62,14 @@ class Services:
             env["FLOWPROOF_DATABASE_URL"],
             env["FLOWPROOF_REDIS_URL"],
             env["FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS"],
+            env.get("DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS") or None,
         )
+
+    def on_kafka_cluster(self) -> Services:
+        """The same services with the Kafka cluster as Kafka (SystemExit when none runs)."""
+        if self.kafka_cluster is None:
+            raise SystemExit("no Kafka cluster: run `devstack/stack.sh up --kafka-cluster`")
+        return replace(self, kafka=self.kafka_cluster)
 
     def database(self, name: str) -> str:
         base, _, _ = self.database_url.rpartition("/")

@@ -4,6 +4,10 @@
 # from Maven Central, each on loopback with its own port, data and log folder under .devstack/.
 #
 #   devstack/stack.sh up       install what is missing, start what is not running, write .devstack/env
+#   devstack/stack.sh up --kafka-cluster
+#                              the same, and a 3-node KRaft Kafka cluster beside the single broker
+#                              (replication factor 3, min.insync.replicas 2); its bootstrap list
+#                              is DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS in .devstack/env
 #   devstack/stack.sh down     stop exactly the processes `up` started (pid files), nothing else
 #   devstack/stack.sh status   say what runs where
 #
@@ -23,7 +27,11 @@ APICURIO_APP=$STACK/apicurio-$APICURIO_VERSION
 
 # First choices of port; the next free one is taken when a port is in use by something else.
 declare -A BASE_PORT=([postgres]=55432 [redis]=56379 [kafka]=59092 [kafka_controller]=59093
-  [schema_registry]=58081 [schema_registry_management]=58082)
+  [schema_registry]=58081 [schema_registry_management]=58082
+  [kafka_cluster_1]=59192 [kafka_cluster_2]=59194 [kafka_cluster_3]=59196
+  [kafka_cluster_controller_1]=59193 [kafka_cluster_controller_2]=59195
+  [kafka_cluster_controller_3]=59197)
+KAFKA_CLUSTER_NODES=(1 2 3)
 
 say() { printf 'devstack: %s\n' "$*"; }
 # shellcheck source=devstack/redis_topologies.sh
@@ -263,6 +271,19 @@ kafka_healthy() { # the broker answers and has logged that it started
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && grep -q "Kafka Server started" "$log"
 }
 
+kafka_log4j() { # dir -> a broker's log4j2.properties, logging to dir/log/server.log
+  cat > "$1/log4j2.properties" <<EOF
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = $1/log/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+EOF
+}
+
 start_kafka() {
   local dir=$STACK/kafka port cport
   port=$(pick_port kafka)
@@ -292,16 +313,7 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 EOF
-  cat > "$dir/log4j2.properties" <<EOF
-status = warn
-appender.file.type = File
-appender.file.name = FILE
-appender.file.fileName = $dir/log/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = FILE
-EOF
+  kafka_log4j "$dir"
   local java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
     "-Dlog4j2.configurationFile=$dir/log4j2.properties")
   if [[ ! -f $dir/data/meta.properties ]]; then
@@ -328,6 +340,111 @@ stop_kafka() {
   kill "$pid"
   wait_gone "$pid" 60
   rm -f "$dir/kafka.pid"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Kafka cluster (up --kafka-cluster): 3 nodes, each a broker and a controller in one JVM, one
+# static quorum; small heaps for a 2-core machine. tests/kafka_cluster.py has the same settings.
+
+kafka_cluster_bootstrap() {
+  local n list=()
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do list+=("127.0.0.1:$(cat "$STACK/ports/kafka_cluster_$n")"); done
+  (IFS=,; echo "${list[*]}")
+}
+
+kafka_cluster_running() {
+  local n
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do
+    pid_alive "$STACK/kafka-cluster/node-$n/kafka.pid" kafka.Kafka || return 1
+  done
+}
+
+start_kafka_cluster() {
+  local base=$STACK/kafka-cluster n dir port cport voters="" cluster_id
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do
+    pick_port "kafka_cluster_$n" >/dev/null
+    pick_port "kafka_cluster_controller_$n" >/dev/null
+    voters+="${voters:+,}$n@127.0.0.1:$(cat "$STACK/ports/kafka_cluster_controller_$n")"
+  done
+  mkdir -p "$base"
+  local java_opts=(-Xms128m -Xmx384m -XX:+UseG1GC -Djava.awt.headless=true)
+  if [[ ! -s $base/cluster.id ]]; then
+    java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null \
+      | tail -n1 > "$base/cluster.id"
+  fi
+  cluster_id=$(cat "$base/cluster.id")
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do
+    dir=$base/node-$n
+    port=$(cat "$STACK/ports/kafka_cluster_$n")
+    cport=$(cat "$STACK/ports/kafka_cluster_controller_$n")
+    mkdir -p "$dir/data" "$dir/log"
+    if pid_alive "$dir/kafka.pid" kafka.Kafka; then
+      say "kafka cluster node $n already running on 127.0.0.1:$port"
+      continue
+    fi
+    cat > "$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=$n
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+default.replication.factor=3
+min.insync.replicas=2
+unclean.leader.election.enable=false
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+broker.session.timeout.ms=6000
+broker.heartbeat.interval.ms=1000
+replica.lag.time.max.ms=10000
+num.network.threads=2
+num.io.threads=2
+background.threads=2
+num.replica.fetchers=1
+EOF
+    kafka_log4j "$dir"
+    if [[ ! -f $dir/data/meta.properties ]]; then
+      java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" kafka.tools.StorageTool format \
+        -t "$cluster_id" -c "$dir/server.properties" > "$dir/log/format.log" 2>&1 \
+        || { tail -n 20 "$dir/log/format.log" >&2; die "kafka cluster node $n: storage format failed"; }
+    fi
+    say "starting kafka cluster node $n on 127.0.0.1:$port (controller $cport)"
+    : > "$dir/log/server.log"
+    # Every node is launched before any is waited for: a node starts once the quorum has formed.
+    nohup java -cp "$KAFKA_LIBS/*" "${java_opts[@]}" \
+      "-Dlog4j2.configurationFile=$dir/log4j2.properties" kafka.Kafka "$dir/server.properties" \
+      > "$dir/log/stdout.log" 2>&1 < /dev/null &
+    echo $! > "$dir/kafka.pid"
+  done
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do
+    dir=$base/node-$n
+    wait_for "kafka cluster node $n" "$dir/log/server.log" \
+      kafka_healthy "$(cat "$STACK/ports/kafka_cluster_$n")" "$dir/log/server.log"
+  done
+}
+
+stop_kafka_cluster() {
+  local n dir pid pids=()
+  for n in "${KAFKA_CLUSTER_NODES[@]}"; do
+    dir=$STACK/kafka-cluster/node-$n
+    pid_alive "$dir/kafka.pid" kafka.Kafka || continue
+    pid=$(head -n1 "$dir/kafka.pid")
+    say "stopping kafka cluster node $n (pid $pid)"
+    kill "$pid"
+    pids+=("$pid")
+  done
+  for pid in "${pids[@]}"; do wait_gone "$pid" 60; done
+  rm -f "$STACK"/kafka-cluster/node-*/kafka.pid
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +517,11 @@ DEVSTACK_APICURIO_JAR=$APICURIO_APP/quarkus-run.jar
 DEVSTACK_APICURIO_JAVA=$(java21)
 $(redis_topologies_env)
 EOF
+  if kafka_cluster_running; then
+    # Not FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS: the default stack keeps its single broker; point
+    # flowproof at the cluster with FLOWPROOF_KAFKA_BOOTSTRAP_SERVERS=<this list>.
+    echo "DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS=$(kafka_cluster_bootstrap)" >> "$env.tmp"
+  fi
   mv "$env.tmp" "$env"
   say "wrote $env"
 }
@@ -426,13 +548,22 @@ cmd_status() {
   status_line kafka "$(cat "$STACK/ports/kafka" 2>/dev/null || echo -)" "$kafka_state"
   status_line registry "$(cat "$STACK/ports/schema_registry" 2>/dev/null || echo -)" "$registry_state"
   redis_topologies_status
+  if kafka_cluster_running; then
+    echo "  kafka cluster (up --kafka-cluster): $(kafka_cluster_bootstrap), 3 nodes, RF 3, min ISR 2"
+  fi
   [[ -f $STACK/env ]] && echo "environment: $STACK/env (source it: set -a; . $STACK/env; set +a)"
   [[ $pg_state != stopped && $redis_state != stopped && $kafka_state != stopped \
     && $registry_state != stopped ]]
 }
 
 cmd_up() {
-  local started=$SECONDS
+  local started=$SECONDS cluster=false arg
+  for arg in "$@"; do
+    case $arg in
+      --kafka-cluster) cluster=true ;;
+      *) die "up: unknown option $arg (known: --kafka-cluster)" ;;
+    esac
+  done
   mkdir -p "$STACK"
   install_packages
   install_kafka
@@ -442,6 +573,7 @@ cmd_up() {
   start_redis_topologies
   start_kafka
   start_registry
+  if $cluster; then start_kafka_cluster; fi
   write_env
   say "up in $((SECONDS - started)) s"
   cmd_status
@@ -449,6 +581,7 @@ cmd_up() {
 
 cmd_down() {
   stop_registry
+  stop_kafka_cluster
   stop_kafka
   stop_redis_topologies
   stop_redis
@@ -457,7 +590,7 @@ cmd_down() {
 }
 
 case "${1:-}" in
-  up) cmd_up ;;
+  up) shift; cmd_up "$@" ;;
   down) cmd_down ;;
   status) cmd_status ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;

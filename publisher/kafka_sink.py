@@ -30,6 +30,7 @@ from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
 from flowproof.publisher.errors import SinkError
 from flowproof.publisher.rows import Message
+from flowproof.publisher.kafka_retries import count_produce_retries
 from flowproof.publisher.sink import Outcome, Outcomes, Placed
 
 NAME = "kafka"
@@ -81,6 +82,7 @@ class KafkaSink:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
+        count_produce_retries()
 
     async def start(self) -> None:
         if self._producer is not None:

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from flowproof.core.config import ENV_PREFIX, Settings
 from flowproof.core.migrations import migrate
+from tests.kafka_cluster import PrivateKafkaCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / ".devstack" / "env"
@@ -105,6 +106,15 @@ async def services() -> Services:
     finally:
         await admin.close()
     return found
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafkaCluster]:
+    """A 3-node KRaft Kafka cluster of this test session (replication factor 3, min.insync.replicas
+    2; tests/kafka_cluster.py), started by the first test that needs it. A test that kills or
+    cuts off a node must leave the cluster whole again (every node running, replicas in sync)."""
+    with PrivateKafkaCluster(tmp_path_factory.mktemp("kafka-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -273,6 +273,15 @@ class PrivateService:
         """Start the server and wait until it is healthy (ServiceFailed with the log if not)."""
         if self.running:
             return self
+        self.launch()
+        self._wait_healthy()
+        return self
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it to be healthy (nodes of a cluster
+        become healthy only once enough of them run); `wait_healthy()` then waits."""
+        if self.running:
+            return
         self._prepare()
         out = (self.workdir / "log" / f"{self.name}.stdout").open("ab")
         try:
@@ -287,8 +296,10 @@ class PrivateService:
             )
         finally:
             out.close()
+
+    def wait_healthy(self) -> None:
+        """Wait until the launched server is healthy (ServiceFailed with the log if not)."""
         self._wait_healthy()
-        return self
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ask the server to shut down cleanly and wait for its exit (SIGKILL after `timeout`)."""
@@ -921,8 +932,26 @@ class KafkaSecurity:
         return f"User:CN={self.certificate.cert.stem}"
 
 
+# The broker settings of a single node: every internal topic on its one replica, and each
+# message flushed, so a kill loses nothing the broker acknowledged.
+SINGLE_NODE_PROPERTIES = {
+    "offsets.topic.replication.factor": "1",
+    "offsets.topic.num.partitions": "3",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "auto.create.topics.enable": "true",
+    "log.flush.interval.messages": "1",
+}
+
+
 class PrivateKafka(PrivateService):
-    """A single-node KRaft Kafka broker (broker and controller in one JVM) on free ports."""
+    """A KRaft Kafka broker (broker and controller in one JVM) on free ports: a single node, or,
+    with `node_id`, `controller_port`, `voters` and `cluster_id` shared with its peers, one node
+    of a `PrivateKafkaCluster`. `properties` are its broker settings (`SINGLE_NODE_PROPERTIES`
+    by default)."""
 
     name = "kafka"
 
@@ -935,13 +964,34 @@ class PrivateKafka(PrivateService):
         partitions: int = 3,
         security: KafkaSecurity | None = None,
         advertised_port: int | None = None,
+        node_id: int = 1,
+        controller_port: int | None = None,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        properties: Mapping[str, str] = SINGLE_NODE_PROPERTIES,
+        listeners: Mapping[str, int | None] | None = None,
+        inter_broker_listener: str = "PLAINTEXT",
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
         # Clients connect to the advertised port after bootstrap: a fault proxy in front of the
         # broker (tests/faults/proxy.py) listens there and forwards to `port`.
         self.advertised_port = advertised_port or self.port
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id
+        self.properties = dict(properties)
+        # More plain-text listeners (name -> the port it advertises, None: its own), each on a
+        # port of its own (`listener_ports`): e.g. REPLICATION for the brokers' replication
+        # (`inter_broker_listener`), RELAY for the relay only. A fault proxy listening on the
+        # advertised port cuts that traffic alone: a client is told the addresses of the
+        # listener it connected through.
+        self.listener_ports = {name: free_port() for name in listeners or {}}
+        self.listener_advertised = {
+            name: port or self.listener_ports[name] for name, port in (listeners or {}).items()
+        }
+        self.inter_broker_listener = inter_broker_listener
         self.misnamed_port = free_port() if security and security.misnamed else None
         self.heap = heap
         self.partitions = partitions
@@ -978,6 +1028,22 @@ class PrivateKafka(PrivateService):
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         ]
+        if self.listener_ports:
+            names = ["PLAINTEXT", *self.listener_ports]
+            ports = {"PLAINTEXT": self.port, **self.listener_ports}
+            advertised = {"PLAINTEXT": self.advertised_port, **self.listener_advertised}
+            plain = [
+                "listeners="
+                + ",".join(f"{n}://127.0.0.1:{ports[n]}" for n in names)
+                + f",CONTROLLER://127.0.0.1:{self.controller_port}",
+                "advertised.listeners="
+                + ",".join(f"{n}://127.0.0.1:{advertised[n]}" for n in names),
+                "controller.listener.names=CONTROLLER",
+                f"inter.broker.listener.name={self.inter_broker_listener}",
+                "listener.security.protocol.map="
+                + ",".join(f"{n}:PLAINTEXT" for n in names)
+                + ",CONTROLLER:PLAINTEXT",
+            ]
         security = self.security
         if security is None:
             return plain
@@ -1025,20 +1091,12 @@ class PrivateKafka(PrivateService):
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"node.id={self.node_id}",
+                    f"controller.quorum.voters={self.voters}",
                     *self._listener_properties(),
                     f"log.dirs={self.workdir / 'data'}",
                     f"num.partitions={self.partitions}",
-                    "offsets.topic.replication.factor=1",
-                    "offsets.topic.num.partitions=3",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "auto.create.topics.enable=true",
-                    "log.flush.interval.messages=1",  # a kill loses nothing acknowledged
+                    *(f"{key}={value}" for key, value in self.properties.items()),
                     "",
                 ]
             ),
@@ -1061,7 +1119,7 @@ class PrivateKafka(PrivateService):
             ),
             encoding="utf-8",
         )
-        cluster_id = kraft_cluster_id()
+        cluster_id = self.cluster_id or kraft_cluster_id()
         scram: list[str] = []
         if self.security is not None:
             users = {self.security.admin: self.security.admin_password, **self.security.users}

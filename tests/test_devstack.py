@@ -14,10 +14,17 @@ from flowproof.core.connect import redis_client
 
 ROOT = Path(__file__).resolve().parent.parent
 # Services only the tests use, under names no flowproof command reads.
-TEST_ONLY = {"DEVSTACK_SCHEMA_REGISTRY_URL", "DEVSTACK_APICURIO_JAR", "DEVSTACK_APICURIO_JAVA"}
 # The Redis topologies beside the single server (devstack/redis_topologies.sh; the bench uses the
 # Cluster's): not FLOWPROOF_REDIS_URL, which stays the single server.
-TEST_ONLY |= {"DEVSTACK_REDIS_SENTINEL_URL", "DEVSTACK_REDIS_CLUSTER_URL"}
+# DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS: the 3-broker cluster of `stack.sh up --kafka-cluster`.
+TEST_ONLY = {
+    "DEVSTACK_SCHEMA_REGISTRY_URL",
+    "DEVSTACK_APICURIO_JAR",
+    "DEVSTACK_APICURIO_JAVA",
+    "DEVSTACK_REDIS_SENTINEL_URL",
+    "DEVSTACK_REDIS_CLUSTER_URL",
+    "DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS",
+}
 
 
 def test_env_file_is_shell_sourceable_and_uses_known_names() -> None:

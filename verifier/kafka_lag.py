@@ -9,22 +9,47 @@ A group with no committed offset on a partition that holds messages is behind by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 
 from flowproof.core import metrics
 from flowproof.core.config import Settings
 from flowproof.core.connect import kafka_client_kwargs
 from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
 from flowproof.core.routing import is_dlq
 from flowproof.core.sinks import KAFKA
 from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
 from flowproof.verifier.loss import Copy, PositionReader, State
 from flowproof.verifier.sink_reader import GaugeSetter, SinkReader
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+# A broker that just died stays in the cluster's metadata until the controller fences it (a few
+# seconds), and the admin client sends each request to a broker drawn at random from that
+# metadata: a request may go to the dead one. Asked again, the client draws again, so on a
+# cluster with a broker down (a leader moving) an evaluation still reads everything.
+NODE_DOWN = (NodeNotReadyError, KafkaConnectionError)
+ADMIN_ATTEMPTS = 5
+
+
+async def ask_again_if_node_down(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call()`, asked again (up to ADMIN_ATTEMPTS) while the broker it reached is down."""
+    for attempt in range(1, ADMIN_ATTEMPTS + 1):
+        try:
+            return await call()
+        except NODE_DOWN as exc:
+            if attempt == ADMIN_ATTEMPTS:
+                raise
+            log.info("verify.kafka_node_down", request=what, attempt=attempt, error=str(exc))
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 class KafkaReader:
@@ -63,12 +88,16 @@ class KafkaReader:
 
     async def partitions(self, prefix: str) -> tuple[list[TopicPartition], list[TopicPartition]]:
         """The partitions of the topics under `prefix`: (event topics', dead-letter topics')."""
-        names = sorted(t for t in await self.admin.list_topics() if t.startswith(prefix))
+        topics = await ask_again_if_node_down(self.admin.list_topics, "list_topics")
+        names = sorted(t for t in topics if t.startswith(prefix))
         if not names:
             return [], []
         events: list[TopicPartition] = []
         dlqs: list[TopicPartition] = []
-        for topic in await self.admin.describe_topics(names):
+        described = await ask_again_if_node_down(
+            lambda: self.admin.describe_topics(names), "describe_topics"
+        )
+        for topic in described:
             tps = [TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]]
             (dlqs if is_dlq(topic["topic"]) else events).extend(sorted(tps))
         return events, dlqs
@@ -78,10 +107,17 @@ class KafkaReader:
     ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
         """Which of `tps` exist, and their log start and end offsets (verifier.loss)."""
         # Only topics that exist are described: describing one that does not may create it.
-        known = set(await self.admin.list_topics())
+        known = set(await ask_again_if_node_down(self.admin.list_topics, "list_topics"))
         topics = sorted({tp.topic for tp in tps} & known)
         existing: set[TopicPartition] = set()
-        for topic in await self.admin.describe_topics(topics) if topics else []:
+        described = (
+            await ask_again_if_node_down(
+                lambda: self.admin.describe_topics(topics), "describe_topics"
+            )
+            if topics
+            else []
+        )
+        for topic in described:
             if topic.get("error_code", 0) == 0:
                 name = topic["topic"]
                 existing.update(TopicPartition(name, p["partition"]) for p in topic["partitions"])
@@ -93,12 +129,16 @@ class KafkaReader:
         return set(wanted), begin, end
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
-        offsets = await self.admin.list_consumer_group_offsets(group)
+        offsets = await ask_again_if_node_down(
+            lambda: self.admin.list_consumer_group_offsets(group), "list_consumer_group_offsets"
+        )
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def members(self, group: str) -> tuple[int, str]:
         """How many members the group has, and its state (Stable, Empty, Dead...)."""
-        responses = await self.admin.describe_consumer_groups([group])
+        responses = await ask_again_if_node_down(
+            lambda: self.admin.describe_consumer_groups([group]), "describe_consumer_groups"
+        )
         for response in responses:
             for described in response.groups:
                 if described[1] == group:

@@ -59,6 +59,13 @@ RELAY_REDIS_REPLICA_SHORTFALLS = Counter(
     "Redis batches fewer replicas confirmed (WAIT) than FLOWPROOF_RELAY_REDIS_MIN_REPLICAS asks: "
     "not marked published, published again.",
 )
+RELAY_KAFKA_PRODUCE_RETRIES = Counter(
+    "flowproof_relay_kafka_produce_retries_total",
+    "Produce requests a Kafka broker refused with a retriable error, sent again by the producer "
+    "(NotEnoughReplicasError: fewer replicas in sync than min.insync.replicas); the events stay "
+    "unmarked until acknowledged.",
+    ["error"],
+)
 RELAY_PRUNED = Counter(
     "flowproof_relay_pruned_total", "Outbox rows deleted after every sink acknowledged them."
 )

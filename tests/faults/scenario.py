@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -49,6 +50,7 @@ from tests.faults.accounting import (
     redis_group_behind,
 )
 from tests.faults.driver import WorkloadDriver
+from tests.faults.kafka_progress import group_caught_up
 from tests.faults.processes import FlowproofProcess, ProcessSet, stray_processes
 from tests.faults.results import RESULTS, Result
 
@@ -118,10 +120,13 @@ class Plan:
     recover_timeout: float = 90.0
     seed: int = 7
     env: dict[str, str] = field(default_factory=dict)
-    # Sinks whose fault may lose acknowledged events (a Redis failover with MIN_REPLICAS=0): the
-    # run waits for them to be published and consumed to the end of the stream instead of
-    # received, and their loss is no problem of the run as long as the verifier reports exactly
-    # the accounting's. Redis only.
+    relay_env: dict[str, str] = field(default_factory=dict)  # the relays' only, beside `env`
+    # Sinks whose fault may lose events the sink acknowledged (a Redis failover with
+    # MIN_REPLICAS=0, an unclean Kafka leader election): there a loss is the finding, not a
+    # failure, as long as every lost event was published (the sink lost it, not the relay) and
+    # the verifier's flow.lost reports exactly the accounting's count. The run is done with such a
+    # sink when every event is published to it and its group has read everything there (lost
+    # events never get a receipt).
     lossy: tuple[str, ...] = ()
 
     def allowed_duplicates(self, sink: str) -> int:
@@ -175,7 +180,9 @@ class Run:
         }
         self.processes = ProcessSet(self.run_id, env, workdir / "logs")
         for n in range(plan.relays):
-            self.processes.add(f"relay-{n + 1}", "relay", ready_event="relay.started")
+            self.processes.add(
+                f"relay-{n + 1}", "relay", ready_event="relay.started", env=plan.relay_env
+            )
         for sink, count in (("redis", plan.redis_consumers), ("kafka", plan.kafka_consumers)):
             for n in range(count):
                 self.processes.add(
@@ -203,6 +210,8 @@ class Run:
         self.evaluations: list[tuple[float, frozenset[str]]] = []
         self.lost_during: list[str] = []
         self._behind: str | None = None  # why a lossy sink was last found not caught up
+        self.lost_expected_during: list[str] = []  # flow.lost of a lossy sink during the run
+        self.verify_errors: list[str] = []  # evaluations during the run that raised
 
     # --- what a scenario uses -------------------------------------------------------------------
 
@@ -304,7 +313,7 @@ class Run:
 
     async def all_received(self, upto: int) -> bool:
         """Every event with seq <= upto has a valid receipt in every sink and group (in a lossy
-        sink: is published, and the group has read its streams to the end)."""
+        sink: is published, and the group has read everything there)."""
         if self._floor >= upto:
             return True
         conn = await self._connect()
@@ -328,17 +337,21 @@ class Run:
         return False
 
     async def _caught_up(self, conn: asyncpg.Connection, sink: str, group: str, upto: int) -> bool:
-        """Every event up to `upto` published to `sink`, and `group` has neither lag nor
-        pending entries on any stream of the run: what it will ever receive, it has."""
-        assert sink == "redis", "only a Redis sink may be lossy"
-        if await conn.fetchval(
-            "SELECT count(*) FROM flowproof_outbox WHERE seq <= $1 AND redis_published_at IS NULL",
-            upto,
-        ):
+        """Every event up to `upto` published to `sink`, and `group` has read everything there:
+        what it will ever receive, it has."""
+        unpublished = (
+            f"SELECT count(*) FROM flowproof_outbox WHERE seq <= $1 AND {sink}_published_at IS NULL"
+        )
+        if await conn.fetchval(unpublished, upto):
             return False
         try:
-            behind = await redis_group_behind(self.settings(), group)
-        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            if sink == "redis":
+                behind = await redis_group_behind(self.settings(), group)
+            elif await group_caught_up(self.endpoints.kafka_bootstrap, group, self.prefix):
+                behind = None
+            else:
+                behind = "the group has not read its topics to their end"
+        except (RedisError, RedisClusterException, KafkaError, OSError, TimeoutError) as exc:
             behind = f"{type(exc).__name__}: {exc}"  # failing over: look again
         if behind is not None and behind != self._behind:
             self.mark(f"{sink}/{group} not caught up: {behind}")
@@ -380,14 +393,18 @@ class Run:
             try:
                 report = await check_once(settings)
             except Exception as exc:  # a fault may take a service away; the next one judges
+                self.verify_errors.append(f"{self.now():.1f}s {type(exc).__name__}: {exc}")
                 self.mark(f"verifier during the run: {type(exc).__name__}: {exc}")
                 continue
             at = time.monotonic() - self._t0
             failed = frozenset(c.name for c in report.checks if not c.passed)
             self.evaluations.append((at, failed))
             for finding in report.check(FLOW_LOST).findings:
-                if finding.data.get("lost") and finding.data.get("sink") not in self.plan.lossy:
-                    self.lost_during.append(f"{at:.1f}s {finding.line()}")
+                if finding.data.get("lost"):
+                    expected = finding.data.get("sink") in self.plan.lossy
+                    (self.lost_expected_during if expected else self.lost_during).append(
+                        f"{at:.1f}s {finding.line()}"
+                    )
                     self.mark(f"verifier during the run: {finding.line()}")
 
     def failed_during(self, check: str, since: float, until: float) -> int:
@@ -398,6 +415,10 @@ class Run:
     def now(self) -> float:
         """Seconds into the run (the clock of `mark` and `evaluations`)."""
         return time.monotonic() - self._t0
+
+    def into_run(self, moment: float) -> float:
+        """A `time.monotonic()` moment (a FaultRecord's) as seconds into the run."""
+        return moment - self._t0
 
     async def _watch(self, record: FaultRecord, watermark: int) -> None:
         await self.wait_until(
@@ -534,6 +555,9 @@ class Run:
                     f"{where}: {acc.lost} lost ({acc.unpublished} unpublished), e.g. "
                     f"{', '.join(acc.lost_examples)}"
                 )
+            elif acc.lost:
+                self.mark(f"{where}: {acc.lost} acknowledged events lost by the sink, e.g. "
+                          f"{', '.join(acc.lost_examples)}")  # fmt: skip
             if acc.reordered or acc.split:
                 problems.append(f"{where}: {acc.reordered} reordered, {acc.split} split")
             if acc.duplicated > self.plan.allowed_duplicates(acc.sink):
