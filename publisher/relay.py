@@ -30,7 +30,7 @@ from flowproof.publisher.errors import OutboxMissing, RelayCrashed
 from flowproof.publisher.kafka_sink import KafkaSink
 from flowproof.publisher.listener import Listener
 from flowproof.publisher.maintenance import prune, refresh_gauges
-from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.queries import query, side_tables
 from flowproof.publisher.redis_sink import RedisSink
 from flowproof.publisher.shared_encoding import EncodedRows
 from flowproof.publisher.sink import Sink
@@ -191,7 +191,7 @@ class Relay:
         table = self.settings.outbox_table
         conn = await connect_relay(self.settings, "preflight")
         try:
-            for needed in (table, deliveries_table(table)):
+            for needed in (table, *side_tables(table)):
                 if not await conn.fetchval(query("outbox_exists", needed)):
                     raise OutboxMissing(needed)
             # This relay's sinks are sinks of the outbox from now on (pruning keeps what they owe).

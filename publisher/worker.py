@@ -1,8 +1,15 @@
-"""One sink's publishing loop: take a fair share of slots, claim, encode, publish, mark.
+"""One sink's publishing loop: take a fair share of slots, claim, encode, publish, record.
 
-Everything a worker writes (park marks, published marks) goes through the connection that holds
-its slot locks; see `publisher.slots`. A full batch is followed at once by the next claim, so a
-busy outbox needs no NOTIFY; an idle worker waits for a NOTIFY, the poll interval or a stop.
+The outbox is never updated. A batch comes either from the queue of rows set aside earlier
+(`<outbox>_parked`, state queued: parked rows given another try, rows owed at the upgrade) or
+from the rounds of the owned slots' cursors (`<outbox>_cursors`, PgQ-style snapshot batches; see
+publisher/sql/queries.sql). What a batch did is recorded in one transaction: where the sink put
+each event (`<outbox>_deliveries`, COPY), the rows set aside (parked, held behind a parked row,
+queued behind queued rows of their aggregate), and the cursors moved past the batch.
+
+Everything a worker writes goes through the connection that holds its slot locks; see
+`publisher.slots`. A full batch is followed at once by the next claim, so a busy outbox needs no
+NOTIFY; an idle worker waits for a NOTIFY, the poll interval or a stop.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -24,7 +31,7 @@ from flowproof.publisher.db import close_quietly, connect_relay, database_bounda
 from flowproof.publisher.encoding import Encoder, Message, OutboxRow, Parked
 from flowproof.publisher.errors import DatabaseLost, SinkError
 from flowproof.publisher.queries import deliveries_table, query
-from flowproof.publisher.sink import Acknowledged, Sink, acknowledged
+from flowproof.publisher.sink import Acknowledged, Outcomes, Sink, acknowledged
 from flowproof.publisher.slots import SlotLeases, fair_share
 
 log = get_logger(__name__)
@@ -48,6 +55,31 @@ class BatchOutcome:
     claimed: int = 0
     full: bool = False
     failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A row of a batch that is not published now: parked (with a reason), held behind a parked
+    row of its aggregate, or queued behind queued rows of its aggregate."""
+
+    seq: int
+    slot: int
+    aggregatetype: str
+    aggregateid: str
+    state: str
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One claim: its rows, where they came from, and what the worker made of them."""
+
+    rows: list[OutboxRow]
+    slots: dict[int, int]  # seq -> slot
+    queued: bool  # from the queue (else from the cursors' rounds)
+    owned: list[int]  # the slots claimed for
+    set_aside: list[SetAside] = field(default_factory=list)
 
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
@@ -106,9 +138,12 @@ class SinkWorker:
         self._next_rebalance = 0.0
         self._failing = False
         table, sink_name = settings.outbox_table, sink.name
+        self._begin_round = query("begin_round", table, sink_name)
         self._claim = query("claim", table, sink_name)
-        self._mark = query("mark_published", table, sink_name)
-        self._park_sql = query("park", table, sink_name)
+        self._claim_queued = query("claim_queued", table, sink_name)
+        self._advance = query("advance", table, sink_name)
+        self._set_aside = query("set_aside", table, sink_name)
+        self._unqueue = query("unqueue", table, sink_name)
         self._deliveries = deliveries_table(table)
 
     def wake(self) -> None:
@@ -181,37 +216,68 @@ class SinkWorker:
             await self.encoder.pace(self._stop)
             # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
             self._wake.clear()
-            records = await conn.fetch(
-                self._claim, sorted(self.leases.owned), self.settings.relay_batch_size
-            )
-        if not records:
+            batch = await self._claim_batch(conn, sorted(self.leases.owned))
+        if not batch.rows:
             return BatchOutcome()
         self.stats.batches += 1
-        rows = [OutboxRow.from_record(r) for r in records]
+        size = self.settings.relay_batch_size
+        rows = batch.rows
         if not await self.encoder.register_schemas(rows):  # the schema registry did not answer
             return BatchOutcome(claimed=len(rows), failed=len(rows))
-        plan = self.encoder.plan(rows)
-        if plan.parked:
-            await self._park(conn, plan.parked)
-        created = {row.seq: row.created_at for row in rows}
-        failed = await self._publish(conn, plan.messages, created)
-        return BatchOutcome(
-            claimed=len(records),
-            full=len(records) == self.settings.relay_batch_size,
-            failed=failed,
-        )
-
-    async def _park(self, conn: asyncpg.Connection, parked: Sequence[Parked]) -> None:
-        async with database_boundary(f"{self.name} worker parking rows"):
-            await shielded(
-                conn.execute(
-                    self._park_sql,
-                    [p.seq for p in parked],
-                    [p.reason for p in parked],
-                    [p.error for p in parked],
-                ),
-                "park",
+        waiting = {a.seq for a in batch.set_aside}
+        plan = self.encoder.plan([row for row in rows if row.seq not in waiting])
+        self._log_parked(plan.parked)
+        parked = {p.seq: p for p in plan.parked}
+        sent = {m.seq for m in plan.messages}
+        for row in rows:
+            if row.seq in waiting or row.seq in sent:
+                continue
+            p = parked.get(row.seq)
+            batch.set_aside.append(
+                SetAside(
+                    row.seq,
+                    batch.slots[row.seq],
+                    row.aggregatetype,
+                    row.aggregateid,
+                    "held" if p is None else "parked",
+                    None if p is None else p.reason,
+                    None if p is None else p.error,
+                )
             )
+        created = {row.seq: row.created_at for row in rows}
+        failed = await self._publish(conn, batch, plan.messages, created)
+        return BatchOutcome(claimed=len(rows), full=len(rows) == size, failed=failed)
+
+    async def _claim_batch(self, conn: asyncpg.Connection, owned: list[int]) -> Batch:
+        """Queued rows of the owned slots first; else the next rows of their cursors' rounds
+        (a new round for the slots that have none)."""
+        size = self.settings.relay_batch_size
+        queued = True
+        records = await conn.fetch(self._claim_queued, owned, size)
+        if not records:
+            queued = False
+            await conn.execute(self._begin_round, owned)
+            records = await conn.fetch(self._claim, owned, size)
+            if not records:  # the rounds' rows were all in earlier batches: they are done
+                await conn.execute(self._advance, owned, 0, True)
+        batch = Batch(rows=[], slots={}, queued=queued, owned=owned)
+        for record in records:
+            row = OutboxRow(*tuple(record)[:8])
+            batch.rows.append(row)
+            batch.slots[row.seq] = record["slot"]
+            if record["behind"] is not None:
+                batch.set_aside.append(
+                    SetAside(
+                        row.seq,
+                        record["slot"],
+                        row.aggregatetype,
+                        row.aggregateid,
+                        record["behind"],
+                    )
+                )
+        return batch
+
+    def _log_parked(self, parked: Sequence[Parked]) -> None:
         self.stats.parked += len(parked)
         for row in parked:
             RELAY_PARKED.labels(row.reason).inc()
@@ -227,24 +293,29 @@ class SinkWorker:
     async def _publish(
         self,
         conn: asyncpg.Connection,
+        batch: Batch,
         messages: Sequence[Message],
         created: dict[int, dt.datetime | None],
     ) -> int:
-        """Send, then mark what the sink acknowledged; return how many sends failed."""
-        if not messages:
-            return 0
+        """Send, then record what the sink acknowledged; return how many sends failed."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            await self.sink.start()
-            outcomes = await self.sink.publish(messages)
-        except SinkError as exc:
-            outcomes = [exc] * len(messages)
+        outcomes: Outcomes = []
+        if messages:
+            try:
+                await self.sink.start()
+                outcomes = await self.sink.publish(messages)
+            except SinkError as exc:
+                outcomes = [exc] * len(messages)
         result = acknowledged(messages, outcomes)
         marked, held_back, errors = result.marked, result.held_back, result.errors
-        if result.placements:
-            async with database_boundary(f"{self.name} worker marking rows"):
-                await shielded(self._record(conn, result, created), "mark_published")
+        first_failed = next(
+            (m.seq for m, o in zip(messages, outcomes, strict=True) if isinstance(o, SinkError)),
+            None,
+        )
+        async with database_boundary(f"{self.name} worker recording a batch"):
+            await shielded(self._record(conn, batch, result, created, first_failed), "record")
+        if marked:
             self.stats.published += len(marked)
             RELAY_PUBLISHED.labels(self.name).inc(len(marked))
         if errors:
@@ -275,21 +346,52 @@ class SinkWorker:
     async def _record(
         self,
         conn: asyncpg.Connection,
+        batch: Batch,
         result: Acknowledged,
         created: dict[int, dt.datetime | None],
+        first_failed: int | None,
     ) -> None:
-        """Mark the batch published and record where the sink put each event, atomically: a
-        published event always has its position (the verifier judges loss by it)."""
+        """Record the batch atomically: where the sink put each event (a published event always
+        has its position: the verifier judges loss by it), the rows set aside, and the progress.
+
+        A round's cursor moves up to the row before the first failure: the rows after it are
+        claimed again (those the sink took anyway are published twice, bounded by the batch,
+        and the order of each aggregate holds in what the consumers see first). A queued row
+        leaves the queue when the sink took it before any failure of its aggregate.
+        """
         rows = [
             (seq, self.name, placed.destination, placed.partition, placed.position, created[seq])
             for seq, placed in result.placements
         ]
+        aside = batch.set_aside
+        upto = batch.rows[-1].seq
+        if not batch.queued and first_failed is not None:
+            upto = first_failed - 1
+            aside = [a for a in aside if a.seq <= upto]
         async with conn.transaction():
-            if result.marked:
-                await conn.execute(self._mark, result.marked)
-            await conn.copy_records_to_table(
-                self._deliveries, records=rows, columns=DELIVERY_COLUMNS
-            )
+            if rows:
+                await conn.copy_records_to_table(
+                    self._deliveries, records=rows, columns=DELIVERY_COLUMNS
+                )
+            if aside:
+                await conn.execute(
+                    self._set_aside,
+                    [a.seq for a in aside],
+                    [a.slot for a in aside],
+                    [a.aggregatetype for a in aside],
+                    [a.aggregateid for a in aside],
+                    [a.state for a in aside],
+                    [a.reason for a in aside],
+                    [a.error for a in aside],
+                )
+            if batch.queued:
+                if result.marked:
+                    await conn.execute(self._unqueue, result.marked)
+            else:
+                exhausted = (
+                    len(batch.rows) < self.settings.relay_batch_size and first_failed is None
+                )
+                await conn.execute(self._advance, batch.owned, upto, exhausted)
 
     async def _idle(self) -> None:
         timeout = self.settings.relay_poll_interval_seconds

@@ -71,7 +71,9 @@ async def test_emit_writes_in_the_callers_transaction(conn: asyncpg.Connection) 
     )
     assert json.loads(row["payload"]) == ORDER
     assert json.loads(row["headers"]) == {"traceparent": TRACEPARENT}
-    assert row["redis_published_at"] is None and row["kafka_published_at"] is None
+    assert row["txid"] is not None  # the inserting transaction, for the relay's cursors
+    progress = await conn.fetch("SELECT published_at, state FROM flowproof_outbox_progress")
+    assert [tuple(r) for r in progress] == [(None, None)] * 2  # pending for both sinks
 
 
 @pytest.mark.parametrize(
