@@ -72,8 +72,9 @@ async def test_emit_writes_in_the_callers_transaction(conn: asyncpg.Connection) 
     assert json.loads(row["payload"]) == ORDER
     assert json.loads(row["headers"]) == {"traceparent": TRACEPARENT}
     assert row["txid"] is not None  # the inserting transaction, for the relay's cursors
-    progress = await conn.fetch("SELECT published_at, state FROM flowproof_outbox_progress")
-    assert [tuple(r) for r in progress] == [(None, None)] * 2  # pending for both sinks
+    progress = await conn.fetchrow("SELECT * FROM flowproof_outbox_progress")
+    assert progress["redis_published_at"] is None and progress["kafka_published_at"] is None
+    assert progress["redis_state"] is None and progress["kafka_state"] is None  # pending
 
 
 @pytest.mark.parametrize(

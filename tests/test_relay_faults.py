@@ -290,8 +290,7 @@ async def test_sigterm_stops_cleanly_and_a_restart_duplicates_nothing(
     # sent.
     marked = {
         sink: {str(r["id"]) for r in await conn.fetch(
-            "SELECT id FROM flowproof_outbox_progress "
-            f"WHERE sink = '{sink}' AND published_at IS NOT NULL"
+            f"SELECT id FROM flowproof_outbox_progress WHERE {sink}_published_at IS NOT NULL"
         )}
         for sink in ("redis", "kafka")
     }  # fmt: skip

@@ -77,10 +77,9 @@ async def flowproof(env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 async def published(conn: asyncpg.Connection, sink: str, aggregateid: str) -> list[bool]:
     rows = await conn.fetch(
-        "SELECT published_at IS NOT NULL AS done FROM flowproof_outbox_progress "
-        "WHERE aggregateid = $1 AND sink = $2 ORDER BY seq",
+        f"SELECT {sink}_published_at IS NOT NULL AS done FROM flowproof_outbox_progress "
+        "WHERE aggregateid = $1 ORDER BY seq",
         aggregateid,
-        sink,
     )
     return [r["done"] for r in rows]
 
@@ -116,10 +115,10 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
         for i in range(3):
             assert await published(conn, sink, f"good-{i}") == [True, True]
         rows = await conn.fetch(
-            "SELECT aggregateid, reason, error, published_at IS NOT NULL AS done "
-            "FROM flowproof_outbox_progress WHERE aggregateid = ANY($1) AND sink = $2 ORDER BY seq",
+            f"SELECT aggregateid, {sink}_parked_reason AS reason, {sink}_parked_error AS error, "
+            f"{sink}_published_at IS NOT NULL AS done FROM flowproof_outbox_progress "
+            "WHERE aggregateid = ANY($1) ORDER BY seq",
             list(BAD),
-            sink,
         )
         for aggregateid, (*_, reason) in BAD.items():
             mine = [r for r in rows if r["aggregateid"] == aggregateid]
@@ -134,7 +133,7 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
         )
         assert metric("flowproof_outbox_pending_events", sink=sink) == len(BAD) * LATER
     invalid_error = await conn.fetchval(
-        "SELECT error FROM flowproof_outbox_progress WHERE id = $1 AND sink = 'redis'",
+        "SELECT redis_parked_error FROM flowproof_outbox_progress WHERE id = $1",
         first_ids["invalid"],
     )
     assert "'sequence'" in invalid_error  # the message names the field
@@ -168,8 +167,8 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
 
     # Retry everything parked for Redis only: still bad, so parked again; Kafka's untouched.
     kafka_since = await conn.fetch(
-        "SELECT id, parked_at FROM flowproof_outbox_progress "
-        "WHERE sink = 'kafka' AND reason IS NOT NULL ORDER BY seq"
+        "SELECT id, kafka_parked_at FROM flowproof_outbox_progress "
+        "WHERE kafka_parked_reason IS NOT NULL ORDER BY seq"
     )
     retried = await flowproof(settings_env, "parked", "retry", "--sink", "redis", "--all")
     assert retried.returncode == 0, retried.stderr
@@ -177,7 +176,7 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     assert (
         await conn.fetchval(
             "SELECT count(*) FROM flowproof_outbox_progress "
-            "WHERE sink = 'redis' AND state IS NOT NULL AND state <> 'queued'"
+            "WHERE redis_state IS NOT NULL AND redis_state <> 'queued'"
         )
         == 0
     )
@@ -185,8 +184,8 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     assert relay.stats["redis"].parked == len(BAD) + 4
     assert (
         await conn.fetch(
-            "SELECT id, parked_at FROM flowproof_outbox_progress "
-            "WHERE sink = 'kafka' AND reason IS NOT NULL ORDER BY seq"
+            "SELECT id, kafka_parked_at FROM flowproof_outbox_progress "
+            "WHERE kafka_parked_reason IS NOT NULL ORDER BY seq"
         )
         == kafka_since
     )

@@ -175,9 +175,10 @@ SELECT pg_notify('{{outbox}}', '');
 -- name: prune
 -- Rows older than the retention that every sink of this outbox ({{outbox}}_sinks, whichever
 -- relay registered it) has published: its cursor passed them and did not set them aside. A few
--- at a time, skipping rows another relay is pruning right now. A row a sink still owes, or has
--- parked, stays, whatever the sinks of the relay that prunes; with no sink registered (or one
--- this version does not know) nothing is pruned.
+-- at a time, by one relay at a time (prune_lock: the relay may not lock rows FOR UPDATE, it has
+-- no UPDATE privilege on the outbox). A row a sink still owes, or has parked, stays, whatever
+-- the sinks of the relay that prunes; with no sink registered (or one this version does not
+-- know) nothing is pruned.
 DELETE FROM {{outbox}}
 WHERE seq IN (
     SELECT o.seq FROM {{outbox}} AS o
@@ -191,8 +192,13 @@ WHERE seq IN (
              OR EXISTS (SELECT 1 FROM {{outbox}}_parked AS p
                         WHERE p.sink = s.sink AND p.seq = o.seq))
     ORDER BY o.created_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED);
+    LIMIT $2);
+
+-- name: prune_lock
+SELECT pg_try_advisory_lock($1::int, 0);
+
+-- name: prune_unlock
+SELECT pg_advisory_unlock($1::int, 0);
 
 -- name: prune_deliveries
 -- Delivery records older than the retention (their events are pruned, or about to be).

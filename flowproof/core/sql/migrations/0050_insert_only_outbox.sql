@@ -114,13 +114,23 @@ ALTER TABLE {{outbox}}
     DROP COLUMN kafka_parked_at,
     DROP COLUMN kafka_parked_error;
 
--- Each row and sink as the relay sees it, for people and tests (one lookup per row: not for
--- large scans). published_at is the first delivery's; state is NULL when published or pending.
+-- Each row with what each sink made of it, in the columns the outbox had before, for people
+-- and tests (lookups per row: not for large scans). *_published_at is the first delivery's;
+-- *_state is parked, held or queued (see {{outbox}}_parked), NULL when published or pending.
 CREATE VIEW {{outbox}}_progress AS
-SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.created_at, s.sink,
+SELECT o.*,
        (SELECT min(d.published_at) FROM {{outbox}}_deliveries AS d
-        WHERE d.seq = o.seq AND d.sink = s.sink) AS published_at,
-       p.state, p.reason, p.error, p.parked_at
+        WHERE d.seq = o.seq AND d.sink = 'redis') AS redis_published_at,
+       r.state AS redis_state,
+       r.reason AS redis_parked_reason,
+       r.error AS redis_parked_error,
+       CASE WHEN r.state = 'parked' THEN r.parked_at END AS redis_parked_at,
+       (SELECT min(d.published_at) FROM {{outbox}}_deliveries AS d
+        WHERE d.seq = o.seq AND d.sink = 'kafka') AS kafka_published_at,
+       k.state AS kafka_state,
+       k.reason AS kafka_parked_reason,
+       k.error AS kafka_parked_error,
+       CASE WHEN k.state = 'parked' THEN k.parked_at END AS kafka_parked_at
 FROM {{outbox}} AS o
-CROSS JOIN (VALUES ('redis'), ('kafka')) AS s (sink)
-LEFT JOIN {{outbox}}_parked AS p ON p.sink = s.sink AND p.seq = o.seq;
+LEFT JOIN {{outbox}}_parked AS r ON r.sink = 'redis' AND r.seq = o.seq
+LEFT JOIN {{outbox}}_parked AS k ON k.sink = 'kafka' AND k.seq = o.seq;
