@@ -56,9 +56,14 @@ async def applied_versions(conn: asyncpg.Connection) -> set[int]:
     return {row["version"] for row in rows}
 
 
-async def migrate(conn: asyncpg.Connection, outbox_table: str) -> list[Migration]:
-    """Apply the missing migrations; return those applied by this call (none if up to date)."""
-    migrations = load_migrations(outbox_table)
+async def migrate(
+    conn: asyncpg.Connection, outbox_table: str, upto: int | None = None
+) -> list[Migration]:
+    """Apply the missing migrations (those up to version `upto` when given: tests of an
+    upgrade); return those applied by this call (none if up to date)."""
+    migrations = [
+        m for m in load_migrations(outbox_table) if upto is None or m.version <= upto
+    ]
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await conn.execute(
