@@ -191,8 +191,9 @@ class Progress:
 async def _counts(conn: asyncpg.Connection, settings: Settings, since: float) -> dict[str, int]:
     table = settings.outbox_table  # validated identifier
     row = await conn.fetchrow(
-        f"""SELECT count(redis_published_at) AS redis_pub, count(kafka_published_at) AS kafka_pub
-            FROM {table} WHERE created_at >= to_timestamp($1)""",
+        f"""SELECT count(DISTINCT d.seq) FILTER (WHERE d.sink = 'redis') AS redis_pub,
+                   count(DISTINCT d.seq) FILTER (WHERE d.sink = 'kafka') AS kafka_pub
+            FROM {table}_deliveries AS d WHERE d.created_at >= to_timestamp($1)""",
         since,
     )
     received = await conn.fetch(

@@ -94,9 +94,7 @@ async def test_pending_rows_are_published_once_after_the_upgrade(
         owed = {
             "redis": [i for i, row in zip(ids, OLD_ROWS, strict=True) if row[1] == "pending"],
             "kafka": [
-                i
-                for i, row in zip(ids, OLD_ROWS, strict=True)
-                if row[2] == "pending" and i != held
+                i for i, row in zip(ids, OLD_ROWS, strict=True) if row[2] == "pending" and i != held
             ],
         }
 

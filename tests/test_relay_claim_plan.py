@@ -44,9 +44,7 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
         await conn.execute("ANALYZE flowproof_outbox")
         # One round over the whole backlog, published up to PUBLISHED.
         await conn.execute(query("begin_round", "flowproof_outbox", sink), ALL_SLOTS)
-        await conn.execute(
-            query("advance", "flowproof_outbox", sink), ALL_SLOTS, PUBLISHED, False
-        )
+        await conn.execute(query("advance", "flowproof_outbox", sink), ALL_SLOTS, PUBLISHED, False)
         raw = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) " + query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500
         )

@@ -61,9 +61,7 @@ async def migrate(
 ) -> list[Migration]:
     """Apply the missing migrations (those up to version `upto` when given: tests of an
     upgrade); return those applied by this call (none if up to date)."""
-    migrations = [
-        m for m in load_migrations(outbox_table) if upto is None or m.version <= upto
-    ]
+    migrations = [m for m in load_migrations(outbox_table) if upto is None or m.version <= upto]
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await conn.execute(

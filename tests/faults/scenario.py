@@ -312,10 +312,10 @@ class Run:
         is waiting for."""
         sql = """
             SELECT (SELECT count(*) FROM flowproof_outbox) AS written,
-                   (SELECT count(*) FROM flowproof_outbox WHERE redis_published_at IS NOT NULL)
-                       AS redis_published,
-                   (SELECT count(*) FROM flowproof_outbox WHERE kafka_published_at IS NOT NULL)
-                       AS kafka_published,
+                   (SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries
+                    WHERE sink = 'redis') AS redis_published,
+                   (SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries
+                    WHERE sink = 'kafka') AS kafka_published,
                    (SELECT count(DISTINCT event_id) FROM flowproof_receipts
                     WHERE sink = 'redis' AND valid) AS redis_received,
                    (SELECT count(DISTINCT event_id) FROM flowproof_receipts
