@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -67,6 +68,8 @@ class Relay:
         # for one sink to run a few batches ahead of another.
         shared = EncodedRows(settings.sinks, capacity=8 * settings.relay_batch_size)
         start_line = StartLine(len(settings.sinks))
+        # One member id for every sink: the workers of this relay publish the same slots.
+        member_id = random.randrange(1, 2**31)
         for name in settings.sinks:
             prefix = settings.stream_prefix if name == "redis" else settings.topic_prefix
             self.workers[name] = SinkWorker(
@@ -83,6 +86,7 @@ class Relay:
                 wake=asyncio.Event(),
                 stop=self._stop,
                 start_line=start_line,
+                member_id=member_id,
             )
         self.listener = Listener(
             settings, settings.outbox_table, self.wake, self._stop, retry_policy(settings)

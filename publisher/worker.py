@@ -32,7 +32,7 @@ from flowproof.publisher.encoding import Encoder, Message, OutboxRow, Parked
 from flowproof.publisher.errors import DatabaseLost, SinkError
 from flowproof.publisher.queries import deliveries_table, query
 from flowproof.publisher.sink import Acknowledged, Outcomes, Sink, acknowledged
-from flowproof.publisher.slots import SlotLeases, fair_share
+from flowproof.publisher.slots import SlotLeases
 
 log = get_logger(__name__)
 
@@ -121,13 +121,14 @@ class SinkWorker:
         wake: asyncio.Event,
         stop: asyncio.Event,
         start_line: StartLine | None = None,
+        member_id: int | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self._start_line = start_line
         self.name = sink.name
         self.encoder = encoder
-        self.leases = SlotLeases(settings.outbox_table, sink.name)
+        self.leases = SlotLeases(settings.outbox_table, sink.name, member_id=member_id)
         self.stats = SinkStats()
         self._wake = wake
         self._stop = stop
@@ -395,8 +396,8 @@ class SinkWorker:
 
     async def _idle(self) -> None:
         timeout = self.settings.relay_poll_interval_seconds
-        if len(self.leases.owned) < fair_share(self.leases.members):
-            # Below its share: look again for slots another relay gave back.
+        if self.leases.owned != self.leases.target:
+            # Short of its slots: look again for those another relay gave back.
             timeout = min(timeout, self.settings.relay_rebalance_interval_seconds)
         self.idle.set()
         try:

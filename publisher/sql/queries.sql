@@ -222,12 +222,12 @@ DELETE FROM {{outbox}}_sinks WHERE sink = $1 RETURNING sink;
 SELECT to_regclass('{{outbox}}') IS NOT NULL;
 
 -- name: slot_census
--- How many relays take part for this sink (membership locks) and which slots anyone holds.
+-- Which relays take part for this sink (membership locks) and which slots anyone holds.
 -- Advisory locks are per database: relays of other databases on the same server do not count.
 SELECT
-    (SELECT count(*) FROM pg_locks
-     WHERE locktype = 'advisory' AND database = d.oid AND granted
-       AND classid = $1::bigint::oid AND objsubid = 2)::int AS members,
+    ARRAY(SELECT objid::bigint::int FROM pg_locks
+          WHERE locktype = 'advisory' AND database = d.oid AND granted
+            AND classid = $1::bigint::oid AND objsubid = 2) AS members,
     ARRAY(SELECT objid::bigint::int FROM pg_locks
           WHERE locktype = 'advisory' AND database = d.oid AND granted
             AND classid = $2::bigint::oid AND objsubid = 2) AS held
