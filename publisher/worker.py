@@ -28,7 +28,7 @@ from flowproof.core.metrics import RELAY_PARKED, RELAY_PUBLISH_FAILURES, RELAY_P
 from flowproof.core.retry import RetryPolicy
 from flowproof.publisher.aio import shielded, wait_any
 from flowproof.publisher.db import close_quietly, connect_relay, database_boundary
-from flowproof.publisher.encoding import Encoder, Message, OutboxRow, Parked
+from flowproof.publisher.encoding import Aggregate, Encoder, Message, OutboxRow, Parked
 from flowproof.publisher.errors import DatabaseLost, SinkError
 from flowproof.publisher.queries import deliveries_table, query
 from flowproof.publisher.sink import Acknowledged, Outcomes, Sink, acknowledged
@@ -80,6 +80,7 @@ class Batch:
     queued: bool  # from the queue (else from the cursors' rounds)
     owned: list[int]  # the slots claimed for
     set_aside: list[SetAside] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # what is sent, once prepared
 
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
@@ -138,6 +139,7 @@ class SinkWorker:
         self._conn: asyncpg.Connection | None = None
         self._next_rebalance = 0.0
         self._failing = False
+        self._ahead: Batch | None = None  # claimed and encoded while the one before was in flight
         table, sink_name = settings.outbox_table, sink.name
         self._begin_round = query("begin_round", table, sink_name)
         self._claim = query("claim", table, sink_name)
@@ -205,26 +207,54 @@ class SinkWorker:
 
     async def _cycle(self) -> BatchOutcome:
         conn = await self._connection()
-        async with database_boundary(f"{self.name} worker"):
-            if self.leases.member_id is None:
-                await self.leases.join(conn)
-            now = asyncio.get_running_loop().time()
-            if now >= self._next_rebalance:
-                await self.leases.rebalance(conn)
-                self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
-            if not self.leases.owned:
+        batch, self._ahead = self._ahead, None
+        if batch is None:
+            async with database_boundary(f"{self.name} worker"):
+                if self.leases.member_id is None:
+                    await self.leases.join(conn)
+                now = asyncio.get_running_loop().time()
+                if now >= self._next_rebalance:
+                    await self.leases.rebalance(conn)
+                    self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
+                if not self.leases.owned:
+                    return BatchOutcome()
+                await self.encoder.pace(self._stop)
+                # Cleared before the claim: a NOTIFY that arrives from here on wakes the next
+                # wait.
+                self._wake.clear()
+                batch = await self._claim_batch(conn, sorted(self.leases.owned))
+            if not batch.rows:
                 return BatchOutcome()
-            await self.encoder.pace(self._stop)
-            # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
-            self._wake.clear()
-            batch = await self._claim_batch(conn, sorted(self.leases.owned))
-        if not batch.rows:
-            return BatchOutcome()
+            if not await self._prepare(batch):  # the schema registry did not answer
+                return BatchOutcome(claimed=len(batch.rows), failed=len(batch.rows))
         self.stats.batches += 1
         size = self.settings.relay_batch_size
+        failed = await self._publish(conn, batch)
+        return BatchOutcome(claimed=len(batch.rows), full=len(batch.rows) == size, failed=failed)
+
+    async def _prepare(
+        self, batch: Batch, blocked: dict[Aggregate, tuple[int, str]] | None = None
+    ) -> bool:
+        """Encode the batch and sort out what is not sent: parked rows, rows held behind them,
+        and rows behind those the batch before set aside (`blocked`: aggregate -> first seq
+        set aside and how; not recorded yet). False when the schema registry did not answer."""
         rows = batch.rows
-        if not await self.encoder.register_schemas(rows):  # the schema registry did not answer
-            return BatchOutcome(claimed=len(rows), failed=len(rows))
+        if not await self.encoder.register_schemas(rows):
+            return False
+        if blocked:
+            waiting = {a.seq for a in batch.set_aside}
+            for row in rows:
+                first, state = blocked.get(row.aggregate, (row.seq, ""))
+                if row.seq > first and row.seq not in waiting:
+                    batch.set_aside.append(
+                        SetAside(
+                            row.seq,
+                            batch.slots[row.seq],
+                            row.aggregatetype,
+                            row.aggregateid,
+                            "queued" if state == "queued" and not batch.queued else "held",
+                        )
+                    )
         waiting = {a.seq for a in batch.set_aside}
         plan = self.encoder.plan([row for row in rows if row.seq not in waiting])
         self._log_parked(plan.parked)
@@ -245,21 +275,26 @@ class SinkWorker:
                     None if p is None else p.error,
                 )
             )
-        created = {row.seq: row.created_at for row in rows}
-        failed = await self._publish(conn, batch, plan.messages, created)
-        return BatchOutcome(claimed=len(rows), full=len(rows) == size, failed=failed)
+        batch.messages = plan.messages
+        return True
 
-    async def _claim_batch(self, conn: asyncpg.Connection, owned: list[int]) -> Batch:
+    async def _claim_batch(
+        self, conn: asyncpg.Connection, owned: list[int], after: Batch | None = None
+    ) -> Batch:
         """Queued rows of the owned slots first; else the next rows of their cursors' rounds
-        (a new round for the slots that have none)."""
+        (a new round for the slots that have none). With `after`, the batch that follows it,
+        claimed while it is still in flight: past its rows, and without ending any round."""
         size = self.settings.relay_batch_size
         queued = True
-        records = await conn.fetch(self._claim_queued, owned, size)
+        past_queued = after.rows[-1].seq if after is not None and after.queued else 0
+        past_round = after.rows[-1].seq if after is not None and not after.queued else 0
+        records = await conn.fetch(self._claim_queued, owned, size, past_queued)
         if not records:
             queued = False
             await conn.execute(self._begin_round, owned)
-            records = await conn.fetch(self._claim, owned, size)
-            if not records:  # the rounds' rows were all in earlier batches: they are done
+            records = await conn.fetch(self._claim, owned, size, past_round)
+            if not records and after is None:
+                # The rounds' rows were all in earlier, recorded batches: they are done.
                 await conn.execute(self._advance, owned, 0, True)
         batch = Batch(rows=[], slots={}, queued=queued, owned=owned)
         for record in records:
@@ -278,6 +313,27 @@ class SinkWorker:
                 )
         return batch
 
+    async def _claim_ahead(self, conn: asyncpg.Connection, batch: Batch) -> Batch | None:
+        """The next batch, claimed and encoded while `batch` is in flight (one ahead at most):
+        only after a full batch, and not when the slots are due for a rebalance."""
+        size = self.settings.relay_batch_size
+        now = asyncio.get_running_loop().time()
+        if len(batch.rows) < size or now >= self._next_rebalance or self._stop.is_set():
+            return None
+        async with database_boundary(f"{self.name} worker"):
+            ahead = await self._claim_batch(conn, batch.owned, after=batch)
+        if not ahead.rows:
+            return None
+        # What `batch` sets aside is not recorded yet: later rows of those aggregates wait too.
+        blocked: dict[Aggregate, tuple[int, str]] = {}
+        for aside in sorted(batch.set_aside, key=lambda a: a.seq):
+            key = (aside.aggregatetype, aside.aggregateid)
+            first, state = blocked.get(key, (aside.seq, "queued"))
+            blocked[key] = (first, "queued" if state == aside.state == "queued" else "held")
+        if not await self._prepare(ahead, blocked):
+            return None
+        return ahead
+
     def _log_parked(self, parked: Sequence[Parked]) -> None:
         self.stats.parked += len(parked)
         for row in parked:
@@ -291,29 +347,34 @@ class SinkWorker:
                 error=row.error,
             )
 
-    async def _publish(
-        self,
-        conn: asyncpg.Connection,
-        batch: Batch,
-        messages: Sequence[Message],
-        created: dict[int, dt.datetime | None],
-    ) -> int:
-        """Send, then record what the sink acknowledged; return how many sends failed."""
+    async def _send(self, messages: Sequence[Message]) -> Outcomes:
+        if not messages:
+            return []
+        try:
+            await self.sink.start()
+            return await self.sink.publish(messages)
+        except SinkError as exc:
+            return [exc] * len(messages)
+
+    async def _publish(self, conn: asyncpg.Connection, batch: Batch) -> int:
+        """Send, then record what the sink acknowledged; return how many sends failed. While
+        the batch is in flight the next one is claimed and encoded (`_claim_ahead`); it is
+        dropped when this one failed (its rows are claimed again after the failed ones)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        outcomes: Outcomes = []
-        if messages:
-            try:
-                await self.sink.start()
-                outcomes = await self.sink.publish(messages)
-            except SinkError as exc:
-                outcomes = [exc] * len(messages)
+        messages = batch.messages
+        sending = asyncio.create_task(self._send(messages), name=f"relay.send.{self.name}")
+        try:
+            ahead = await self._claim_ahead(conn, batch)
+        finally:
+            outcomes = await sending
         result = acknowledged(messages, outcomes)
         marked, held_back, errors = result.marked, result.held_back, result.errors
         first_failed = next(
             (m.seq for m, o in zip(messages, outcomes, strict=True) if isinstance(o, SinkError)),
             None,
         )
+        created = {row.seq: row.created_at for row in batch.rows}
         async with database_boundary(f"{self.name} worker recording a batch"):
             await shielded(self._record(conn, batch, result, created, first_failed), "record")
         if marked:
@@ -333,6 +394,7 @@ class SinkWorker:
             self._failing = True
             await self.sink.reset()
             return len(errors)
+        self._ahead = ahead
         if self._failing:
             self._failing = False
             log.info("relay.sink_recovered", sink=self.name)

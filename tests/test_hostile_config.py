@@ -205,7 +205,9 @@ VALIDATORS = {"quote_ident", ".quote_ident", "validate_sql_identifier", ".valida
 ALLOWED_FSTRINGS: dict[tuple[str, str], str] = {}
 # Values of SQL calls that are not literal, query(...) or f-strings over constants.
 ALLOWED_SQL_VALUES = {
-    ("flowproof/migrations.py", "migration.sql"): "load_migrations renders validated names only",
+    ("flowproof/core/migrations.py", "migration.sql"): (
+        "load_migrations renders validated names only"
+    ),
 }
 
 

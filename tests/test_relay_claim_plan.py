@@ -46,7 +46,7 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
         await conn.execute(query("begin_round", "flowproof_outbox", sink), ALL_SLOTS)
         await conn.execute(query("advance", "flowproof_outbox", sink), ALL_SLOTS, PUBLISHED, False)
         raw = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) " + query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500
+            "EXPLAIN (FORMAT JSON) " + query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500, 0
         )
         plan = json.loads(raw)[0]["Plan"]
         walks = [
@@ -54,7 +54,7 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
         ]
         assert walks == [("Index Scan", "flowproof_outbox_pkey")], json.dumps(plan, indent=1)
         assert not [n for n in _nodes(plan) if n["Node Type"] == "Sort"], json.dumps(plan)
-        rows = await conn.fetch(query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500)
+        rows = await conn.fetch(query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500, 0)
         assert [r["seq"] for r in rows] == list(range(PUBLISHED + 1, PUBLISHED + 501))
     finally:
         await conn.close()

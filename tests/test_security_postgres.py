@@ -462,9 +462,9 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
         await conn.execute(query("register_sinks", table), ["redis", "kafka"])
         # A batch per sink, as a worker runs it; Kafka parks the last row.
         for sink in ("redis", "kafka"):
-            assert await conn.fetch(query("claim_queued", table, sink), slots, 10) == []
+            assert await conn.fetch(query("claim_queued", table, sink), slots, 10, 0) == []
             await conn.execute(query("begin_round", table, sink), slots)
-            claimed = await conn.fetch(query("claim", table, sink), slots, 10)
+            claimed = await conn.fetch(query("claim", table, sink), slots, 10, 0)
             assert [r["seq"] for r in claimed] == [r["seq"] for r in seqs]
             async with conn.transaction():
                 if sink == "kafka":

@@ -61,7 +61,7 @@ async def migrate(
 ) -> list[Migration]:
     """Apply the missing migrations (those up to version `upto` when given: tests of an
     upgrade); return those applied by this call (none if up to date)."""
-    migrations = [m for m in load_migrations(outbox_table) if upto is None or m.version <= upto]
+    migrations = load_migrations(outbox_table)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await conn.execute(
@@ -73,7 +73,7 @@ async def migrate(
         done = await applied_versions(conn)
         applied = []
         for migration in migrations:
-            if migration.version in done:
+            if migration.version in done or (upto is not None and migration.version > upto):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)

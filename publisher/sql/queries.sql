@@ -35,7 +35,7 @@ WHERE c.sink = '{{sink}}' AND c.slot = i.slot;
 
 -- name: claim
 -- The next rows of the owned slots' rounds, in publication order (seq: for the rows of one
--- aggregate, their commit order; see emit). The primary key is walked in seq order over the
+-- aggregate, their commit order; see emit), after seq $3 (the batch still in flight, or 0). The primary key is walked in seq order over the
 -- span of the rounds, each row checked against its slot's cursor (a scalar subquery, so that
 -- the planner keeps the walk and stops at the limit).
 -- `behind` says the row waits behind rows of its aggregate in {{outbox}}_parked (held when one
@@ -59,6 +59,7 @@ SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
 FROM {{outbox}} AS o
 WHERE o.seq > (SELECT after FROM rounds) AND o.seq <= (SELECT upto FROM rounds)
   AND o.slot = ANY($1::smallint[])
+  AND o.seq > $3::bigint
   AND (SELECT o.seq > c.next_seq AND o.seq <= c.last_seq
               AND pg_visible_in_snapshot(o.txid, c.next_snap)
               AND NOT pg_visible_in_snapshot(o.txid, c.snap)
@@ -81,8 +82,8 @@ SET snap = CASE WHEN $3::boolean THEN next_snap ELSE snap END,
 WHERE sink = '{{sink}}' AND slot = ANY($1::smallint[]) AND next_snap IS NOT NULL;
 
 -- name: claim_queued
--- Queued rows of the owned slots (see {{outbox}}_parked), in seq order, except those behind a
--- parked or held row of their aggregate.
+-- Queued rows of the owned slots (see {{outbox}}_parked), in seq order, after seq $3 (the
+-- batch still in flight, or 0), except those behind a parked or held row of their aggregate.
 SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
        o.payload::text AS payload, o.headers::text AS headers,
        CASE WHEN o.created_at >= '0001-01-01 00:00:00+00' AND o.created_at < '10000-01-01 00:00:00+00'
@@ -91,6 +92,7 @@ SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
 FROM {{outbox}}_parked AS q
 JOIN {{outbox}} AS o ON o.seq = q.seq
 WHERE q.sink = '{{sink}}' AND q.state = 'queued' AND q.slot = ANY($1::smallint[])
+  AND q.seq > $3::bigint
   AND NOT EXISTS (
       SELECT 1 FROM {{outbox}}_parked AS p
       WHERE p.sink = '{{sink}}' AND p.aggregatetype = q.aggregatetype
