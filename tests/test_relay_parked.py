@@ -84,13 +84,18 @@ async def published(conn: asyncpg.Connection, sink: str, aggregateid: str) -> li
     return [r["done"] for r in rows]
 
 
+# One batch for everything, and batches of two: the rows behind a parked one are then in the
+# next batch, claimed and encoded while the one that parks it is still in flight.
+@pytest.mark.parametrize("batch_size", [500, 2])
 async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     settings: Settings,
     settings_env: dict[str, str],
     conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
     kafka_admin: AIOKafkaAdminClient,
+    batch_size: int,
 ) -> None:
+    settings = settings.model_copy(update={"relay_batch_size": batch_size})
     good_before = [
         await insert(conn, ("canary", f"good-{i}"), "flowproof.Canary", GOOD) for i in range(3)
     ]
