@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
 from flowproof.core.config import Settings
@@ -87,12 +86,12 @@ async def published(conn: asyncpg.Connection, sink: str, aggregateid: str) -> li
 # One batch for everything, and batches of two: the rows behind a parked one are then in the
 # next batch, claimed and encoded while the one that parks it is still in flight.
 @pytest.mark.parametrize("batch_size", [500, 2])
+@pytest.mark.usefixtures("kafka_admin")
 async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     settings: Settings,
     settings_env: dict[str, str],
     conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
-    kafka_admin: AIOKafkaAdminClient,
     batch_size: int,
 ) -> None:
     settings = settings.model_copy(update={"relay_batch_size": batch_size})
