@@ -1,6 +1,7 @@
 -- flow.duplicates, flow.order, latency.e2e, unexpected and misrouted receipts of one sink and
 -- consumer group, and the events still without a receipt (whose loss verifier/loss.py decides by
--- their positions), in one pass over the outbox window and the group's receipts.
+-- their positions), in one pass over the window's delivery records, outbox rows and the group's
+-- receipts.
 -- $1 window start (events created within the window, or published within it)
 -- $2 receipts received from (a minute and a clock-skew margin before the window start)
 -- $3 consumer group        $4 sampled ids are below this uuid (NULL: every event is sampled)
@@ -12,9 +13,11 @@
 -- (prefix || aggregatetype); one from anywhere else is a misrouted copy (counted here when the
 -- consumer took it for valid: flowproof's consumers receipt it as invalid, for conformance).
 --
--- Cost (bench/verify_eval.py): one hash of the window's events, probed by the receipts; one sort
--- of the joined rows by aggregate and seq, which serves both the grouping of each event's
--- receipts and the order window (run with enable_hashagg off, see verifier/flow.py).
+-- Cost (bench/verify_eval.py): the sink's delivery records of the window, grouped per event in
+-- seq order from an index-only scan (the outbox itself has no publication state since migration
+-- 0050), joined to their outbox rows; one hash of the window's events, probed by the receipts;
+-- one sort of the joined rows by aggregate and seq, which serves both the grouping of each
+-- event's receipts and the order window (run with enable_hashagg off, see verifier/flow.py).
 WITH published AS (
     -- What this sink acknowledged within the window or the minute before it (the relay's
     -- delivery records, appended in publication order), per event: its first and last delivery.

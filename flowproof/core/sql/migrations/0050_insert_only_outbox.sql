@@ -114,6 +114,12 @@ ALTER TABLE {{outbox}}
     DROP COLUMN kafka_parked_at,
     DROP COLUMN kafka_parked_error;
 
+-- Publication is read from the delivery records now (the verifier's flow query groups a sink's
+-- records by event): by sink, in seq order, with the time, for an index-only scan.
+DROP INDEX {{outbox}}_deliveries_seq;
+CREATE INDEX {{outbox}}_deliveries_sink_seq ON {{outbox}}_deliveries (sink, seq)
+    INCLUDE (published_at);
+
 -- Each row with what each sink made of it, in the columns the outbox had before, for people
 -- and tests (lookups per row: not for large scans). *_published_at is the first delivery's;
 -- *_state is parked, held or queued (see {{outbox}}_parked), NULL when published or pending.
