@@ -82,6 +82,21 @@ class Batch:
     set_aside: list[SetAside] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # what is sent, once prepared
 
+    def aside(self, row: OutboxRow, state: str, why: Parked | None = None) -> None:
+        """Set `row` aside as `state` (parked: `why`)."""
+        reason, error = (why.reason, why.error) if why is not None else (None, None)
+        self.set_aside.append(
+            SetAside(
+                row.seq,
+                self.slots[row.seq],
+                row.aggregatetype,
+                row.aggregateid,
+                state,
+                reason,
+                error,
+            )
+        )
+
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
 # first claim. Workers that start together keep claiming the same rows at about the same time,
@@ -246,15 +261,7 @@ class SinkWorker:
             for row in rows:
                 first, state = blocked.get(row.aggregate, (row.seq, ""))
                 if row.seq > first and row.seq not in waiting:
-                    batch.set_aside.append(
-                        SetAside(
-                            row.seq,
-                            batch.slots[row.seq],
-                            row.aggregatetype,
-                            row.aggregateid,
-                            "queued" if state == "queued" and not batch.queued else "held",
-                        )
-                    )
+                    batch.aside(row, "queued" if state == "queued" and not batch.queued else "held")
         waiting = {a.seq for a in batch.set_aside}
         plan = self.encoder.plan([row for row in rows if row.seq not in waiting])
         self._log_parked(plan.parked)
@@ -264,17 +271,7 @@ class SinkWorker:
             if row.seq in waiting or row.seq in sent:
                 continue
             p = parked.get(row.seq)
-            batch.set_aside.append(
-                SetAside(
-                    row.seq,
-                    batch.slots[row.seq],
-                    row.aggregatetype,
-                    row.aggregateid,
-                    "held" if p is None else "parked",
-                    None if p is None else p.reason,
-                    None if p is None else p.error,
-                )
-            )
+            batch.aside(row, "held" if p is None else "parked", p)
         batch.messages = plan.messages
         return True
 
@@ -302,15 +299,7 @@ class SinkWorker:
             batch.rows.append(row)
             batch.slots[row.seq] = record["slot"]
             if record["behind"] is not None:
-                batch.set_aside.append(
-                    SetAside(
-                        row.seq,
-                        record["slot"],
-                        row.aggregatetype,
-                        row.aggregateid,
-                        record["behind"],
-                    )
-                )
+                batch.aside(row, record["behind"])
         return batch
 
     async def _claim_ahead(self, conn: asyncpg.Connection, batch: Batch) -> Batch | None:

@@ -68,12 +68,9 @@ async def test_a_row_committed_after_later_rows_were_published_is_not_skipped(
         assert straggler in ids
 
 
+@pytest.mark.usefixtures("redis_client", "kafka_admin")
 async def test_a_relay_run_never_updates_the_outbox(
-    settings: Settings,
-    database_url: str,
-    conn: asyncpg.Connection,
-    redis_client: aioredis.Redis,
-    kafka_admin: AIOKafkaAdminClient,
+    settings: Settings, conn: asyncpg.Connection
 ) -> None:
     """pg_stat_user_tables counts every row version the relay would write: after thousands of
     events published in many batches (and a row parked), the outbox has inserts and no update."""

@@ -120,22 +120,13 @@ DELETE FROM {{outbox}}_parked
 WHERE sink = '{{sink}}' AND seq = ANY($1::bigint[]) AND state = 'queued';
 
 -- name: sink_stats
--- The outbox gauges of one sink: rows its cursors have not passed, and those set aside but not
--- parked (held, queued), with the age of the oldest; and the parked ones.
-WITH c AS MATERIALIZED (SELECT * FROM {{outbox}}_cursors WHERE sink = '{{sink}}'),
-pending AS (
-    SELECT o.created_at FROM {{outbox}} AS o JOIN c ON c.slot = o.slot
-    WHERE o.txid >= (SELECT min(pg_snapshot_xmin(snap)) FROM c)
-      AND NOT flowproof_cursor_passed(o.txid, o.seq, c.snap, c.next_snap, c.next_seq)
-    UNION ALL
-    SELECT o.created_at FROM {{outbox}}_parked AS p JOIN {{outbox}} AS o ON o.seq = p.seq
-    WHERE p.sink = '{{sink}}' AND p.state <> 'parked'
-)
+-- The outbox gauges of one sink: the rows it still owes (see {{outbox}}_owed in migration 0050)
+-- with the age of the oldest, and the parked ones.
 SELECT count(*) AS pending,
        extract(epoch FROM now() - min(created_at))::float8 AS oldest_age,
        (SELECT count(*) FROM {{outbox}}_parked WHERE sink = '{{sink}}' AND state = 'parked')
            AS parked
-FROM pending;
+FROM {{outbox}}_owed('{{sink}}');
 
 -- name: waiting_behind_parked
 SELECT count(*) FROM {{outbox}}_parked AS o
@@ -255,13 +246,10 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::jsonb
 FROM (SELECT pg_advisory_xact_lock(hashtextextended($2::text || '/' || $3::text, 0))) AS serialized;
 
 -- name: count_unpublished
--- Tests and the bench: rows the sink has not acknowledged (pending, held, queued or parked).
-WITH c AS MATERIALIZED (SELECT * FROM {{outbox}}_cursors WHERE sink = '{{sink}}')
-SELECT (SELECT count(*) FROM {{outbox}} AS o JOIN c ON c.slot = o.slot
-        WHERE o.txid >= (SELECT min(pg_snapshot_xmin(snap)) FROM c)
-          AND NOT flowproof_cursor_passed(o.txid, o.seq, c.snap, c.next_snap, c.next_seq))
+-- Tests and the bench: rows the sink has not acknowledged (owed, or parked).
+SELECT (SELECT count(*) FROM {{outbox}}_owed('{{sink}}'))
      + (SELECT count(*) FROM {{outbox}}_parked AS p JOIN {{outbox}} AS o ON o.seq = p.seq
-        WHERE p.sink = '{{sink}}');
+        WHERE p.sink = '{{sink}}' AND p.state = 'parked');
 
 -- name: insert_canaries
 -- Tests and the bench: $2 canaries for each aggregate id of $1, round robin, by plain SQL.

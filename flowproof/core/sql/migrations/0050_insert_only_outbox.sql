@@ -75,6 +75,21 @@ CREATE INDEX {{outbox}}_parked_aggregate
     ON {{outbox}}_parked (sink, aggregatetype, aggregateid, seq);
 CREATE INDEX {{outbox}}_parked_queued ON {{outbox}}_parked (sink, seq) WHERE state = 'queued';
 
+-- The rows a sink still owes (neither published nor parked): those its cursors have not passed,
+-- and those set aside behind a parked or queued row of their aggregate (the relay's gauges, the
+-- verifier's lag.outbox). One range of the txid index from the oldest cursor, inlined by the
+-- planner (a single SELECT in SQL).
+CREATE FUNCTION {{outbox}}_owed(owed_sink text)
+    RETURNS TABLE (seq bigint, created_at timestamptz) LANGUAGE sql STABLE AS $$
+    WITH c AS MATERIALIZED (SELECT * FROM {{outbox}}_cursors WHERE sink = owed_sink)
+    SELECT o.seq, o.created_at FROM {{outbox}} AS o JOIN c ON c.slot = o.slot
+    WHERE o.txid >= (SELECT min(pg_snapshot_xmin(snap)) FROM c)
+      AND NOT flowproof_cursor_passed(o.txid, o.seq, c.snap, c.next_snap, c.next_seq)
+    UNION ALL
+    SELECT o.seq, o.created_at FROM {{outbox}}_parked AS p JOIN {{outbox}} AS o ON o.seq = p.seq
+    WHERE p.sink = owed_sink AND p.state <> 'parked'
+$$;
+
 -- Upgrade in place: what the old marks said moves here. A row a sink had parked stays parked;
 -- a row still pending is held when an earlier row of its aggregate is parked for that sink,
 -- queued otherwise (published once, in seq order, before any newer row of its aggregate). For
