@@ -48,8 +48,9 @@ INSERT INTO {{outbox}}_cursors (sink, slot, snap)
 SELECT s.sink, n::smallint, pg_current_snapshot()
 FROM (VALUES ('redis'), ('kafka')) AS s (sink), generate_series(0, 63) AS n;
 
--- The index of parked outbox rows (0001) gives its name to their table.
-DROP INDEX {{outbox}}_parked;
+-- The index of parked outbox rows (0001) gives its name to their table; it still serves the
+-- move below, and goes with the parked columns.
+ALTER INDEX {{outbox}}_parked RENAME TO {{outbox}}_parked_0001;
 
 -- The rows a sink's cursor passed without publishing them, per sink:
 --   parked  it cannot be published as it is (reason, error: `flowproof parked list`);
@@ -103,6 +104,8 @@ SELECT s.sink, o.seq, o.slot, o.aggregatetype, o.aggregateid,
                 SELECT 1 FROM {{outbox}} AS p
                 WHERE p.aggregatetype = o.aggregatetype AND p.aggregateid = o.aggregateid
                   AND p.seq < o.seq
+                  -- implies the predicate of the index of parked rows (0001): one probe a row
+                  AND (p.redis_parked_reason IS NOT NULL OR p.kafka_parked_reason IS NOT NULL)
                   AND CASE s.sink WHEN 'redis' THEN p.redis_parked_reason
                                   ELSE p.kafka_parked_reason END IS NOT NULL)
                 THEN 'held'
