@@ -5,9 +5,10 @@
 -- A new round for each owned slot of this sink that has none: the rows whose transaction is
 -- visible in this statement's snapshot and was not in the slot's cursor snapshot, from the
 -- first seq to the last. pg_current_snapshot() is the statement's own snapshot, so the span is
--- exactly the rows the claims will see. A slot with no such row moves to the snapshot at once.
--- The claims run in later statements (later snapshots): every row of the round is visible to
--- them.
+-- exactly the rows the claims will see. A slot with no such row moves to the snapshot, at most
+-- once a second (moving it is never needed for correctness, it only keeps the span scanned here
+-- short; writing 64 cursor rows on every cycle of an idle relay would not be). The claims run in
+-- later statements (later snapshots): every row of the round is visible to them.
 WITH now AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
 idle AS MATERIALIZED (
     SELECT slot, snap FROM {{outbox}}_cursors
@@ -31,7 +32,8 @@ SET snap = CASE WHEN s.slot IS NULL THEN now.snap ELSE c.snap END,
     last_seq = s.last_seq,
     moved_at = now()
 FROM idle AS i LEFT JOIN span AS s ON s.slot = i.slot, now
-WHERE c.sink = '{{sink}}' AND c.slot = i.slot;
+WHERE c.sink = '{{sink}}' AND c.slot = i.slot
+  AND (s.slot IS NOT NULL OR c.moved_at < now() - interval '1 second');
 
 -- name: claim
 -- The next rows of the owned slots' rounds, in publication order (seq: for the rows of one
