@@ -26,8 +26,8 @@ from bench.raw import batches
 from bench.scratch import STACK_ENV
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
-from flowproof.publisher.encoding import Message
 from flowproof.publisher.redis_sink import xadd_command
+from flowproof.publisher.rows import Message
 
 CLUSTER_ENV = "DEVSTACK_REDIS_CLUSTER_URL"
 STREAMS_PER_NODE = 2

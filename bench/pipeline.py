@@ -85,11 +85,12 @@ class RelayRun:
 
 
 async def _nothing_pending(conn: asyncpg.Connection, sink: str) -> bool:
-    row = await conn.fetchval(
-        f"SELECT 1 FROM flowproof_outbox WHERE {sink}_published_at IS NULL "
-        f"AND {sink}_parked_reason IS NULL LIMIT 1"
+    # Every row has its delivery record (the bench's rows are all publishable): cheaper to
+    # count than the relay's cursors while it runs.
+    published = await conn.fetchval(
+        "SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries WHERE sink = $1", sink
     )
-    return row is None
+    return bool(published >= await conn.fetchval("SELECT count(*) FROM flowproof_outbox"))
 
 
 async def _wait_drained(
@@ -150,8 +151,9 @@ async def relay_throughput(
         events = 0
         for sink in sinks:
             count, low, high = await conn.fetchrow(
-                f"SELECT count(*), min({sink}_published_at), max({sink}_published_at) "
-                "FROM flowproof_outbox"
+                "SELECT count(DISTINCT seq), min(published_at), max(published_at) "
+                "FROM flowproof_outbox_deliveries WHERE sink = $1",
+                sink,
             )
             events = count
             per_sink[sink] = count / max((high - low).total_seconds(), 1e-6)

@@ -37,6 +37,7 @@ from bench.pipeline import Emitter, Pipeline, load
 from bench.procs import MB, Flowproof
 from bench.scratch import ROOT, Scratch, Services
 from flowproof.core.logging import configure_logging
+from flowproof.publisher.queries import query
 
 RESULTS = ROOT / "bench" / "results"
 GROWTH_LIMIT = 0.10
@@ -50,12 +51,8 @@ FROM flowproof_receipts AS r JOIN flowproof_outbox AS o ON o.id = r.event_id
 WHERE r.received_at >= $1 AND r.received_at < $2
 GROUP BY r.sink
 """
-PENDING = """
-SELECT (SELECT count(*) FROM flowproof_outbox
-        WHERE redis_published_at IS NULL AND redis_parked_reason IS NULL) AS redis,
-       (SELECT count(*) FROM flowproof_outbox
-        WHERE kafka_published_at IS NULL AND kafka_parked_reason IS NULL) AS kafka
-"""
+# Outbox pending per sink, as the relay's gauges count it (its cursors, rows set aside).
+PENDING = {sink: query("sink_stats", "flowproof_outbox", sink) for sink in ("redis", "kafka")}
 
 
 def measured_maximum() -> float | None:
@@ -159,7 +156,7 @@ class Soak:
         for record in await conn.fetch(LATENCY, since, now):
             p50, p99 = record["q"]
             latency[record["sink"]] = {"p50": p50, "p99": p99, "n": record["n"]}
-        pending = dict(await conn.fetchrow(PENDING))
+        pending = {sink: (await conn.fetchrow(sql))["pending"] for sink, sql in PENDING.items()}
         return {
             "seconds": round(elapsed, 1),
             "rss_mb": {p.name: round(p.read_memory() / MB, 1) for p in processes},

@@ -40,41 +40,50 @@ from flowproof.verifier.outbox import outbox_stats
 from flowproof.verifier.reading import SESSION_SETTINGS
 
 FILL_OUTBOX = """
-INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
-                              redis_published_at, kafka_published_at)
+INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at)
 SELECT 'order', 'agg-' || (g % 100000), 'orders.OrderPlaced', '{"n": 1}'::jsonb,
-       now() - interval '50 minutes' + g * ($1::float8 / $2) * interval '1 ms',
-       now() - interval '50 minutes' + g * ($1::float8 / $2) * interval '1 ms' + interval '4 ms',
-       now() - interval '50 minutes' + g * ($1::float8 / $2) * interval '1 ms' + interval '6 ms'
+       now() - interval '50 minutes' + g * ($1::float8 / $2) * interval '1 ms'
 FROM generate_series(1, $2) AS g
+"""
+# Where the relay put every event, published 4 ms (Redis) and 6 ms (Kafka) after it was
+# created: its delivery records, appended in publication order. Then the relay's cursors pass
+# every row (nothing pending).
+FILL_DELIVERIES = """
+INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, partition, position,
+                                         created_at, published_at)
+SELECT * FROM (
+    SELECT o.seq, 'redis', 'flowproof.order', NULL::integer,
+           (extract(epoch FROM o.created_at + interval '4 ms') * 1000)::bigint
+               || '-' || (o.seq % 7),
+           o.created_at, o.created_at + interval '4 ms' AS published_at
+    FROM flowproof_outbox o
+    UNION ALL
+    SELECT o.seq, 'kafka', 'flowproof.order', o.p,
+           o.p || ':' || row_number() OVER (PARTITION BY o.p ORDER BY o.seq),
+           o.created_at, o.created_at + interval '6 ms'
+    FROM (SELECT *, abs(hashtext(aggregateid)) % 6 AS p FROM flowproof_outbox) o
+) AS d
+ORDER BY published_at
+"""
+CURSORS_PASSED = """
+UPDATE flowproof_outbox_cursors
+SET snap = pg_current_snapshot(), next_snap = NULL, next_seq = 0, last_seq = NULL
 """
 FILL_REDIS = """
 INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source, position,
                                 created_at, received_at, valid)
-SELECT o.id, 'redis', 'flowproof', 'bench-1', 'flowproof.order',
-       (extract(epoch FROM o.redis_published_at) * 1000)::bigint || '-' || (o.seq % 7),
-       o.created_at, o.redis_published_at + interval '3 ms', true
-FROM flowproof_outbox o
-WHERE o.seq % 100000 <> 7          -- lost in Redis
+SELECT o.id, 'redis', 'flowproof', 'bench-1', 'flowproof.order', d.position,
+       o.created_at, d.published_at + interval '3 ms', true
+FROM flowproof_outbox o JOIN flowproof_outbox_deliveries d ON d.seq = o.seq AND d.sink = 'redis'
+WHERE o.seq % 100000 <> 7          -- lost in Redis: the bench's stand-in for the stream says
+                                   -- its entry is gone
 """
 FILL_KAFKA = """
 INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source, position,
                                 created_at, received_at, valid)
-SELECT o.id, 'kafka', 'flowproof', 'bench-1', 'flowproof.order',
-       p || ':' || row_number() OVER (PARTITION BY p ORDER BY o.seq),
-       o.created_at, o.kafka_published_at + interval '9 ms', true
-FROM (SELECT *, abs(hashtext(aggregateid)) % 6 AS p FROM flowproof_outbox) o
-"""
-# Where the relay put the events lost in Redis (the others have receipts, so their positions are
-# never read): the bench's stand-in for the stream says each is gone.
-FILL_DELIVERIES = """
-INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, position, created_at,
-                                         published_at)
-SELECT o.seq, 'redis', 'flowproof.order',
-       (extract(epoch FROM o.redis_published_at) * 1000)::bigint || '-' || (o.seq % 7),
-       o.created_at, o.redis_published_at
-FROM flowproof_outbox o
-WHERE o.seq % 100000 = 7
+SELECT o.id, 'kafka', 'flowproof', 'bench-1', 'flowproof.order', d.position,
+       o.created_at, d.published_at + interval '9 ms', true
+FROM flowproof_outbox o JOIN flowproof_outbox_deliveries d ON d.seq = o.seq AND d.sink = 'kafka'
 """
 DUPLICATE = """
 INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source, position,
@@ -99,7 +108,8 @@ async def fill(conn: asyncpg.Connection, events: int, ratio: float, prefix: str)
     # The prefix only holds [A-Za-z0-9._-] (validate_name_prefix): safe in a literal.
     source = f"'{validate_name_prefix(prefix)}order'"
     await conn.execute(FILL_OUTBOX, float(span_ms), events)
-    for sql in (FILL_REDIS, FILL_KAFKA, FILL_DELIVERIES):
+    await conn.execute(CURSORS_PASSED)
+    for sql in (FILL_DELIVERIES, FILL_REDIS, FILL_KAFKA):
         await conn.execute(sql.replace("'flowproof.order'", source))
     await conn.execute(DUPLICATE)
     await conn.execute(REORDER)

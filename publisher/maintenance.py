@@ -14,6 +14,7 @@ from flowproof.core.metrics import (
     RELAY_PRUNED,
 )
 from flowproof.publisher.queries import query
+from flowproof.publisher.slots import lock_space
 
 log = get_logger(__name__)
 
@@ -37,16 +38,24 @@ async def prune(conn: asyncpg.Connection, settings: Settings, max_batches: int =
     batches, and the delivery records of this relay's sinks older than the retention.
 
     Stops after `max_batches` statements so one call never holds a connection for long; the next
-    call goes on. Returns the number of outbox rows deleted.
+    call goes on. One relay prunes at a time (an advisory lock): another that finds it taken
+    prunes nothing this time. Returns the number of outbox rows deleted.
     """
     table, retention = settings.outbox_table, settings.relay_retention_seconds
     batch = settings.relay_prune_batch_size
-    total = await _in_batches(conn, max_batches, batch, "prune", table, retention, batch)
-    records = 0
-    for sink in settings.sinks:
-        records += await _in_batches(
-            conn, max_batches, batch, "prune_deliveries", table, retention, batch, sink
-        )
+    key = lock_space(table, "*", "prune")
+    if not await conn.fetchval(query("prune_lock", table), key):
+        log.debug("relay.prune_skipped", reason="another relay is pruning")
+        return 0
+    try:
+        total = await _in_batches(conn, max_batches, batch, "prune", table, retention, batch)
+        records = 0
+        for sink in settings.sinks:
+            records += await _in_batches(
+                conn, max_batches, batch, "prune_deliveries", table, retention, batch, sink
+            )
+    finally:
+        await conn.fetchval(query("prune_unlock", table), key)
     if total:
         RELAY_PRUNED.inc(total)
     if total or records:

@@ -1,4 +1,5 @@
-"""Parked rows: listing them, and clearing the park mark so the relay tries them again."""
+"""Parked rows (`<outbox>_parked`): listing them, and queueing them so the relay tries them
+again."""
 
 from __future__ import annotations
 
@@ -44,16 +45,17 @@ async def retry_parked(
     sinks: Iterable[str] = SINK_NAMES,
     event_id: uuid.UUID | None = None,
 ) -> dict[str, int]:
-    """Clear the park mark of one event (or all, when `event_id` is None) in `sinks`.
+    """Queue one parked event (or all, when `event_id` is None) in `sinks` for another try,
+    with the rows held behind it.
 
     The relays are woken (NOTIFY) and publish the rows again, or park them again with a fresh
-    reason if they still cannot go. Returns the rows cleared per sink.
+    reason if they still cannot go. Returns the parked rows cleared per sink.
     """
     cleared: dict[str, int] = {}
     async with conn.transaction():
         for sink in sinks:
             rows = await conn.fetch(query("unpark", table, sink), event_id)
-            cleared[sink] = len(rows)
+            cleared[sink] = sum(1 for row in rows if row["parked"])
         if any(cleared.values()):
             await conn.execute(query("wake_relays", table))
     return cleared

@@ -31,3 +31,10 @@ def query(name: str, table: str, sink: str | None = None, **extra: str) -> str:
 def deliveries_table(table: str) -> str:
     """The table of where each event of the outbox `table` went (migration 0040)."""
     return f"{validate_sql_identifier(table)}_deliveries"
+
+
+def side_tables(table: str) -> tuple[str, ...]:
+    """The relay's tables beside the outbox `table`: deliveries (0040), cursors and parked
+    rows (0050)."""
+    name = validate_sql_identifier(table)
+    return (f"{name}_deliveries", f"{name}_cursors", f"{name}_parked")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -32,7 +33,7 @@ from flowproof.publisher.errors import OutboxMissing, RelayCrashed
 from flowproof.publisher.listener import Listener
 from flowproof.publisher.maintenance import prune, refresh_gauges
 from flowproof.publisher.pacing import Pacing
-from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.queries import query, side_tables
 from flowproof.publisher.sinks import make_sink
 from flowproof.publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
 from flowproof.schemas.ids import SchemaIds
@@ -59,6 +60,8 @@ class Relay:
         cache = EncodeCache(settings.sinks, capacity=8 * settings.relay_batch_size)
         pacing = Pacing(cache)
         start_line = StartLine(len(settings.sinks))
+        # One member id for every sink: the workers of this relay publish the same slots.
+        member_id = random.randrange(1, 2**31)
         for name in settings.sinks:
             prefix = sink_spec(name).prefix(settings)
             self.workers[name] = SinkWorker(
@@ -76,6 +79,7 @@ class Relay:
                 stop=self._stop,
                 start_line=start_line,
                 pacing=pacing,
+                member_id=member_id,
             )
         self.listener = Listener(
             settings, settings.outbox_table, self.wake, self._stop, retry_policy(settings)
@@ -184,7 +188,7 @@ class Relay:
         table = self.settings.outbox_table
         conn = await connect_relay(self.settings, "preflight")
         try:
-            for needed in (table, deliveries_table(table)):
+            for needed in (table, *side_tables(table)):
                 if not await conn.fetchval(query("outbox_exists", needed)):
                     raise OutboxMissing(needed)
             # This relay's sinks are sinks of the outbox from now on (pruning keeps what they owe).

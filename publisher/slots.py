@@ -7,10 +7,15 @@ locks, a worker whose connection dies cannot mark anything any more, and its slo
 another relay at once (fencing). That, with claims in seq order, keeps the order of each
 aggregate's events in every sink while several relays run.
 
-Membership: each sink worker also holds one lock in `member_space(sink)`; counting those in
-`pg_locks` gives the live relays, and each takes a fair share, ceil(64 / live), of the free slots
-and gives back its surplus between batches. The total of the shares is at least 64, so a free
-slot always has a taker.
+Membership: each sink worker also holds one lock in `member_space(sink)`, keyed by its relay's
+member id (the same for every sink of one relay process); listing those in `pg_locks` gives the
+live relays. The relay of rank r among n (member ids in order) publishes the slots s with
+s mod n = r: it takes those that are free and gives back the others, between batches. Every
+slot has one taker, each relay a fair share (at most ceil(64 / n)), and the workers of one relay
+publish the same slots to every sink, so that they claim the same rows and encode each once
+(flowproof.publisher.encode_cache): with slots chosen at random per sink, two relays' workers
+claimed different rows for each sink, each row was encoded in both processes and the sinks'
+workers waited for each other (`pace`), and two relays published half of what one did.
 """
 
 from __future__ import annotations
@@ -43,40 +48,54 @@ def fair_share(members: int) -> int:
 class SlotLeases:
     """The slots one sink worker holds, on its own connection (`conn` of every call)."""
 
-    def __init__(self, table: str, sink: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        table: str,
+        sink: str,
+        rng: random.Random | None = None,
+        member_id: int | None = None,
+    ) -> None:
         self.table = table
         self.sink = sink
         self.slot_space = lock_space(table, sink, "slot")
         self.member_space = lock_space(table, sink, "member")
         self.owned: frozenset[int] = frozenset()
+        self.target: frozenset[int] = frozenset()  # the slots of this relay's rank
         self.member_id: int | None = None
         self.members = 0
+        self.joins = 0
         self._rng = rng or random.Random()
+        self._preferred_id = member_id
 
     async def join(self, conn: asyncpg.Connection) -> None:
-        """Take a membership lock with a random id no other live worker uses."""
+        """Take a membership lock with the relay's member id, or a random one no other live
+        worker uses when that one is taken."""
+        candidate = self._preferred_id
         while self.member_id is None:
-            candidate = self._rng.randrange(1, 2**31)
+            if candidate is None:
+                candidate = self._rng.randrange(1, 2**31)
             if await conn.fetchval(query("join", self.table), self.member_space, candidate):
                 self.member_id = candidate
+                self.joins += 1
+            candidate = None
 
     async def rebalance(self, conn: asyncpg.Connection) -> None:
-        """Give back the slots above the fair share, or take free ones up to it."""
+        """Give back the slots of other ranks, and take the free ones of this relay's rank."""
         census = await conn.fetchrow(
             query("slot_census", self.table), self.member_space, self.slot_space
         )
-        self.members = int(census["members"])
-        target = fair_share(self.members)
+        members = sorted(census["members"])
+        self.members = len(members)
+        rank = members.index(self.member_id) if self.member_id in members else 0
+        self.target = frozenset(s for s in range(SLOTS) if s % max(self.members, 1) == rank)
         before = self.owned
-        if len(self.owned) > target:
-            surplus = self._rng.sample(sorted(self.owned), len(self.owned) - target)
+        surplus = self.owned - self.target
+        if surplus:
             await self._release(conn, surplus)
-        elif len(self.owned) < target:
-            free = sorted(set(range(SLOTS)) - set(census["held"]))
-            wanted = self._rng.sample(free, min(len(free), target - len(self.owned)))
-            if wanted:
-                taken = await conn.fetch(query("take_slots", self.table), self.slot_space, wanted)
-                self.owned = self.owned | {row["s"] for row in taken}
+        wanted = sorted((self.target - self.owned) - set(census["held"]))
+        if wanted:
+            taken = await conn.fetch(query("take_slots", self.table), self.slot_space, wanted)
+            self.owned = self.owned | {row["s"] for row in taken}
         if self.owned != before:
             RELAY_OWNED_SLOTS.labels(self.sink).set(len(self.owned))
             log.info(
@@ -84,7 +103,7 @@ class SlotLeases:
                 sink=self.sink,
                 owned=len(self.owned),
                 relays=self.members,
-                fair_share=target,
+                fair_share=len(self.target),
             )
 
     async def leave(self, conn: asyncpg.Connection) -> None:
@@ -99,6 +118,7 @@ class SlotLeases:
     def lost(self) -> None:
         """Forget the locks: the connection that held them is gone, and the locks with it."""
         self.owned = frozenset()
+        self.target = frozenset()
         self.member_id = None
         RELAY_OWNED_SLOTS.labels(self.sink).set(0)
 

@@ -1,8 +1,15 @@
-"""One sink's publishing loop: take a fair share of slots, claim, encode, publish, mark.
+"""One sink's publishing loop: take a fair share of slots, claim, encode, publish, record.
 
-Everything a worker writes (park marks, published marks) goes through the connection that holds
-its slot locks; see `publisher.slots`. A full batch is followed at once by the next claim, so a
-busy outbox needs no NOTIFY; an idle worker waits for a NOTIFY, the poll interval or a stop.
+The outbox is never updated. A batch comes either from the queue of rows set aside earlier
+(`<outbox>_parked`, state queued: parked rows given another try, rows owed at the upgrade) or
+from the rounds of the owned slots' cursors (`<outbox>_cursors`, PgQ-style snapshot batches; see
+publisher/sql/queries.sql). What a batch did is recorded in one transaction: where the sink put
+each event (`<outbox>_deliveries`, COPY), the rows set aside (parked, held behind a parked row,
+queued behind queued rows of their aggregate), and the cursors moved past the batch.
+
+Everything a worker writes goes through the connection that holds its slot locks; see
+`publisher.slots`. A full batch is followed at once by the next claim, so a busy outbox needs no
+NOTIFY; an idle worker waits for a NOTIFY, the poll interval or a stop.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -25,9 +32,9 @@ from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import DatabaseLost, SinkError
 from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.queries import deliveries_table, query
-from flowproof.publisher.rows import Message, OutboxRow, Parked
-from flowproof.publisher.sink import Acknowledged, Sink, acknowledged
-from flowproof.publisher.slots import SlotLeases, fair_share
+from flowproof.publisher.rows import Aggregate, Message, OutboxRow, Parked
+from flowproof.publisher.sink import Acknowledged, Outcomes, Sink, acknowledged
+from flowproof.publisher.slots import SlotLeases
 
 log = get_logger(__name__)
 
@@ -50,6 +57,47 @@ class BatchOutcome:
     claimed: int = 0
     full: bool = False
     failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A row of a batch that is not published now: parked (with a reason), held behind a parked
+    row of its aggregate, or queued behind queued rows of its aggregate."""
+
+    seq: int
+    slot: int
+    aggregatetype: str
+    aggregateid: str
+    state: str
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """One claim: its rows, where they came from, and what the worker made of them."""
+
+    rows: list[OutboxRow]
+    slots: dict[int, int]  # seq -> slot
+    queued: bool  # from the queue (else from the cursors' rounds)
+    owned: list[int]  # the slots claimed for
+    set_aside: list[SetAside] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # what is sent, once prepared
+
+    def aside(self, row: OutboxRow, state: str, why: Parked | None = None) -> None:
+        """Set `row` aside as `state` (parked: `why`)."""
+        reason, error = (why.reason, why.error) if why is not None else (None, None)
+        self.set_aside.append(
+            SetAside(
+                row.seq,
+                self.slots[row.seq],
+                row.aggregatetype,
+                row.aggregateid,
+                state,
+                reason,
+                error,
+            )
+        )
 
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
@@ -92,6 +140,7 @@ class SinkWorker:
         stop: asyncio.Event,
         start_line: StartLine | None = None,
         pacing: Pacing | None = None,
+        member_id: int | None = None,
     ) -> None:
         self.settings = settings
         self._pacing = pacing
@@ -99,7 +148,7 @@ class SinkWorker:
         self._start_line = start_line
         self.name = sink.name
         self.encoder = encoder
-        self.leases = SlotLeases(settings.outbox_table, sink.name)
+        self.leases = SlotLeases(settings.outbox_table, sink.name, member_id=member_id)
         self.stats = SinkStats()
         self._wake = wake
         self._stop = stop
@@ -109,10 +158,14 @@ class SinkWorker:
         self._conn: asyncpg.Connection | None = None
         self._next_rebalance = 0.0
         self._failing = False
+        self._ahead: Batch | None = None  # claimed and encoded while the one before was in flight
         table, sink_name = settings.outbox_table, sink.name
+        self._begin_round = query("begin_round", table, sink_name)
         self._claim = query("claim", table, sink_name)
-        self._mark = query("mark_published", table, sink_name)
-        self._park_sql = query("park", table, sink_name)
+        self._claim_queued = query("claim_queued", table, sink_name)
+        self._advance = query("advance", table, sink_name)
+        self._set_aside = query("set_aside", table, sink_name)
+        self._unqueue = query("unqueue", table, sink_name)
         self._deliveries = deliveries_table(table)
 
     def wake(self) -> None:
@@ -173,50 +226,109 @@ class SinkWorker:
 
     async def _cycle(self) -> BatchOutcome:
         conn = await self._connection()
-        async with database_boundary(f"{self.name} worker"):
-            if self.leases.member_id is None:
-                await self.leases.join(conn)
-            now = asyncio.get_running_loop().time()
-            if now >= self._next_rebalance:
-                await self.leases.rebalance(conn)
-                self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
-            if not self.leases.owned:
+        batch, self._ahead = self._ahead, None
+        if batch is None:
+            async with database_boundary(f"{self.name} worker"):
+                if self.leases.member_id is None:
+                    await self.leases.join(conn)
+                now = asyncio.get_running_loop().time()
+                if now >= self._next_rebalance:
+                    await self.leases.rebalance(conn)
+                    self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
+                if not self.leases.owned:
+                    return BatchOutcome()
+                if self._pacing is not None:
+                    await self._pacing.pace(self.name, self._stop)
+                # Cleared before the claim: a NOTIFY that arrives from here on wakes the next
+                # wait.
+                self._wake.clear()
+                batch = await self._claim_batch(conn, sorted(self.leases.owned))
+            if not batch.rows:
                 return BatchOutcome()
-            if self._pacing is not None:
-                await self._pacing.pace(self.name, self._stop)
-            # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
-            self._wake.clear()
-            records = await conn.fetch(
-                self._claim, sorted(self.leases.owned), self.settings.relay_batch_size
-            )
-        if not records:
-            return BatchOutcome()
+            if not await self._prepare(batch):  # the schema registry did not answer
+                return BatchOutcome(claimed=len(batch.rows), failed=len(batch.rows))
         self.stats.batches += 1
-        rows = [OutboxRow.from_record(r) for r in records]
-        if not await self.encoder.register_schemas(rows):  # the schema registry did not answer
-            return BatchOutcome(claimed=len(rows), failed=len(rows))
-        plan = self.encoder.plan(rows)
-        if plan.parked:
-            await self._park(conn, plan.parked)
-        created = {row.seq: row.created_at for row in rows}
-        failed = await self._publish(conn, plan.messages, created)
-        return BatchOutcome(
-            claimed=len(records),
-            full=len(records) == self.settings.relay_batch_size,
-            failed=failed,
-        )
+        size = self.settings.relay_batch_size
+        failed = await self._publish(conn, batch)
+        return BatchOutcome(claimed=len(batch.rows), full=len(batch.rows) == size, failed=failed)
 
-    async def _park(self, conn: asyncpg.Connection, parked: Sequence[Parked]) -> None:
-        async with database_boundary(f"{self.name} worker parking rows"):
-            await shielded(
-                conn.execute(
-                    self._park_sql,
-                    [p.seq for p in parked],
-                    [p.reason for p in parked],
-                    [p.error for p in parked],
-                ),
-                "park",
-            )
+    async def _prepare(
+        self, batch: Batch, blocked: dict[Aggregate, tuple[int, str]] | None = None
+    ) -> bool:
+        """Encode the batch and sort out what is not sent: parked rows, rows held behind them,
+        and rows behind those the batch before set aside (`blocked`: aggregate -> first seq
+        set aside and how; not recorded yet). False when the schema registry did not answer."""
+        rows = batch.rows
+        if not await self.encoder.register_schemas(rows):
+            return False
+        if blocked:
+            waiting = {a.seq for a in batch.set_aside}
+            for row in rows:
+                first, state = blocked.get(row.aggregate, (row.seq, ""))
+                if row.seq > first and row.seq not in waiting:
+                    batch.aside(row, "queued" if state == "queued" and not batch.queued else "held")
+        waiting = {a.seq for a in batch.set_aside}
+        plan = self.encoder.plan([row for row in rows if row.seq not in waiting])
+        self._log_parked(plan.parked)
+        parked = {p.seq: p for p in plan.parked}
+        sent = {m.seq for m in plan.messages}
+        for row in rows:
+            if row.seq in waiting or row.seq in sent:
+                continue
+            p = parked.get(row.seq)
+            batch.aside(row, "held" if p is None else "parked", p)
+        batch.messages = plan.messages
+        return True
+
+    async def _claim_batch(
+        self, conn: asyncpg.Connection, owned: list[int], after: Batch | None = None
+    ) -> Batch:
+        """Queued rows of the owned slots first; else the next rows of their cursors' rounds
+        (a new round for the slots that have none). With `after`, the batch that follows it,
+        claimed while it is still in flight: past its rows, and without ending any round."""
+        size = self.settings.relay_batch_size
+        queued = True
+        past_queued = after.rows[-1].seq if after is not None and after.queued else 0
+        past_round = after.rows[-1].seq if after is not None and not after.queued else 0
+        records = await conn.fetch(self._claim_queued, owned, size, past_queued)
+        if not records:
+            queued = False
+            await conn.execute(self._begin_round, owned)
+            records = await conn.fetch(self._claim, owned, size, past_round)
+            if not records and after is None:
+                # The rounds' rows were all in earlier, recorded batches: they are done.
+                await conn.execute(self._advance, owned, 0, True)
+        batch = Batch(rows=[], slots={}, queued=queued, owned=owned)
+        for record in records:
+            row = OutboxRow(*tuple(record)[:8])
+            batch.rows.append(row)
+            batch.slots[row.seq] = record["slot"]
+            if record["behind"] is not None:
+                batch.aside(row, record["behind"])
+        return batch
+
+    async def _claim_ahead(self, conn: asyncpg.Connection, batch: Batch) -> Batch | None:
+        """The next batch, claimed and encoded while `batch` is in flight (one ahead at most):
+        only after a full batch, and not when the slots are due for a rebalance."""
+        size = self.settings.relay_batch_size
+        now = asyncio.get_running_loop().time()
+        if len(batch.rows) < size or now >= self._next_rebalance or self._stop.is_set():
+            return None
+        async with database_boundary(f"{self.name} worker"):
+            ahead = await self._claim_batch(conn, batch.owned, after=batch)
+        if not ahead.rows:
+            return None
+        # What `batch` sets aside is not recorded yet: later rows of those aggregates wait too.
+        blocked: dict[Aggregate, tuple[int, str]] = {}
+        for aside in sorted(batch.set_aside, key=lambda a: a.seq):
+            key = (aside.aggregatetype, aside.aggregateid)
+            first, state = blocked.get(key, (aside.seq, "queued"))
+            blocked[key] = (first, "queued" if state == aside.state == "queued" else "held")
+        if not await self._prepare(ahead, blocked):
+            return None
+        return ahead
+
+    def _log_parked(self, parked: Sequence[Parked]) -> None:
         self.stats.parked += len(parked)
         for row in parked:
             RELAY_PARKED.labels(row.reason).inc()
@@ -229,27 +341,37 @@ class SinkWorker:
                 error=row.error,
             )
 
-    async def _publish(
-        self,
-        conn: asyncpg.Connection,
-        messages: Sequence[Message],
-        created: dict[int, dt.datetime | None],
-    ) -> int:
-        """Send, then mark what the sink acknowledged; return how many sends failed."""
+    async def _send(self, messages: Sequence[Message]) -> Outcomes:
         if not messages:
-            return 0
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+            return []
         try:
             await self.sink.start()
-            outcomes = await self.sink.publish(messages)
+            return await self.sink.publish(messages)
         except SinkError as exc:
-            outcomes = [exc] * len(messages)
+            return [exc] * len(messages)
+
+    async def _publish(self, conn: asyncpg.Connection, batch: Batch) -> int:
+        """Send, then record what the sink acknowledged; return how many sends failed. While
+        the batch is in flight the next one is claimed and encoded (`_claim_ahead`); it is
+        dropped when this one failed (its rows are claimed again after the failed ones)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        messages = batch.messages
+        sending = asyncio.create_task(self._send(messages), name=f"relay.send.{self.name}")
+        try:
+            ahead = await self._claim_ahead(conn, batch)
+        finally:
+            outcomes = await sending
         result = acknowledged(messages, outcomes)
         marked, held_back, errors = result.marked, result.held_back, result.errors
-        if result.placements:
-            async with database_boundary(f"{self.name} worker marking rows"):
-                await shielded(self._record(conn, result, created), "mark_published")
+        first_failed = next(
+            (m.seq for m, o in zip(messages, outcomes, strict=True) if isinstance(o, SinkError)),
+            None,
+        )
+        created = {row.seq: row.created_at for row in batch.rows}
+        async with database_boundary(f"{self.name} worker recording a batch"):
+            await shielded(self._record(conn, batch, result, created, first_failed), "record")
+        if marked:
             self.stats.published += len(marked)
             RELAY_PUBLISHED.labels(self.name).inc(len(marked))
         if errors:
@@ -266,6 +388,7 @@ class SinkWorker:
             self._failing = True
             await self.sink.reset()
             return len(errors)
+        self._ahead = ahead
         if self._failing:
             self._failing = False
             log.info("relay.sink_recovered", sink=self.name)
@@ -280,26 +403,57 @@ class SinkWorker:
     async def _record(
         self,
         conn: asyncpg.Connection,
+        batch: Batch,
         result: Acknowledged,
         created: dict[int, dt.datetime | None],
+        first_failed: int | None,
     ) -> None:
-        """Mark the batch published and record where the sink put each event, atomically: a
-        published event always has its position (the verifier judges loss by it)."""
+        """Record the batch atomically: where the sink put each event (a published event always
+        has its position: the verifier judges loss by it), the rows set aside, and the progress.
+
+        A round's cursor moves up to the row before the first failure: the rows after it are
+        claimed again (those the sink took anyway are published twice, bounded by the batch,
+        and the order of each aggregate holds in what the consumers see first). A queued row
+        leaves the queue when the sink took it before any failure of its aggregate.
+        """
         rows = [
             (seq, self.name, placed.destination, placed.partition, placed.position, created[seq])
             for seq, placed in result.placements
         ]
+        aside = batch.set_aside
+        upto = batch.rows[-1].seq
+        if not batch.queued and first_failed is not None:
+            upto = first_failed - 1
+            aside = [a for a in aside if a.seq <= upto]
         async with conn.transaction():
-            if result.marked:
-                await conn.execute(self._mark, result.marked)
-            await conn.copy_records_to_table(
-                self._deliveries, records=rows, columns=DELIVERY_COLUMNS
-            )
+            if rows:
+                await conn.copy_records_to_table(
+                    self._deliveries, records=rows, columns=DELIVERY_COLUMNS
+                )
+            if aside:
+                await conn.execute(
+                    self._set_aside,
+                    [a.seq for a in aside],
+                    [a.slot for a in aside],
+                    [a.aggregatetype for a in aside],
+                    [a.aggregateid for a in aside],
+                    [a.state for a in aside],
+                    [a.reason for a in aside],
+                    [a.error for a in aside],
+                )
+            if batch.queued:
+                if result.marked:
+                    await conn.execute(self._unqueue, result.marked)
+            else:
+                exhausted = (
+                    len(batch.rows) < self.settings.relay_batch_size and first_failed is None
+                )
+                await conn.execute(self._advance, batch.owned, upto, exhausted)
 
     async def _idle(self) -> None:
         timeout = self.settings.relay_poll_interval_seconds
-        if len(self.leases.owned) < fair_share(self.leases.members):
-            # Below its share: look again for slots another relay gave back.
+        if self.leases.owned != self.leases.target:
+            # Short of its slots: look again for those another relay gave back.
             timeout = min(timeout, self.settings.relay_rebalance_interval_seconds)
         self.idle.set()
         try:

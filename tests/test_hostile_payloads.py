@@ -571,7 +571,8 @@ async def test_raw_rows_are_published_valid_or_parked_never_dropped(
            FROM (SELECT seq, id, aggregatetype, aggregateid, type, payload::text,
                         headers::text, created_at::text AS raw_created_at, redis_published_at,
                         kafka_published_at, redis_parked_reason, kafka_parked_reason,
-                        redis_parked_error, kafka_parked_error FROM flowproof_outbox) AS o
+                        redis_parked_error, kafka_parked_error
+                 FROM flowproof_outbox_progress) AS o
            ORDER BY seq"""
     )
     assert len(outbox) == len(by_seq) + 2 and len(by_seq) >= len(rows) // 2
@@ -681,7 +682,7 @@ async def test_messages_over_the_relay_limit_are_parked_and_the_rest_flows(
 
     await Relay(settings, registry=REGISTRY).run_until_idle()
 
-    outbox = await conn.fetch("SELECT * FROM flowproof_outbox")
+    outbox = await conn.fetch("SELECT * FROM flowproof_outbox_progress")
     for row in outbox:
         fits = expected[row["aggregateid"]] <= LIMIT
         for sink in ("redis", "kafka"):
@@ -741,7 +742,9 @@ async def test_the_default_limit_fits_a_default_broker(
     async with asyncio.timeout(60):
         await Relay(settings, registry=REGISTRY).run_until_idle()
 
-    rows = {r["aggregateid"]: r for r in await conn.fetch("SELECT * FROM flowproof_outbox")}
+    rows = {
+        r["aggregateid"]: r for r in await conn.fetch("SELECT * FROM flowproof_outbox_progress")
+    }
     for sink in ("redis", "kafka"):
         assert rows["at"][f"{sink}_published_at"] is not None, sink
         assert rows["over"][f"{sink}_parked_reason"] == "oversized", sink

@@ -71,7 +71,10 @@ async def test_emit_writes_in_the_callers_transaction(conn: asyncpg.Connection) 
     )
     assert json.loads(row["payload"]) == ORDER
     assert json.loads(row["headers"]) == {"traceparent": TRACEPARENT}
-    assert row["redis_published_at"] is None and row["kafka_published_at"] is None
+    assert row["txid"] is not None  # the inserting transaction, for the relay's cursors
+    progress = await conn.fetchrow("SELECT * FROM flowproof_outbox_progress")
+    assert progress["redis_published_at"] is None and progress["kafka_published_at"] is None
+    assert progress["redis_state"] is None and progress["kafka_state"] is None  # pending
 
 
 @pytest.mark.parametrize(

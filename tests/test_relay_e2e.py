@@ -225,7 +225,7 @@ async def test_a_lost_worker_connection_is_made_again_and_nothing_is_lost(
         await insert_canaries(conn, ["w-1"], 10)
         await published_within(conn, 15.0)
         # The redis worker's session ends: its slot locks go with it, and it takes them again.
-        member_before = relay.workers["redis"].leases.member_id
+        joins_before = relay.workers["redis"].leases.joins
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'flowproof-relay-redis' AND datname = current_database()"
@@ -233,7 +233,7 @@ async def test_a_lost_worker_connection_is_made_again_and_nothing_is_lost(
         await insert_canaries(conn, ["w-1", "w-2"], 10)
         await published_within(conn, 15.0)
         assert relay.owned_slots("redis") == frozenset(range(64))
-        assert relay.workers["redis"].leases.member_id not in (None, member_before)  # rejoined
+        assert relay.workers["redis"].leases.joins == joins_before + 1  # rejoined
     finally:
         relay.stop()
         await asyncio.wait_for(task, 30)
@@ -259,14 +259,25 @@ async def test_prune_deletes_only_old_rows_every_sink_acknowledged(
     await relay.run_until_idle()
     old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
     await conn.execute("UPDATE flowproof_outbox SET created_at = $1 WHERE seq <= 6 OR seq = 9", old)
-    # seq 6: acknowledged by Redis only (as if Kafka had not caught up yet): it must stay.
-    await conn.execute("UPDATE flowproof_outbox SET kafka_published_at = NULL WHERE seq = 6")
+    # seq 6: acknowledged by Redis only (as if Kafka had it queued again): it must stay.
+    await conn.execute(
+        "INSERT INTO flowproof_outbox_parked (sink, seq, slot, aggregatetype, aggregateid, state) "
+        "SELECT 'kafka', seq, slot, aggregatetype, aggregateid, 'queued' FROM flowproof_outbox "
+        "WHERE seq = 6"
+    )
+    # seq 10: old, and no relay's cursor has passed it yet: it must stay.
+    await conn.execute(
+        "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at) "
+        "VALUES ('canary', 'p-3', 'flowproof.Canary', '{}', $1)",
+        old,
+    )
     before = metric("flowproof_relay_pruned_total")
 
     assert await relay.prune_once() == 5
     remaining = [
         r["seq"] for r in await conn.fetch("SELECT seq FROM flowproof_outbox ORDER BY seq")
     ]
-    assert remaining == [6, 7, 8, 9]  # 6 half published, 7-8 recent, 9 old but parked
+    # 6 half published, 7-8 recent, 9 old but parked, 10 old but not published yet
+    assert remaining == [6, 7, 8, 9, 10]
     assert metric("flowproof_relay_pruned_total") - before == 5
     assert await relay.prune_once() == 0

@@ -286,10 +286,11 @@ async def test_sigterm_stops_cleanly_and_a_restart_duplicates_nothing(
     names = [event["event"] for event in first.events()]
     assert "relay.stop_requested" in names and names[-1] == "relay.stopped"
     assert "relay.shutdown_timeout" not in names
-    # Every row marked published is in its sink, exactly once: nothing marked that was not sent.
+    # Every row recorded published is in its sink, exactly once: nothing recorded that was not
+    # sent.
     marked = {
         sink: {str(r["id"]) for r in await conn.fetch(
-            f"SELECT id FROM flowproof_outbox WHERE {sink}_published_at IS NOT NULL"
+            f"SELECT id FROM flowproof_outbox_progress WHERE {sink}_published_at IS NOT NULL"
         )}
         for sink in ("redis", "kafka")
     }  # fmt: skip

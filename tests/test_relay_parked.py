@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
 
 from flowproof.core.config import Settings
@@ -77,20 +76,25 @@ async def flowproof(env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 async def published(conn: asyncpg.Connection, sink: str, aggregateid: str) -> list[bool]:
     rows = await conn.fetch(
-        f"SELECT {sink}_published_at IS NOT NULL AS done FROM flowproof_outbox "
+        f"SELECT {sink}_published_at IS NOT NULL AS done FROM flowproof_outbox_progress "
         "WHERE aggregateid = $1 ORDER BY seq",
         aggregateid,
     )
     return [r["done"] for r in rows]
 
 
+# One batch for everything, and batches of two: the rows behind a parked one are then in the
+# next batch, claimed and encoded while the one that parks it is still in flight.
+@pytest.mark.parametrize("batch_size", [500, 2])
+@pytest.mark.usefixtures("kafka_admin")
 async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     settings: Settings,
     settings_env: dict[str, str],
     conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
-    kafka_admin: AIOKafkaAdminClient,
+    batch_size: int,
 ) -> None:
+    settings = settings.model_copy(update={"relay_batch_size": batch_size})
     good_before = [
         await insert(conn, ("canary", f"good-{i}"), "flowproof.Canary", GOOD) for i in range(3)
     ]
@@ -116,7 +120,7 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
             assert await published(conn, sink, f"good-{i}") == [True, True]
         rows = await conn.fetch(
             f"SELECT aggregateid, {sink}_parked_reason AS reason, {sink}_parked_error AS error, "
-            f"{sink}_published_at IS NOT NULL AS done FROM flowproof_outbox "
+            f"{sink}_published_at IS NOT NULL AS done FROM flowproof_outbox_progress "
             "WHERE aggregateid = ANY($1) ORDER BY seq",
             list(BAD),
         )
@@ -133,7 +137,8 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
         )
         assert metric("flowproof_outbox_pending_events", sink=sink) == len(BAD) * LATER
     invalid_error = await conn.fetchval(
-        "SELECT redis_parked_error FROM flowproof_outbox WHERE id = $1", first_ids["invalid"]
+        "SELECT redis_parked_error FROM flowproof_outbox_progress WHERE id = $1",
+        first_ids["invalid"],
     )
     assert "'sequence'" in invalid_error  # the message names the field
     for reason in reasons:  # one parking per event and sink
@@ -166,14 +171,16 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
 
     # Retry everything parked for Redis only: still bad, so parked again; Kafka's untouched.
     kafka_since = await conn.fetch(
-        "SELECT id, kafka_parked_at FROM flowproof_outbox WHERE kafka_parked_reason IS NOT NULL"
+        "SELECT id, kafka_parked_at FROM flowproof_outbox_progress "
+        "WHERE kafka_parked_reason IS NOT NULL ORDER BY seq"
     )
     retried = await flowproof(settings_env, "parked", "retry", "--sink", "redis", "--all")
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.strip() == "redis: 4 row(s) will be retried"
     assert (
         await conn.fetchval(
-            "SELECT count(*) FROM flowproof_outbox WHERE redis_parked_reason IS NOT NULL"
+            "SELECT count(*) FROM flowproof_outbox_progress "
+            "WHERE redis_state IS NOT NULL AND redis_state <> 'queued'"
         )
         == 0
     )
@@ -181,7 +188,8 @@ async def test_bad_rows_are_parked_and_hold_back_only_their_aggregate(
     assert relay.stats["redis"].parked == len(BAD) + 4
     assert (
         await conn.fetch(
-            "SELECT id, kafka_parked_at FROM flowproof_outbox WHERE kafka_parked_reason IS NOT NULL"
+            "SELECT id, kafka_parked_at FROM flowproof_outbox_progress "
+            "WHERE kafka_parked_reason IS NOT NULL ORDER BY seq"
         )
         == kafka_since
     )

@@ -214,7 +214,7 @@ async def test_a_topic_with_several_event_types_needs_a_record_strategy(
     await emit_placed_and_paid(settings, "orders")
     await Relay(settings).run_until_idle()
     [refused] = await conn.fetch(
-        "SELECT type, redis_parked_reason, redis_parked_error FROM flowproof_outbox "
+        "SELECT type, redis_parked_reason, redis_parked_error FROM flowproof_outbox_progress "
         "WHERE redis_parked_reason IS NOT NULL"
     )
     assert (refused["type"], refused["redis_parked_reason"]) == (
@@ -478,7 +478,7 @@ async def test_an_incompatible_schema_is_refused_and_reported_by_schemas_check(
     await Relay(refusing).run_until_idle()
     parked = await conn.fetch(
         "SELECT kafka_parked_reason, kafka_parked_error, redis_parked_reason "
-        "FROM flowproof_outbox WHERE aggregateid = 'o-9'"
+        "FROM flowproof_outbox_progress WHERE aggregateid = 'o-9'"
     )
     assert [(r["kafka_parked_reason"], r["redis_parked_reason"]) for r in parked] == [
         ("schema_refused", "schema_refused")

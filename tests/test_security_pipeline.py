@@ -316,7 +316,7 @@ async def _unpublished(pg: SecuredPostgres) -> int:
     conn = await asyncpg.connect(pg.dsn("verifier"))
     try:
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM flowproof_outbox "
+            "SELECT count(*) FROM flowproof_outbox_progress "
             "WHERE redis_published_at IS NULL OR kafka_published_at IS NULL"
         )
         return count

@@ -26,6 +26,7 @@ from flowproof.core.config import Settings
 from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.publisher.maintenance import prune, refresh_gauges
+from flowproof.publisher.parked import retry_parked
 from flowproof.publisher.queries import query
 from tests.private_services import WRONG_HOST, PrivatePostgres, TestCA
 
@@ -246,7 +247,7 @@ RECEIPT_ROW = (
 PRIVILEGES = [
     ("writer", OUTBOX_ROW, True),
     ("writer", "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, "
-     "redis_published_at) VALUES ('order', 'o-1', 'flowproof.Canary', '{}', now())", False),
+     "txid) VALUES ('order', 'o-1', 'flowproof.Canary', '{}', '1')", False),
     ("writer", "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, "
      "created_at) VALUES ('order', 'o-1', 'flowproof.Canary', '{}', now())", False),
     ("writer", "SELECT id FROM flowproof_outbox", False),
@@ -254,10 +255,14 @@ PRIVILEGES = [
     ("writer", "DELETE FROM flowproof_outbox", False),
     ("writer", RECEIPT_ROW, False),
     ("relay", "SELECT seq, id, payload, created_at FROM flowproof_outbox", True),
-    ("relay", "UPDATE flowproof_outbox SET redis_published_at = now(), kafka_parked_reason = "
-     "'oversized', kafka_parked_at = now(), kafka_parked_error = 'e' WHERE seq = 1", True),
+    ("relay", "UPDATE flowproof_outbox_cursors SET next_seq = next_seq WHERE slot = 1", True),
+    ("relay", "UPDATE flowproof_outbox_cursors SET sink = 'redis' WHERE slot = 1", False),
+    ("relay", "INSERT INTO flowproof_outbox_parked (sink, seq, slot, aggregatetype, aggregateid, "
+     "state, reason) VALUES ('kafka', 1, 1, 'order', 'o-1', 'parked', 'oversized')", True),
     ("relay", "DELETE FROM flowproof_outbox WHERE seq IN (SELECT seq FROM flowproof_outbox "
-     "WHERE redis_published_at IS NOT NULL FOR UPDATE SKIP LOCKED)", True),
+     "WHERE txid IS NOT NULL LIMIT 10)", True),
+    ("relay", "SELECT seq FROM flowproof_outbox FOR UPDATE SKIP LOCKED", False),
+    ("relay", "UPDATE flowproof_outbox SET txid = txid WHERE seq = 1", False),
     ("relay", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", True),
     ("relay", "LISTEN flowproof_outbox", True),
     ("relay", "UPDATE flowproof_outbox SET payload = '{}' WHERE seq = 1", False),
@@ -270,13 +275,15 @@ PRIVILEGES = [
     ("consumer", "UPDATE flowproof_receipts SET valid = false", False),
     ("consumer", "DELETE FROM flowproof_receipts", False),
     ("consumer", "SELECT count(*) FROM flowproof_outbox", False),
-    ("consumer", "UPDATE flowproof_outbox SET redis_published_at = now()", False),
+    ("consumer", "UPDATE flowproof_outbox_cursors SET next_seq = 0", False),
     ("consumer", OUTBOX_ROW, False),
     ("verifier", "SELECT count(*) FROM flowproof_outbox", True),
     ("verifier", "SELECT count(*) FROM flowproof_receipts", True),
     ("verifier", RECEIPT_ROW, False),
     ("verifier", OUTBOX_ROW, False),
-    ("verifier", "UPDATE flowproof_outbox SET redis_published_at = now()", False),
+    ("verifier", "SELECT count(*) FROM flowproof_outbox_progress", True),
+    ("verifier", "UPDATE flowproof_outbox_cursors SET next_seq = 0", False),
+    ("verifier", "DELETE FROM flowproof_outbox_parked", False),
     ("verifier", "DELETE FROM flowproof_receipts", False),
     ("smoke", OUTBOX_ROW + " RETURNING created_at", True),
     ("smoke", "SELECT count(*) FROM flowproof_receipts", True),
@@ -440,30 +447,43 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
     owner = await asyncpg.connect(secured_pg.dsn("owner"))
     try:
         seqs = await owner.fetch(
-            "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at, "
-            "redis_published_at, kafka_published_at) "
-            "SELECT 'order', 'prune-' || n, 'flowproof.Canary', '{}', now() - interval '2 days', "
-            "CASE WHEN n < 3 THEN now() END, CASE WHEN n < 3 THEN now() END "
+            "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at) "
+            "SELECT 'order', 'prune-' || n, 'flowproof.Canary', '{}', now() - interval '2 days' "
             "FROM generate_series(0, 3) AS n RETURNING seq"
         )
     finally:
         await owner.close()
     *delivered, to_park = [r["seq"] for r in seqs]
     settings = role_settings(secured_pg, "relay")
+    table, slots = settings.outbox_table, list(range(64))
     conn = await connect_postgres(settings)
     try:
         # What the relay does when it starts: its sinks become the outbox's (pruning needs them).
-        await conn.execute(query("register_sinks", settings.outbox_table), ["redis", "kafka"])
-        await conn.execute(
-            query("park", settings.outbox_table, "kafka"), [to_park], ["oversized"], ["too big"]
-        )
+        await conn.execute(query("register_sinks", table), ["redis", "kafka"])
+        # A batch per sink, as a worker runs it; Kafka parks the last row.
+        for sink in ("redis", "kafka"):
+            assert await conn.fetch(query("claim_queued", table, sink), slots, 10, 0) == []
+            await conn.execute(query("begin_round", table, sink), slots)
+            claimed = await conn.fetch(query("claim", table, sink), slots, 10, 0)
+            assert [r["seq"] for r in claimed] == [r["seq"] for r in seqs]
+            async with conn.transaction():
+                if sink == "kafka":
+                    last = claimed[-1]
+                    await conn.execute(
+                        query("set_aside", table, sink),
+                        [to_park], [last["slot"]], [last["aggregatetype"]],
+                        [last["aggregateid"]], ["parked"], ["oversized"], ["too big"],
+                    )  # fmt: skip
+                await conn.execute(query("unqueue", table, sink), delivered)
+                await conn.execute(query("advance", table, sink), slots, to_park, True)
         await refresh_gauges(conn, settings)  # with a parked row: its waiting-behind query too
         pruned = await prune(conn, settings.model_copy(update={"relay_prune_batch_size": 2}))
-        left = await conn.fetch(
-            "SELECT seq, kafka_parked_reason FROM flowproof_outbox WHERE seq = ANY($1::bigint[])",
-            [r["seq"] for r in seqs],
-        )
+        left = await conn.fetch("SELECT seq FROM flowproof_outbox ORDER BY seq")
+        parked = await conn.fetch("SELECT seq, sink, reason FROM flowproof_outbox_parked")
+        # `flowproof parked retry`, as the relay role: the row is queued for another try.
+        assert await retry_parked(conn, table, ("kafka",)) == {"kafka": 1}
     finally:
         await conn.close()
     assert pruned == len(delivered) == 3
-    assert {(r["seq"], r["kafka_parked_reason"]) for r in left} == {(to_park, "oversized")}
+    assert [r["seq"] for r in left] == [to_park]
+    assert [tuple(r) for r in parked] == [(to_park, "kafka", "oversized")]

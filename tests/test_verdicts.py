@@ -304,7 +304,7 @@ async def test_a_one_sink_relay_never_prunes_what_the_other_sink_still_owes(
     await redis_only.run_until_idle()
     await redis_only.prune_once()
     owed = await conn.fetchval(
-        "SELECT count(*) FROM flowproof_outbox WHERE kafka_published_at IS NULL"
+        "SELECT count(*) FROM flowproof_outbox_progress WHERE kafka_published_at IS NULL"
     )
     assert owed == 20
     assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox") == 20

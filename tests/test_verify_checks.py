@@ -30,6 +30,7 @@ from tests.test_verify_support import (
     produce,
     published_event,
     record_delivery,
+    set_aside,
     tuned,
 )
 
@@ -75,7 +76,7 @@ async def test_an_event_whose_offset_is_no_longer_in_the_partition_is_lost(
     pipeline = await clean_pipeline(settings, redis_client, kafka_admin)
     # The relay recorded one more event at an offset the partition does not have (truncated
     # after an unclean leader election, say) and no consumer ever received it.
-    extra = await published_event(pipeline, "agg-9", age_seconds=120, sinks=("kafka",))
+    extra = await published_event(pipeline, "agg-9", age_seconds=120, owed=("redis",))
     await record_delivery(pipeline, extra, sink="kafka", position="0:40")
     report = await evaluate(settings)
     assert_only(report, [FLOW_LOST, LAG_OUTBOX])  # it also never went to Redis: still pending
@@ -228,11 +229,8 @@ async def test_parked_events_fail_the_outbox_lag(
     settings: Settings, redis_client: aioredis.Redis, kafka_admin: AIOKafkaAdminClient
 ) -> None:
     pipeline = await clean_pipeline(settings, redis_client, kafka_admin)
-    await pipeline.execute(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload,
-               redis_published_at, kafka_parked_reason, kafka_parked_at)
-           VALUES ('order', 'agg-7', 'orders.OrderPlaced', '{}', now(), 'oversized', now())"""
-    )
+    parked = await published_event(pipeline, "agg-7", age_seconds=0)
+    await set_aside(pipeline, parked, "kafka", "parked", "oversized")
     report = await evaluate(settings)
     assert_only(report, [LAG_OUTBOX])
     [parked] = evidence(report, LAG_OUTBOX, sink="kafka", ok=False)

@@ -108,18 +108,13 @@ def evidence(report: Report, check: str, **match: Any) -> list[dict[str, Any]]:
 async def insert_events(
     pipeline: Pipeline, count: int, *, aggregates: int, age_seconds: float = 120.0
 ) -> list[Event]:
-    """`count` events of `aggregates` aggregates, created `age_seconds` ago, published 5 ms
-    later to both sinks."""
+    """`count` events of `aggregates` aggregates, created `age_seconds` ago, passed by the
+    relay's cursors (their delivery records, 5 ms later, are the caller's to add)."""
     rows = await pipeline.fetch(
         """
-        INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
-                                      redis_published_at, kafka_published_at)
+        INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at)
         SELECT $1, 'agg-' || (g % $3), 'orders.OrderPlaced', '{}'::jsonb,
-               clock_timestamp() - make_interval(secs => $4) + g * interval '1 ms',
                clock_timestamp() - make_interval(secs => $4) + g * interval '1 ms'
-                   + interval '5 ms',
-               clock_timestamp() - make_interval(secs => $4) + g * interval '1 ms'
-                   + interval '5 ms'
         FROM generate_series(1, $2) AS g
         RETURNING seq, id, aggregateid, created_at
         """,
@@ -128,7 +123,34 @@ async def insert_events(
         aggregates,
         age_seconds,
     )
+    await cursors_passed(pipeline)
     return [Event(r["seq"], r["id"], r["aggregateid"], r["created_at"]) for r in rows]
+
+
+async def cursors_passed(pipeline: Pipeline) -> None:
+    """Every sink's cursors pass every row committed so far, as the relay's would once it
+    published (or set aside) them."""
+    await pipeline.execute(
+        "UPDATE flowproof_outbox_cursors "
+        "SET snap = pg_current_snapshot(), next_snap = NULL, next_seq = 0, last_seq = NULL"
+    )
+
+
+async def set_aside(
+    pipeline: Pipeline, event: Event, sink: str, state: str, reason: str | None = None
+) -> None:
+    """`event` set aside for `sink` as the relay does (state queued: still owed to the sink)."""
+    await pipeline.execute(
+        """INSERT INTO flowproof_outbox_parked
+               (sink, seq, slot, aggregatetype, aggregateid, state, reason, error)
+           SELECT $2, seq, slot, aggregatetype, aggregateid, $3, $4,
+                  CASE WHEN $4::text IS NOT NULL THEN 'set aside by the test' END
+           FROM flowproof_outbox WHERE seq = $1""",
+        event.seq,
+        sink,
+        state,
+        reason,
+    )
 
 
 async def insert_receipt(
@@ -172,24 +194,24 @@ async def published_event(
     aggregateid: str,
     *,
     age_seconds: float,
-    sinks: tuple[str, ...] = ("redis", "kafka"),
+    owed: tuple[str, ...] = (),
 ) -> Event:
-    """One more event, created and marked published to `sinks` `age_seconds` ago (its delivery
-    records are the caller's to add)."""
+    """One more event, created `age_seconds` ago and passed by the relay's cursors; still owed
+    to the sinks of `owed` (queued), published to the others once the caller adds its delivery
+    records."""
     [row] = await pipeline.fetch(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,
-               redis_published_at, kafka_published_at)
-           SELECT $1, $2, 'orders.OrderPlaced', '{}', t, CASE WHEN $4 THEN t END,
-                  CASE WHEN $5 THEN t END
-           FROM (SELECT now() - make_interval(secs => $3) AS t) AS at
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at)
+           VALUES ($1, $2, 'orders.OrderPlaced', '{}', now() - make_interval(secs => $3))
            RETURNING seq, id, aggregateid, created_at""",
         AGGREGATETYPE,
         aggregateid,
         age_seconds,
-        "redis" in sinks,
-        "kafka" in sinks,
     )
-    return Event(row["seq"], row["id"], row["aggregateid"], row["created_at"])
+    await cursors_passed(pipeline)
+    event = Event(row["seq"], row["id"], row["aggregateid"], row["created_at"])
+    for sink in owed:
+        await set_aside(pipeline, event, sink, "queued")
+    return event
 
 
 async def record_delivery(

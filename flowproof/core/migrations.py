@@ -55,8 +55,11 @@ async def applied_versions(conn: asyncpg.Connection) -> set[int]:
     return {row["version"] for row in rows}
 
 
-async def migrate(conn: asyncpg.Connection, outbox_table: str) -> list[Migration]:
-    """Apply the missing migrations; return those applied by this call (none if up to date)."""
+async def migrate(
+    conn: asyncpg.Connection, outbox_table: str, upto: int | None = None
+) -> list[Migration]:
+    """Apply the missing migrations (those up to version `upto` when given: tests of an
+    upgrade); return those applied by this call (none if up to date)."""
     migrations = load_migrations(outbox_table)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
@@ -69,7 +72,7 @@ async def migrate(conn: asyncpg.Connection, outbox_table: str) -> list[Migration
         done = await applied_versions(conn)
         applied = []
         for migration in migrations:
-            if migration.version in done:
+            if migration.version in done or (upto is not None and migration.version > upto):
                 continue
             async with conn.transaction():
                 await conn.execute(migration.sql)

@@ -339,10 +339,10 @@ class Run:
     async def _caught_up(self, conn: asyncpg.Connection, sink: str, group: str, upto: int) -> bool:
         """Every event up to `upto` published to `sink`, and `group` has read everything there:
         what it will ever receive, it has."""
-        unpublished = (
-            f"SELECT count(*) FROM flowproof_outbox WHERE seq <= $1 AND {sink}_published_at IS NULL"
-        )
-        if await conn.fetchval(unpublished, upto):
+        unpublished = """SELECT count(*) FROM flowproof_outbox o WHERE o.seq <= $1
+            AND NOT EXISTS (SELECT 1 FROM flowproof_outbox_deliveries d
+                            WHERE d.sink = $2 AND d.seq = o.seq)"""
+        if await conn.fetchval(unpublished, upto, sink):
             return False
         try:
             if sink == "redis":
@@ -363,10 +363,10 @@ class Run:
         is waiting for."""
         sql = """
             SELECT (SELECT count(*) FROM flowproof_outbox) AS written,
-                   (SELECT count(*) FROM flowproof_outbox WHERE redis_published_at IS NOT NULL)
-                       AS redis_published,
-                   (SELECT count(*) FROM flowproof_outbox WHERE kafka_published_at IS NOT NULL)
-                       AS kafka_published,
+                   (SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries
+                    WHERE sink = 'redis') AS redis_published,
+                   (SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries
+                    WHERE sink = 'kafka') AS kafka_published,
                    (SELECT count(DISTINCT event_id) FROM flowproof_receipts
                     WHERE sink = 'redis' AND valid) AS redis_received,
                    (SELECT count(DISTINCT event_id) FROM flowproof_receipts

@@ -16,6 +16,13 @@ from tests.faults.accounting import account, disagreements, first_missing
 
 GROUP = "g-accounting"
 
+# Every sink's cursors pass the rows committed so far, as the relay's would once it published
+# them (these tests record no delivery for them).
+CURSORS_PASSED = (
+    "UPDATE flowproof_outbox_cursors "
+    "SET snap = pg_current_snapshot(), next_snap = NULL, next_seq = 0, last_seq = NULL"
+)
+
 
 async def _receipt(
     conn: asyncpg.Connection,
@@ -52,24 +59,35 @@ async def test_accounting_counts_lost_duplicated_and_reordered_events(
 ) -> None:
     # Two aggregates, three events each (seq order a1 a2 a3, b1 b2 b3), all published.
     await conn.execute(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload,
-               redis_published_at, kafka_published_at)
-           SELECT 'orders', a, 'orders.OrderPlaced', '{}', now(), now()
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)
+           SELECT 'orders', a, 'orders.OrderPlaced', '{}'
            FROM unnest(ARRAY['a', 'a', 'a', 'b', 'b', 'b']) AS a"""
     )
+    await conn.execute(CURSORS_PASSED)
     rows = await conn.fetch("SELECT id, seq FROM flowproof_outbox ORDER BY seq")
     a1, a2, a3, b1, b2, b3 = (r["id"] for r in rows)
     seqs = [r["seq"] for r in rows]
     # The stream and topic of the events: only a receipt from there counts as a delivery.
     assert settings.stream_prefix == settings.topic_prefix
     home = f"{settings.stream_prefix}orders"
-    # The relay recorded where b3 went in Redis: an entry that is not there (the stream is not).
-    await conn.execute(
-        """INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, position, created_at)
-           VALUES ($1, 'redis', $2, '105-0', now())""",
-        seqs[5],
-        home,
-    )
+    # Where the relay put each event (its delivery records): b3 went to a Redis entry that is
+    # not there (the stream is not), the others where their first receipt below says.
+    placed = {
+        "redis": ["100-0", "100-1", "101-0", "103-0", "102-0", "105-0"],
+        "kafka": ["0:7", "0:8", "0:9", "2:3", "2:5", "2:4"],
+    }
+    for sink, positions in placed.items():
+        for seq, position in zip(seqs, positions, strict=True):
+            await conn.execute(
+                """INSERT INTO flowproof_outbox_deliveries
+                       (seq, sink, destination, partition, position, created_at)
+                   VALUES ($1, $2, $3, $4, $5, now())""",
+                seq,
+                sink,
+                home,
+                int(position.split(":")[0]) if sink == "kafka" else None,
+                position,
+            )
     # Redis: a1 a2 a3 in order; b2 before b1 (one reordered); b3 lost; a2 redelivered at the
     # same position, a3 published twice (a second position).
     for event, position in ((a1, "100-0"), (a2, "100-1"), (a3, "101-0"), (b2, "102-0")):
@@ -116,11 +134,14 @@ async def test_accounting_counts_split_unexpected_and_unpublished_events(
 ) -> None:
     # Aggregate c: two published events; d: one event the relay never published.
     await conn.execute(
-        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload,
-               redis_published_at, kafka_published_at)
-           VALUES ('orders', 'c', 'orders.OrderPlaced', '{}', now(), now()),
-                  ('orders', 'c', 'orders.OrderPlaced', '{}', now(), now()),
-                  ('orders', 'd', 'orders.OrderPlaced', '{}', NULL, NULL)"""
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)
+           VALUES ('orders', 'c', 'orders.OrderPlaced', '{}'),
+                  ('orders', 'c', 'orders.OrderPlaced', '{}')"""
+    )
+    await conn.execute(CURSORS_PASSED)
+    await conn.execute(
+        """INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload)
+           VALUES ('orders', 'd', 'orders.OrderPlaced', '{}')"""
     )
     c1, c2, _ = (r["id"] for r in await conn.fetch("SELECT id FROM flowproof_outbox ORDER BY seq"))
     # c's events landed in two lanes (two streams; two partitions of one topic): one split

@@ -54,7 +54,7 @@ async def _published(run: Run) -> int:
     conn = await asyncpg.connect(run.endpoints.database_url)
     try:
         count: int = await conn.fetchval(
-            "SELECT count(*) FROM flowproof_outbox WHERE redis_published_at IS NOT NULL"
+            "SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries WHERE sink = 'redis'"
         )
         return count
     finally:

@@ -170,7 +170,7 @@ async def _pending(run: Run, sink: str) -> int:
     conn = await asyncpg.connect(run.endpoints.database_url)
     try:
         count: int = await conn.fetchval(
-            f"SELECT count(*) FROM flowproof_outbox WHERE {sink}_published_at IS NULL"
+            f"SELECT count(*) FROM flowproof_outbox_progress WHERE {sink}_published_at IS NULL"
         )
         return count
     finally:

@@ -1,6 +1,7 @@
 -- flow.duplicates, flow.order, latency.e2e, unexpected and misrouted receipts of one sink and
 -- consumer group, and the events still without a receipt (whose loss verifier/loss.py decides by
--- their positions), in one pass over the outbox window and the group's receipts.
+-- their positions), in one pass over the window's delivery records, outbox rows and the group's
+-- receipts.
 -- $1 window start (events created within the window, or published within it)
 -- $2 receipts received from (a minute and a clock-skew margin before the window start)
 -- $3 consumer group        $4 sampled ids are below this uuid (NULL: every event is sampled)
@@ -12,34 +13,33 @@
 -- (prefix || aggregatetype); one from anywhere else is a misrouted copy (counted here when the
 -- consumer took it for valid: flowproof's consumers receipt it as invalid, for conformance).
 --
--- Cost (bench/verify_eval.py): one hash of the window's events, probed by the receipts; one sort
--- of the joined rows by aggregate and seq, which serves both the grouping of each event's
--- receipts and the order window (run with enable_hashagg off, see verifier/flow.py).
-WITH events AS (
-    SELECT o.seq, o.id, o.created_at, o.{{sink}}_published_at AS published_at,
+-- Cost (bench/verify_eval.py): the sink's delivery records of the window, grouped per event in
+-- seq order from an index-only scan (the outbox itself has no publication state since migration
+-- 0050), joined to their outbox rows; one hash of the window's events, probed by the receipts;
+-- one sort of the joined rows by aggregate and seq, which serves both the grouping of each
+-- event's receipts and the order window (run with enable_hashagg off, see verifier/flow.py).
+WITH published AS (
+    -- What this sink acknowledged within the window or the minute before it (the relay's
+    -- delivery records, appended in publication order), per event: its first and last delivery.
+    SELECT d.seq, min(d.published_at) AS first_published, max(d.published_at) AS last_published
+    FROM {{outbox}}_deliveries d
+    WHERE d.sink = '{{sink}}' AND d.published_at >= $1::timestamptz - interval '1 minute'
+    GROUP BY d.seq
+),
+events AS (
+    -- Events created within the window (or the minute before it and published within it), and
+    -- those created earlier and published within it (a replayed backlog): judged all the same.
+    SELECT o.seq, o.id, o.created_at, p.first_published AS published_at,
            $6::text || o.aggregatetype AS destination,
            -- One number per aggregate keeps the sort below cheap.
            hashtextextended(o.aggregatetype || '/' || o.aggregateid, 0) AS aggregate
-    FROM {{outbox}} o
-    WHERE o.created_at >= $1::timestamptz - interval '1 minute'
-      AND (o.created_at >= $1 OR o.{{sink}}_published_at >= $1)
-      AND o.{{sink}}_published_at IS NOT NULL
+    FROM published p
+    JOIN {{outbox}} o ON o.seq = p.seq
+    WHERE (o.created_at >= $1
+           OR (o.created_at >= $1::timestamptz - interval '1 minute' AND p.first_published >= $1)
+           OR (o.created_at < $1::timestamptz - interval '1 minute' AND p.last_published >= $1))
       -- flowproof.sampling's choice (the id's first 32 bits below the threshold) as one uuid
       -- comparison instead of a text conversion per row.
-      AND ($4::uuid IS NULL OR o.id < $4::uuid)
-    UNION ALL
-    -- Created earlier, published within the window (a replayed backlog): judged all the same.
-    SELECT o.seq, o.id, o.created_at, o.{{sink}}_published_at,
-           $6::text || o.aggregatetype,
-           hashtextextended(o.aggregatetype || '/' || o.aggregateid, 0)
-    FROM {{outbox}} o
-    WHERE o.seq IN (
-            SELECT d.seq FROM {{outbox}}_deliveries d
-            WHERE d.sink = '{{sink}}' AND d.published_at >= $1
-              AND d.published_at - d.created_at > interval '1 minute'
-              AND d.created_at < $1::timestamptz - interval '1 minute')
-      AND o.created_at < $1::timestamptz - interval '1 minute'
-      AND o.{{sink}}_published_at IS NOT NULL
       AND ($4::uuid IS NULL OR o.id < $4::uuid)
 ),
 receipts AS (

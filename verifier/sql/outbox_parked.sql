@@ -1,6 +1,6 @@
 -- Events of one sink the relay parked, per reason.
-SELECT {{sink}}_parked_reason AS reason, count(*) AS events, min({{sink}}_parked_at) AS since
-FROM {{outbox}}
-WHERE {{sink}}_parked_reason IS NOT NULL
-GROUP BY {{sink}}_parked_reason
+SELECT reason, count(*) AS events, min(parked_at) AS since
+FROM {{outbox}}_parked
+WHERE sink = '{{sink}}' AND state = 'parked'
+GROUP BY reason
 ORDER BY events DESC, reason
