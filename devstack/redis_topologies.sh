@@ -70,7 +70,9 @@ start_redis_cluster() {
     redis_node "redis-cluster node $n" "$port" "$dir/node-$n" --cluster-enabled yes \
       --cluster-config-file nodes.conf --cluster-node-timeout 2000 --cluster-port "$bus"
   done
-  if ! redis-cli -h 127.0.0.1 -p "${nodes[0]#*:}" cluster info | grep -q 'cluster_state:ok'; then
+  # Created once: after a restart the nodes find each other again from their nodes.conf (the
+  # state is `ok` a moment later, waited for below).
+  if redis-cli -h 127.0.0.1 -p "${nodes[0]#*:}" cluster info | grep -q 'cluster_slots_assigned:0'; then
     say "creating the redis cluster of ${nodes[*]}"
     redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null \
       || die "redis-cli --cluster create ${nodes[*]} failed"
