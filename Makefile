@@ -56,7 +56,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff format --check .
 	tools/typecheck
 
-docs: $(STAMP) ## regenerate docs/configuration.md from the settings model (flowproof/config.py)
+docs: $(STAMP) ## regenerate docs/configuration.md from the settings model (flowproof/core/config.py)
 	$(BIN)/python -m flowproof.docs_config > docs/configuration.md
 
 demo: stack-up ## the whole pipeline on local services with a generated workload, then the verdict (ARGS=--prometheus: with alerts)

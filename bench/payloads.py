@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof.publisher.encoding import Encoder, Message, OutboxRow
+from flowproof.publisher.encoding import Encoder
+from flowproof.publisher.rows import Message, OutboxRow
 from flowproof.schemas.registry import SchemaRegistry
 from flowproof.workload import OrderWorkload
 

@@ -31,8 +31,8 @@ from bench.pipeline import ensure_topic
 from bench.scratch import Scratch
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
-from flowproof.publisher.encoding import Message
 from flowproof.publisher.kafka_sink import producer_options
+from flowproof.publisher.rows import Message
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 
 SINGLE_ROW = """

@@ -32,11 +32,12 @@ from flowproof.core.logging import configure_logging
 from flowproof.core.migrations import migrate
 from flowproof.core.sampling import sql_predicate, threshold
 from flowproof.verifier.conformance import receipt_stats
-from flowproof.verifier.evaluator import SESSION_SETTINGS, Evaluator
+from flowproof.verifier.evaluator import Evaluator
 from flowproof.verifier.flow import flow_stats
 from flowproof.verifier.loss import Copy, State
 from flowproof.verifier.model import FLOW_DUPLICATES, FLOW_LOST, FLOW_ORDER
 from flowproof.verifier.outbox import outbox_stats
+from flowproof.verifier.reading import SESSION_SETTINGS
 
 FILL_OUTBOX = """
 INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at,

@@ -10,7 +10,6 @@ delivery.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -21,6 +20,7 @@ from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import BatchOutcome
 from flowproof.consumers.receipts import ReceiptWriter, clean_text
 from flowproof.core import metrics
+from flowproof.core.aio import sleep_unless_stopped
 from flowproof.core.logging import get_logger
 from flowproof.core.retry import RetryPolicy
 
@@ -45,13 +45,6 @@ class ConsumerStats:
     dead_lettered: int = 0
     receipts: int = 0
     abandoned_batches: int = 0
-
-
-async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait `seconds` or until `stop` is set; True when stopped."""
-    with contextlib.suppress(TimeoutError):  # the timeout is the normal end of the wait
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()
 
 
 class BatchCommitter:

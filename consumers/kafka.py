@@ -26,14 +26,19 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
-from flowproof.consumers.commit import BatchCommitter
+from flowproof.consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
 from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from flowproof.consumers.delivery import Delivery
 from flowproof.consumers.errors import AckFailed, DeadLetterFailed
 from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import Processor
+from flowproof.consumers.receipts import ReceiptWriter
 from flowproof.core import metrics
+from flowproof.core.config import Settings
+from flowproof.core.connect import kafka_client_kwargs, kafka_refusal
+from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
+from flowproof.core.redact import scrub
 from flowproof.core.routing import DLQ_SUFFIX, destination
 
 log = get_logger(__name__)
@@ -211,3 +216,60 @@ class KafkaConsumer:
             if position < ends[tp]:
                 return False
         return True
+
+
+async def consume_kafka(
+    settings: Settings,
+    processor: Processor,
+    options: ConsumerOptions,
+    writer: ReceiptWriter,
+    *,
+    stop: asyncio.Event,
+    drain: bool,
+) -> ConsumerStats:
+    """Consume the Kafka topics of `options` until stopped (or drained); see consumers.run."""
+    common = kafka_client_kwargs(settings)
+    kafka = AIOKafkaConsumer(
+        **common,
+        group_id=options.group,
+        client_id=options.name,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a new group reads the topics from the start
+        fetch_max_wait_ms=options.fetch_max_wait_ms,
+        max_poll_records=options.batch_size,
+        metadata_max_age_ms=int(options.discovery_interval * 1000),
+        isolation_level="read_committed",
+    )
+    producer = AIOKafkaProducer(
+        **common, client_id=f"{options.name}-dlq", acks="all", enable_idempotence=True
+    )
+    try:
+        await _start_kafka(kafka, producer, settings)
+        dead_letters: DeadLetterSink = KafkaDeadLetters(producer, options)
+        committer = BatchCommitter(options, writer, dead_letters, stop)
+        consumer = KafkaConsumer(kafka, processor, committer, options)
+        try:
+            await consumer.run(stop, drain=drain)
+        except KafkaError as exc:
+            refusal = kafka_refusal(exc, settings)
+            if refusal is None:
+                raise
+            raise refusal from None
+        return committer.stats
+    finally:
+        # stop() leaves the group at once, so the partitions move without a session timeout.
+        await kafka.stop()
+        await producer.stop()
+
+
+async def _start_kafka(
+    kafka: AIOKafkaConsumer, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    try:
+        await kafka.start()
+        await producer.start()
+    except Exception as exc:  # aiokafka raises many unrelated types on connect
+        refusal = kafka_refusal(exc, settings)
+        if refusal is not None:
+            raise refusal from None
+        raise ComponentUnreachable("kafka", scrub(str(exc)) or type(exc).__name__) from None

@@ -12,6 +12,7 @@ from typing import Any
 from flowproof.core.config import Settings, Sink
 from flowproof.core.errors import ConfigError
 from flowproof.core.identifiers import validate_group_name
+from flowproof.core.sinks import SinkSpec, sink_spec
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._\-]")
 
@@ -56,7 +57,7 @@ class ConsumerOptions:
             sink=sink,
             group=group_name,
             name=settings.consumer_name or default_consumer_name(),
-            prefix=settings.stream_prefix if sink == "redis" else settings.topic_prefix,
+            prefix=sink_spec(sink).prefix(settings),
             aggregatetypes=settings.consumer_aggregatetypes,
             batch_size=settings.consumer_batch_size,
             block_ms=settings.consumer_block_ms,
@@ -70,6 +71,11 @@ class ConsumerOptions:
             shutdown_timeout=settings.consumer_shutdown_timeout_seconds,
         )
         return replace(options, **overrides) if overrides else options
+
+    @property
+    def spec(self) -> SinkSpec:
+        """The descriptor of the sink this consumer reads."""
+        return sink_spec(self.sink)
 
     @property
     def labels(self) -> dict[str, str]:

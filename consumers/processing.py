@@ -148,9 +148,11 @@ class Processor:
                 f"aggregatetype {envelope.aggregatetype!r} belongs in {expected!r}, "
                 f"not {delivery.source!r}",
             )
-        if self._options.sink == "kafka" and delivery.key != envelope.aggregateid.encode():
+        if self._options.spec.keyed and delivery.key != envelope.aggregateid.encode():
             raise FrameError(
-                MISROUTED, f"Kafka key {delivery.key!r} is not the aggregateid (order is lost)"
+                MISROUTED,
+                f"{self._options.spec.title} key {delivery.key!r} is not the aggregateid "
+                "(order is lost)",
             )
 
     # --- outcomes -------------------------------------------------------------------------------

@@ -35,13 +35,17 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from flowproof.consumers.commit import BatchCommitter, sleep_unless_stopped
+from flowproof.consumers.commit import BatchCommitter, ConsumerStats
 from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from flowproof.consumers.delivery import Delivery
 from flowproof.consumers.errors import AckFailed, DeadLetterFailed
 from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import Processor
+from flowproof.consumers.receipts import ReceiptWriter
 from flowproof.core import metrics
+from flowproof.core.aio import sleep_unless_stopped
+from flowproof.core.config import Settings
+from flowproof.core.connect import ping_redis, redis_client
 from flowproof.core.logging import get_logger
 from flowproof.core.retry import RetryPolicy
 from flowproof.core.routing import InvalidDestination, destination, is_dlq
@@ -380,3 +384,24 @@ class RedisConsumer:
                     )
             except (RedisError, OSError) as exc:
                 log.warning("consumer.leave_failed", stream=stream, error=str(exc))
+
+
+async def consume_redis(
+    settings: Settings,
+    processor: Processor,
+    options: ConsumerOptions,
+    writer: ReceiptWriter,
+    *,
+    stop: asyncio.Event,
+    drain: bool,
+) -> ConsumerStats:
+    """Consume the Redis streams of `options` until stopped (or drained); see consumers.run."""
+    client = redis_client(settings)
+    try:
+        await ping_redis(client)
+        committer = BatchCommitter(options, writer, RedisDeadLetters(client, options), stop)
+        consumer = RedisConsumer(client, processor, committer, options)
+        await consumer.run(stop, drain=drain)
+        return committer.stats
+    finally:
+        await client.aclose()

@@ -10,28 +10,17 @@ import asyncio
 import signal
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
 from flowproof.consumers.app import Consumer
-from flowproof.consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
-from flowproof.consumers.kafka import KafkaConsumer, KafkaDeadLetters
+from flowproof.consumers.commit import ConsumerStats
 from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import Processor
+from flowproof.consumers.readers import reader
 from flowproof.consumers.receipts import ReceiptWriter
-from flowproof.consumers.redis import RedisConsumer, RedisDeadLetters
 from flowproof.core.config import Settings, Sink
-from flowproof.core.connect import (
-    create_postgres_pool,
-    kafka_client_kwargs,
-    kafka_refusal,
-    ping_redis,
-    redis_client,
-)
-from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.connect import create_postgres_pool
+from flowproof.core.errors import ConfigError
 from flowproof.core.http import MetricsServer
 from flowproof.core.logging import get_logger
-from flowproof.core.redact import scrub
 from flowproof.schemas.ids import SchemaIds
 from flowproof.schemas.registry import load_registry
 
@@ -89,94 +78,12 @@ async def _consume(
             handlers=app.event_types,
             drain=drain,
         )
-        if sink == "redis":
-            stats = await _consume_redis(
-                settings, processor, options, writer, stop=stop, drain=drain
-            )
-        else:
-            stats = await _consume_kafka(
-                settings, processor, options, writer, stop=stop, drain=drain
-            )
+        read = reader(sink)
+        stats = await read(settings, processor, options, writer, stop=stop, drain=drain)
     finally:
         await pool.close()
     log.info("consumer.stopped", sink=sink, group=options.group, **vars(stats))
     return stats
-
-
-async def _consume_redis(
-    settings: Settings,
-    processor: Processor,
-    options: ConsumerOptions,
-    writer: ReceiptWriter,
-    *,
-    stop: asyncio.Event,
-    drain: bool,
-) -> ConsumerStats:
-    client = redis_client(settings)
-    try:
-        await ping_redis(client)
-        committer = BatchCommitter(options, writer, RedisDeadLetters(client, options), stop)
-        consumer = RedisConsumer(client, processor, committer, options)
-        await consumer.run(stop, drain=drain)
-        return committer.stats
-    finally:
-        await client.aclose()
-
-
-async def _consume_kafka(
-    settings: Settings,
-    processor: Processor,
-    options: ConsumerOptions,
-    writer: ReceiptWriter,
-    *,
-    stop: asyncio.Event,
-    drain: bool,
-) -> ConsumerStats:
-    common = kafka_client_kwargs(settings)
-    kafka = AIOKafkaConsumer(
-        **common,
-        group_id=options.group,
-        client_id=options.name,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # a new group reads the topics from the start
-        fetch_max_wait_ms=options.fetch_max_wait_ms,
-        max_poll_records=options.batch_size,
-        metadata_max_age_ms=int(options.discovery_interval * 1000),
-        isolation_level="read_committed",
-    )
-    producer = AIOKafkaProducer(
-        **common, client_id=f"{options.name}-dlq", acks="all", enable_idempotence=True
-    )
-    try:
-        await _start_kafka(kafka, producer, settings)
-        dead_letters: DeadLetterSink = KafkaDeadLetters(producer, options)
-        committer = BatchCommitter(options, writer, dead_letters, stop)
-        consumer = KafkaConsumer(kafka, processor, committer, options)
-        try:
-            await consumer.run(stop, drain=drain)
-        except KafkaError as exc:
-            refusal = kafka_refusal(exc, settings)
-            if refusal is None:
-                raise
-            raise refusal from None
-        return committer.stats
-    finally:
-        # stop() leaves the group at once, so the partitions move without a session timeout.
-        await kafka.stop()
-        await producer.stop()
-
-
-async def _start_kafka(
-    kafka: AIOKafkaConsumer, producer: AIOKafkaProducer, settings: Settings
-) -> None:
-    try:
-        await kafka.start()
-        await producer.start()
-    except Exception as exc:  # aiokafka raises many unrelated types on connect
-        refusal = kafka_refusal(exc, settings)
-        if refusal is not None:
-            raise refusal from None
-        raise ComponentUnreachable("kafka", scrub(str(exc)) or type(exc).__name__) from None
 
 
 async def serve(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from flowproof import __version__
+from flowproof.consumers import run as consumers_run
 from flowproof.core.config import Settings, load_settings
+from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import (
     EXIT_CHECK_FAILED,
     EXIT_CONFIG,
@@ -26,8 +29,21 @@ from flowproof.core.errors import (
     ConfigError,
     NotImplementedYet,
 )
+from flowproof.core.identifiers import validate_group_name
 from flowproof.core.logging import configure_logging, get_logger
+from flowproof.core.migrations import migrate
 from flowproof.core.redact import scrub
+from flowproof.core.sinks import SINK_NAMES
+from flowproof.demo import DemoError, Timeline, run_demo
+from flowproof.publisher import commands as relay_commands
+from flowproof.publisher.errors import RelayCrashed
+from flowproof.publisher.parked import ParkedRow, format_table
+from flowproof.schemas.compat import CheckReport, check_schema_dirs, parse_mode
+from flowproof.schemas.errors import ContractError, SchemaFileError
+from flowproof.schemas.registry_check import RegistryReport, check_registry
+from flowproof.schemas.registry_client import RegistryClient
+from flowproof.verifier import commands as verify_commands
+from flowproof.verifier.service import run_verifier
 
 T = TypeVar("T")
 
@@ -112,8 +128,6 @@ def db_migrate(ctx: typer.Context) -> None:
     """Create or upgrade flowproof's tables, idempotently."""
 
     async def job(settings: Settings) -> None:
-        from flowproof.core.connect import connect_postgres  # noqa: PLC0415 - keep start-up fast
-        from flowproof.core.migrations import migrate  # noqa: PLC0415
 
         conn = await connect_postgres(settings)
         try:
@@ -136,10 +150,9 @@ def db_sinks(
     ] = None,
 ) -> None:
     """List the sinks of the outbox: pruning keeps every row one of them has not published."""
-    from flowproof.publisher.commands import outbox_sinks  # noqa: PLC0415
 
     async def job(settings: Settings) -> list[str]:
-        return await outbox_sinks(settings, remove)
+        return await relay_commands.outbox_sinks(settings, remove)
 
     sinks = run(ctx, job)
     if remove is not None:
@@ -164,11 +177,9 @@ def emit(
     An event that does not fit its schema (or the envelope, routing or size rules) exits 2 with
     a message naming the field, and nothing is written.
     """
-    from flowproof.publisher.commands import emit_event  # noqa: PLC0415 - keep start-up fast
-    from flowproof.schemas.errors import ContractError  # noqa: PLC0415
 
     async def job(settings: Settings) -> str:
-        event_id = await emit_event(
+        event_id = await relay_commands.emit_event(
             settings,
             event_type=type_,
             aggregate_type=aggregate_type,
@@ -188,12 +199,9 @@ def emit(
 @app.command()
 def relay(ctx: typer.Context) -> None:
     """Long-running outbox relay to every enabled sink (stops cleanly on SIGTERM)."""
-    from flowproof.publisher.commands import serve  # noqa: PLC0415
-    from flowproof.publisher.errors import RelayCrashed  # noqa: PLC0415
-    from flowproof.schemas.errors import ContractError  # noqa: PLC0415
 
     try:
-        run(ctx, serve)
+        run(ctx, relay_commands.serve)
     except ContractError as exc:  # a broken schema file in FLOWPROOF_SCHEMA_DIR
         fail(str(exc))
     except RelayCrashed as exc:
@@ -203,17 +211,17 @@ def relay(ctx: typer.Context) -> None:
 @parked_app.command("list")
 def parked_list(
     ctx: typer.Context,
-    sink: Annotated[str | None, typer.Option(help="Only this sink: redis or kafka.")] = None,
+    sink: Annotated[
+        str | None, typer.Option(help=f"Only this sink: {' or '.join(SINK_NAMES)}.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many rows per sink.")] = 1000,
 ) -> None:
     """Show the parked outbox rows: seq, id, type, aggregate, sink, reason, since, error."""
-    from flowproof.publisher.commands import parked_list as list_job  # noqa: PLC0415
-    from flowproof.publisher.parked import ParkedRow, format_table  # noqa: PLC0415
 
     _check_sink(sink)
 
     async def job(settings: Settings) -> list[ParkedRow]:
-        return await list_job(settings, sink, limit)
+        return await relay_commands.parked_list(settings, sink, limit)
 
     rows = run(ctx, job)
     typer.echo(format_table(rows) if rows else "no parked rows")
@@ -222,14 +230,13 @@ def parked_list(
 @parked_app.command("retry")
 def parked_retry(
     ctx: typer.Context,
-    sink: Annotated[str | None, typer.Option(help="Only this sink: redis or kafka.")] = None,
+    sink: Annotated[
+        str | None, typer.Option(help=f"Only this sink: {' or '.join(SINK_NAMES)}.")
+    ] = None,
     event_id: Annotated[str | None, typer.Option("--id", help="The event id to retry.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Retry every parked row.")] = False,
 ) -> None:
     """Clear the park mark (of one event, or all) so the relay publishes the rows again."""
-    import uuid  # noqa: PLC0415
-
-    from flowproof.publisher.commands import parked_retry as retry_job  # noqa: PLC0415
 
     _check_sink(sink)
     if (event_id is None) == (not all_):
@@ -240,7 +247,7 @@ def parked_retry(
         fail(f"--id {event_id!r} is not a UUID")
 
     async def job(settings: Settings) -> dict[str, int]:
-        return await retry_job(settings, sink, chosen)
+        return await relay_commands.parked_retry(settings, sink, chosen)
 
     cleared = run(ctx, job)
     for name, count in cleared.items():
@@ -248,14 +255,14 @@ def parked_retry(
 
 
 def _check_sink(sink: str | None) -> None:
-    if sink is not None and sink not in ("redis", "kafka"):
-        fail(f"--sink {sink!r}: expected redis or kafka")
+    if sink is not None and sink not in SINK_NAMES:
+        fail(f"--sink {sink!r}: expected one of {', '.join(SINK_NAMES)}")
 
 
 @app.command()
 def consume(
     ctx: typer.Context,
-    sink: Annotated[str, typer.Option(help="redis or kafka.")],
+    sink: Annotated[str, typer.Option(help=" or ".join(SINK_NAMES) + ".")],
     group: Annotated[
         str | None, typer.Option(help="Consumer group (default FLOWPROOF_CONSUMER_GROUP).")
     ] = None,
@@ -266,9 +273,6 @@ def consume(
     """Long-running schema-validated consumer that records receipts."""
 
     async def job(settings: Settings) -> str | None:
-        from flowproof.consumers.run import serve  # noqa: PLC0415 - keep start-up of other commands fast
-        from flowproof.core.config import SINK_NAMES, Sink  # noqa: PLC0415
-        from flowproof.core.identifiers import validate_group_name  # noqa: PLC0415
 
         if sink not in SINK_NAMES:
             raise ConfigError(f"--sink: {sink!r} is not one of {', '.join(SINK_NAMES)}")
@@ -277,8 +281,7 @@ def consume(
                 validate_group_name(group)
             except ValueError as exc:
                 raise ConfigError(f"--group: {exc}") from None
-        chosen: Sink = "redis" if sink == "redis" else "kafka"
-        stats = await serve(settings, sink=chosen, group=group, drain=drain)
+        stats = await consumers_run.serve(settings, sink=sink, group=group, drain=drain)
         if stats is None:
             return None
         return " ".join(f"{name}={value}" for name, value in vars(stats).items())
@@ -291,7 +294,6 @@ def consume(
 @app.command()
 def verify(ctx: typer.Context) -> None:
     """Long-running verifier serving /metrics, /healthz and /readyz (stops on SIGTERM)."""
-    from flowproof.verifier.service import run_verifier  # noqa: PLC0415 - keep start-up fast
 
     run(ctx, run_verifier)
 
@@ -305,20 +307,20 @@ JunitOption = Annotated[
 
 
 def _report_and_exit(report: Any, as_json: bool, junit_xml: Path | None, suite: str) -> NoReturn:
-    from flowproof.verifier.commands import publish, unreachable_message  # noqa: PLC0415
 
-    code = publish(report, as_json=as_json, junit_xml=junit_xml, suite=suite, out=sys.stdout)
+    code = verify_commands.publish(
+        report, as_json=as_json, junit_xml=junit_xml, suite=suite, out=sys.stdout
+    )
     if report.unreachable:
-        fail(unreachable_message(report), code)
+        fail(verify_commands.unreachable_message(report), code)
     raise typer.Exit(code)
 
 
 @app.command()
 def check(ctx: typer.Context, json_: JsonOption = False, junit_xml: JunitOption = None) -> None:
     """One evaluation of the checks, printed, then exit (0 pass, 1 fail, 2 unreachable)."""
-    from flowproof.verifier.commands import check_once  # noqa: PLC0415
 
-    _report_and_exit(run(ctx, check_once), json_, junit_xml, "flowproof check")
+    _report_and_exit(run(ctx, verify_commands.check_once), json_, junit_xml, "flowproof check")
 
 
 @app.command()
@@ -338,10 +340,9 @@ def smoke(
     ] = None,
 ) -> None:
     """Post-deploy check: canary events through the real pipeline, then the checks."""
-    from flowproof.verifier.commands import smoke_once  # noqa: PLC0415
 
     async def job(settings: Settings) -> Any:
-        return await smoke_once(settings, events, timeout)
+        return await verify_commands.smoke_once(settings, events, timeout)
 
     _report_and_exit(run(ctx, job), json_, junit_xml, "flowproof smoke")
 
@@ -374,10 +375,6 @@ def schemas_check(
     ] = False,
 ) -> None:
     """Validate every schema and the compatibility of each new version (exit 1 on a problem)."""
-    from flowproof.schemas.compat import CheckReport, check_schema_dirs, parse_mode  # noqa: PLC0415
-    from flowproof.schemas.errors import SchemaFileError  # noqa: PLC0415
-    from flowproof.schemas.registry_check import RegistryReport, check_registry  # noqa: PLC0415
-    from flowproof.schemas.registry_client import RegistryClient  # noqa: PLC0415
 
     async def job(settings: Settings) -> tuple[CheckReport, RegistryReport | None]:
         chosen = parse_mode(mode)
@@ -436,7 +433,6 @@ def demo(
     Starts the relay, both consumers and the verifier, emits order events for a minute, freezes
     the Kafka consumer for a while so a check fails and recovers, then prints the checks.
     """
-    from flowproof.demo import DemoError, Timeline, run_demo  # noqa: PLC0415 - fast start-up
 
     async def job(settings: Settings) -> int:
         return await run_demo(settings, Timeline(seconds=seconds, rate=rate), prometheus=prometheus)

@@ -34,11 +34,15 @@ from flowproof.core.logging import get_logger
 from flowproof.core.migrations import migrate
 from flowproof.local_prometheus import LocalPrometheus, PrometheusError
 from flowproof.publisher.outbox import Outbox
+from flowproof.publisher.queries import query
+from flowproof.verifier.commands import check_once
+from flowproof.verifier.report import render_table
 from flowproof.workload import OrderWorkload, emit_at_rate
 
 log = get_logger(__name__)
 
 DRAIN_TIMEOUT = 90.0
+FROZEN_SINK = "kafka"  # the sink whose consumer the demo's defect freezes
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,18 +193,13 @@ class Progress:
 
 
 async def _counts(conn: asyncpg.Connection, settings: Settings, since: float) -> dict[str, int]:
-    table = settings.outbox_table  # validated identifier
-    row = await conn.fetchrow(
-        f"""SELECT count(redis_published_at) AS redis_pub, count(kafka_published_at) AS kafka_pub
-            FROM {table} WHERE created_at >= to_timestamp($1)""",
-        since,
-    )
+    published = await conn.fetch(query("published_since", settings.outbox_table), since)
     received = await conn.fetch(
         """SELECT sink, count(DISTINCT event_id) AS n FROM flowproof_receipts
            WHERE received_at >= to_timestamp($1) AND valid GROUP BY sink""",
         since,
     )
-    counts = {"redis_pub": row["redis_pub"], "kafka_pub": row["kafka_pub"]}
+    counts = {f"{r['sink']}_pub": r["n"] for r in published}
     counts.update({f"{r['sink']}_rcv": r["n"] for r in received})
     return counts
 
@@ -213,8 +212,7 @@ async def _components(
         name: Component(name, args, free_port(), workdir / f"{name}.log")
         for name, args in (
             ("relay", ["relay"]),
-            ("consumer-redis", ["consume", "--sink", "redis"]),
-            ("consumer-kafka", ["consume", "--sink", "kafka"]),
+            *((f"consumer-{sink}", ["consume", "--sink", sink]) for sink in settings.sinks),
             ("verifier", ["verify"]),
         )
     }
@@ -258,10 +256,12 @@ async def run_demo(
     prometheus: bool = False,
 ) -> int:
     """Run the demo; return 0 when the final verdict passed, 1 when not."""
-    from flowproof.verifier.commands import check_once  # noqa: PLC0415 - verifier imports are heavy
-    from flowproof.verifier.report import render_table  # noqa: PLC0415
 
     timeline = timeline or Timeline()
+    if FROZEN_SINK not in settings.sinks:
+        raise DemoError(
+            f"the demo freezes the {FROZEN_SINK} consumer: FLOWPROOF_SINKS must include it"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="flowproof-demo-"))
     conn = await connect_postgres(settings)
     try:
@@ -355,7 +355,7 @@ async def _drive(
         name="demo-workload",
     )
     progress.note(f"workload: order events at {timeline.rate:g}/s for {timeline.seconds:g}s")
-    kafka_consumer = components["consumer-kafka"]
+    kafka_consumer = components[f"consumer-{FROZEN_SINK}"]
     try:
         while True:
             elapsed = time.monotonic() - started
@@ -370,7 +370,10 @@ async def _drive(
             checks = await _checks(components["verifier"])
             failing = sorted(name for name, value in checks.items() if value == 0)
             _report_check_changes(progress, failing)
-            progress.show(_line(elapsed, emitted[0], counts, checks, kafka_consumer.frozen))
+            line = _line(
+                elapsed, emitted[0], counts, checks, settings=settings, frozen=kafka_consumer.frozen
+            )
+            progress.show(line)
             if stop.is_set() and _drained(counts, emitted[0], settings) and checks and not failing:
                 progress.note("every event reached both sinks and every check passes")
                 return
@@ -423,11 +426,17 @@ def _drained(counts: dict[str, int], emitted: int, settings: Settings) -> bool:
 
 
 def _line(
-    elapsed: float, emitted: int, counts: dict[str, int], checks: dict[str, float], frozen: bool
+    elapsed: float,
+    emitted: int,
+    counts: dict[str, int],
+    checks: dict[str, float],
+    *,
+    settings: Settings,
+    frozen: bool,
 ) -> str:
     sinks = " ".join(
         f"{sink} pub {counts.get(f'{sink}_pub', 0)} rcv {counts.get(f'{sink}_rcv', 0)} |"
-        for sink in ("redis", "kafka")
+        for sink in settings.sinks
     )
     failing = sorted(name for name, value in checks.items() if value == 0)
     if not checks:

@@ -3,7 +3,7 @@
 `python -m flowproof.docs_config > docs/configuration.md` (or `make docs`) writes it: the text
 below, then one row per field of `flowproof.core.config.Settings` (its variable, its default, its
 `description=`). tests/test_docs.py fails when the file differs from what this prints. To change
-what a setting's row says, change the field's description in flowproof/config.py.
+what a setting's row says, change the field's description in flowproof/core/config.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ COMMAND = "python -m flowproof.docs_config > docs/configuration.md"
 INTRO = f"""\
 # Configuration
 
-<!-- Generated from flowproof/config.py by `{COMMAND}` (or `make docs`); do not edit by hand. -->
+<!-- Generated from flowproof/core/config.py by `{COMMAND}` (or `make docs`); do not edit by
+hand. -->
 
 Environment variables with the prefix `FLOWPROOF_`, or a TOML file given by `--config` (the
 environment wins over the file; keys are the setting names in lower case). Any setting may instead

@@ -7,9 +7,10 @@ import json
 import uuid
 from typing import Any
 
-from flowproof.core.config import SINK_NAMES, Settings
+from flowproof.core.config import Settings
 from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import ConfigError
+from flowproof.core.sinks import SINK_NAMES
 from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.parked import ParkedRow, list_parked, retry_parked

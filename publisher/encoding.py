@@ -6,10 +6,10 @@ framed with its id from `schemas.ids.SchemaIds` (embedded, or a schema registry'
 `register_schemas` registers the batch's schemas before `plan`). The sink modules only send what
 this module produced.
 
-The relay's sink workers claim the same rows, each for its sink: with
-`publisher.shared_encoding.EncodedRows` the first worker's encoding serves the others (only the
-destination depends on the sink). Rows and messages are named tuples: a relay makes one of each
-per row and sink, and a frozen dataclass costs several times more to build.
+`encode_row` is the encoding itself, the same for every sink (the application's `Outbox.check`
+uses it too); an `Encoder` adds what depends on the sink: the destination, the size limit, and the
+`EncodeCache` through which the relay's sink workers, which claim the same rows, encode each row
+once for all of them.
 """
 
 from __future__ import annotations
@@ -20,86 +20,23 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from pydantic import ValidationError
 
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.routing import destination
+from flowproof.publisher.encode_cache import EncodeCache
 from flowproof.publisher.errors import EnvelopeInvalid, Oversized
+from flowproof.publisher.rows import Aggregate, Encoded, Message, OutboxRow, Parked
 from flowproof.schemas import framing
 from flowproof.schemas.envelope import Envelope
 from flowproof.schemas.errors import ContractError, PayloadInvalid
 from flowproof.schemas.ids import SchemaIds
 from flowproof.schemas.registry import SchemaRegistry, SchemaVersion
 
-if TYPE_CHECKING:
-    import asyncio
-
-    from flowproof.publisher.shared_encoding import EncodedRows
-
 log = get_logger(__name__)
-
-Aggregate = tuple[str, str]
-
-
-class OutboxRow(NamedTuple):
-    """One claimed row, as the claim query returns it (payload and headers as JSON text)."""
-
-    seq: int
-    id: uuid.UUID
-    aggregatetype: str
-    aggregateid: str
-    type: str
-    payload: str
-    headers: str | None
-    created_at: dt.datetime | None  # None: a created_at Python cannot hold (parked)
-
-    @property
-    def aggregate(self) -> Aggregate:
-        return (self.aggregatetype, self.aggregateid)
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> OutboxRow:
-        """The row of a claim query record (its columns are this tuple's fields, in order)."""
-        return cls(*record.values())
-
-
-class Message(NamedTuple):
-    """What a sink sends for one row: value, key and envelope fields, and where to."""
-
-    seq: int
-    aggregate: Aggregate
-    destination: str
-    key: bytes
-    value: bytes
-    fields: dict[str, bytes]
-
-    @property
-    def size(self) -> int:
-        """Bytes on the wire that count against a sink's limit: value, key and header fields."""
-        return (
-            len(self.value) + len(self.key) + sum(len(k) + len(v) for k, v in self.fields.items())
-        )
-
-
-class Encoded(NamedTuple):
-    """What every sink sends for a row, whatever its destination."""
-
-    row: OutboxRow
-    key: bytes
-    value: bytes
-    fields: dict[str, bytes]
-    size: int  # value, key and header fields, as Message.size
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    seq: int
-    id: uuid.UUID
-    reason: str
-    error: str
 
 
 @dataclass(slots=True)
@@ -164,10 +101,31 @@ def envelope_of(
         raise EnvelopeInvalid(name, str(first["msg"]).removeprefix("Value error, ")) from None
 
 
+def encode_row(registry: SchemaRegistry, ids: SchemaIds, row: OutboxRow) -> Encoded:
+    """Everything every sink sends for `row`, or a ContractError whose `reason` is the park
+    reason: the payload checked by its newest schema, the envelope, the framed Avro value."""
+    schema = registry.latest(row.type)
+    datum = schema.validate(_json(row.payload, schema.event_type))
+    headers = _json(row.headers, None) if row.headers is not None else None
+    envelope = envelope_of(
+        event_id=row.id,
+        event_type=row.type,
+        aggregatetype=row.aggregatetype,
+        aggregateid=row.aggregateid,
+        created_at=row.created_at,
+        headers=headers,
+    )
+    key = row.aggregateid.encode()
+    value = _frame(schema, datum, ids.writer_id(row.aggregatetype, schema))
+    fields = envelope.wire_fields()
+    size = len(value) + len(key) + sum(len(k) + len(v) for k, v in fields.items())
+    return Encoded(row, key, value, fields, size)
+
+
 class Encoder:
     """Encodes rows for one sink (its prefix names the destination) under a size limit.
 
-    With `shared`, the encodings (all but the destination) are shared with the encoders of the
+    With `cache`, the encodings (all but the destination) are shared with the encoders of the
     other sinks of the same relay; `sink` names this encoder's.
     """
 
@@ -177,7 +135,7 @@ class Encoder:
         prefix: str,
         max_message_bytes: int,
         *,
-        shared: EncodedRows | None = None,
+        cache: EncodeCache | None = None,
         sink: str = "",
         ids: SchemaIds | None = None,
     ) -> None:
@@ -185,15 +143,10 @@ class Encoder:
         self._ids = ids if ids is not None else SchemaIds(registry)
         self._prefix = prefix
         self._max = max_message_bytes
-        self._shared = shared
+        self._cache = cache
         self._sink = sink
         # Few aggregate types, each named once per row: remember their (valid) destinations.
         self._destination = lru_cache(maxsize=1024)(self._name)
-
-    async def pace(self, stop: asyncio.Event) -> None:
-        """Before a claim: let the other sinks catch up when this one is far ahead of them."""
-        if self._shared is not None:
-            await self._shared.pace(self._sink, stop)
 
     async def register_schemas(self, rows: Sequence[OutboxRow]) -> bool:
         """Before `plan`: register the rows' writer schemas with the schema registry, if one is
@@ -221,12 +174,12 @@ class Encoder:
 
     def encode(self, row: OutboxRow) -> Message:
         """The message of `row`, or a ContractError whose `reason` is the park reason."""
-        shared = self._shared
-        encoded = shared.get(self._sink, row) if shared is not None else None
+        cache = self._cache
+        encoded = cache.get(self._sink, row) if cache is not None else None
         if encoded is None:
-            encoded = self._encode(row)
-            if shared is not None:
-                shared.put(self._sink, encoded)
+            encoded = encode_row(self._registry, self._ids, row)
+            if cache is not None:
+                cache.put(self._sink, encoded)
         message = Message(
             row.seq,
             (row.aggregatetype, row.aggregateid),
@@ -238,24 +191,6 @@ class Encoder:
         if encoded.size > self._max:
             raise Oversized(encoded.size, self._max)
         return message
-
-    def _encode(self, row: OutboxRow) -> Encoded:
-        schema = self._registry.latest(row.type)
-        datum = schema.validate(_json(row.payload, schema.event_type))
-        headers = _json(row.headers, None) if row.headers is not None else None
-        envelope = envelope_of(
-            event_id=row.id,
-            event_type=row.type,
-            aggregatetype=row.aggregatetype,
-            aggregateid=row.aggregateid,
-            created_at=row.created_at,
-            headers=headers,
-        )
-        key = row.aggregateid.encode()
-        value = _frame(schema, datum, self._ids.writer_id(row.aggregatetype, schema))
-        fields = envelope.wire_fields()
-        size = len(value) + len(key) + sum(len(k) + len(v) for k, v in fields.items())
-        return Encoded(row, key, value, fields, size)
 
     def plan(self, rows: Iterable[OutboxRow]) -> Plan:
         """Sort a batch (in seq order) into messages and parked rows.

@@ -28,9 +28,9 @@ from flowproof.core.config import Settings
 from flowproof.core.connect import kafka_client_kwargs
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
-from flowproof.publisher.encoding import Message
 from flowproof.publisher.errors import SinkError
 from flowproof.publisher.kafka_retries import count_produce_retries
+from flowproof.publisher.rows import Message
 from flowproof.publisher.sink import Outcome, Outcomes, Placed
 
 NAME = "kafka"

@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 import asyncpg
 
+from flowproof.core.aio import wait_any
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.retry import RetryPolicy
-from flowproof.publisher.aio import wait_any
 from flowproof.publisher.db import LOST_CONNECTION, close_quietly, connect_relay
 
 log = get_logger(__name__)

@@ -26,17 +26,21 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
 import asyncpg
 
 from flowproof.core.config import Settings
-from flowproof.publisher.encoding import Encoder, OutboxRow
-from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing
+from flowproof.core.routing import destination
+from flowproof.core.sinks import sink_spec
+from flowproof.publisher.encoding import encode_row
+from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing, Oversized
 from flowproof.publisher.queries import query
+from flowproof.publisher.rows import OutboxRow
 from flowproof.schemas.errors import PayloadInvalid
+from flowproof.schemas.ids import SchemaIds
 from flowproof.schemas.payload import unstorable
 from flowproof.schemas.registry import SchemaRegistry, load_registry
 
@@ -73,17 +77,15 @@ class Outbox:
         registry: SchemaRegistry,
         *,
         table: str = DEFAULT_TABLE,
-        stream_prefix: str = DEFAULT_PREFIX,
-        topic_prefix: str = DEFAULT_PREFIX,
+        prefixes: Sequence[str] = (DEFAULT_PREFIX,),
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.registry = registry
         self.table = table
         self._sql = query("emit", table)
-        self._encoders = [
-            Encoder(registry, prefix, max_message_bytes)
-            for prefix in dict.fromkeys((stream_prefix, topic_prefix))
-        ]
+        self._ids = SchemaIds(registry)
+        self._prefixes = tuple(dict.fromkeys(prefixes))
+        self._max = max_message_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: SchemaRegistry | None = None) -> Outbox:
@@ -91,8 +93,7 @@ class Outbox:
         return cls(
             registry if registry is not None else load_registry(settings.schema_dir),
             table=settings.outbox_table,
-            stream_prefix=settings.stream_prefix,
-            topic_prefix=settings.topic_prefix,
+            prefixes=[sink_spec(sink).prefix(settings) for sink in settings.sinks],
             max_message_bytes=settings.relay_max_message_bytes,
         )
 
@@ -136,8 +137,11 @@ class Outbox:
             headers=headers_text,
             created_at=dt.datetime.now(dt.UTC),
         )
-        for encoder in self._encoders:
-            encoder.encode(row)
+        encoded = encode_row(self.registry, self._ids, row)  # in the relay's order of checks
+        for prefix in self._prefixes:
+            destination(prefix, aggregate_type)
+        if encoded.size > self._max:
+            raise Oversized(encoded.size, self._max)
         return row
 
     async def emit(
@@ -149,14 +153,17 @@ class Outbox:
         aggregate_id: str,
         payload: Mapping[str, Any],
         headers: Mapping[str, Any] | None = None,
+        event_id: uuid.UUID | None = None,
     ) -> uuid.UUID:
-        """Check the event, then insert it on `conn` (in its transaction); return its id."""
+        """Check the event, then insert it on `conn` (in its transaction); return its id (a new
+        UUID unless `event_id` is given)."""
         row = self.check(
             type=type,
             aggregate_type=aggregate_type,
             aggregate_id=aggregate_id,
             payload=payload,
             headers=headers,
+            event_id=event_id,
         )
         try:
             await conn.execute(

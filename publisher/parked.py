@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from flowproof.core.config import SINK_NAMES
+from flowproof.core.sinks import SINK_NAMES
 from flowproof.publisher.queries import query
 
 

@@ -9,38 +9,23 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from importlib import resources
 
-from flowproof.core.config import SINK_NAMES
 from flowproof.core.identifiers import validate_sql_identifier
+from flowproof.core.sqltext import read_sql, render
 
 _NAME = re.compile(r"^-- name: (?P<name>[a-z_]+)\s*$", re.MULTILINE)
 
 
 @cache
 def _templates() -> dict[str, str]:
-    text = (
-        resources.files("flowproof.publisher.sql")
-        .joinpath("queries.sql")
-        .read_text(encoding="utf-8")
-    )
-    parts = _NAME.split(text)
+    parts = _NAME.split(read_sql("flowproof.publisher.sql", "queries.sql"))
     # split gives [preamble, name1, body1, name2, body2, ...]
     return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 def query(name: str, table: str, sink: str | None = None, **extra: str) -> str:
     """The named query for `table` (and `sink`), with any extra `{{key}}` already validated."""
-    sql = _templates()[name].replace("{{outbox}}", validate_sql_identifier(table))
-    if sink is not None:
-        if sink not in SINK_NAMES:
-            raise ValueError(f"unknown sink {sink!r}")
-        sql = sql.replace("{{sink}}", sink)
-    for key, value in extra.items():
-        sql = sql.replace("{{" + key + "}}", value)
-    if "{{" in sql:
-        raise ValueError(f"query {name!r} left a placeholder unrendered")
-    return sql
+    return render(_templates()[name], table, sink, **extra)
 
 
 def deliveries_table(table: str) -> str:

@@ -35,8 +35,8 @@ from redis.exceptions import ExecAbortError, RedisError, ResponseError
 from flowproof.core.config import Settings
 from flowproof.core.connect import redis_client
 from flowproof.core.redact import scrub
-from flowproof.publisher.encoding import Message
 from flowproof.publisher.errors import SinkError
+from flowproof.publisher.rows import Message
 from flowproof.publisher.sink import Outcomes, Placed
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 

@@ -19,21 +19,21 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 
+from flowproof.core.aio import wait_any
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable, ConfigError
 from flowproof.core.http import MetricsServer
 from flowproof.core.logging import get_logger
-from flowproof.publisher.aio import wait_any
+from flowproof.core.sinks import sink_spec
 from flowproof.publisher.db import LOST_CONNECTION, close_quietly, connect_relay, relay_pool
+from flowproof.publisher.encode_cache import EncodeCache
 from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import OutboxMissing, RelayCrashed
-from flowproof.publisher.kafka_sink import KafkaSink
 from flowproof.publisher.listener import Listener
 from flowproof.publisher.maintenance import prune, refresh_gauges
+from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.queries import deliveries_table, query
-from flowproof.publisher.redis_sink import RedisSink
-from flowproof.publisher.shared_encoding import EncodedRows
-from flowproof.publisher.sink import Sink
+from flowproof.publisher.sinks import make_sink
 from flowproof.publisher.worker import SinkStats, SinkWorker, StartLine, retry_policy
 from flowproof.schemas.ids import SchemaIds
 from flowproof.schemas.registry import SchemaRegistry, load_registry
@@ -41,15 +41,6 @@ from flowproof.schemas.registry import SchemaRegistry, load_registry
 log = get_logger(__name__)
 
 Job = Callable[[asyncpg.Connection], Awaitable[object]]
-
-
-def make_sink(settings: Settings, name: str) -> Sink:
-    """The sink called `name` (one of FLOWPROOF_SINKS)."""
-    if name == "redis":
-        return RedisSink(settings)
-    if name == "kafka":
-        return KafkaSink(settings)
-    raise ConfigError(f"FLOWPROOF_SINKS: unknown sink {name!r}")
 
 
 class Relay:
@@ -65,10 +56,11 @@ class Relay:
         self.workers: dict[str, SinkWorker] = {}
         # The workers claim the same rows: each row is encoded once for all of them, with room
         # for one sink to run a few batches ahead of another.
-        shared = EncodedRows(settings.sinks, capacity=8 * settings.relay_batch_size)
+        cache = EncodeCache(settings.sinks, capacity=8 * settings.relay_batch_size)
+        pacing = Pacing(cache)
         start_line = StartLine(len(settings.sinks))
         for name in settings.sinks:
-            prefix = settings.stream_prefix if name == "redis" else settings.topic_prefix
+            prefix = sink_spec(name).prefix(settings)
             self.workers[name] = SinkWorker(
                 settings,
                 make_sink(settings, name),
@@ -76,13 +68,14 @@ class Relay:
                     self.registry,
                     prefix,
                     settings.relay_max_message_bytes,
-                    shared=shared,
+                    cache=cache,
                     sink=name,
                     ids=self.ids,
                 ),
                 wake=asyncio.Event(),
                 stop=self._stop,
                 start_line=start_line,
+                pacing=pacing,
             )
         self.listener = Listener(
             settings, settings.outbox_table, self.wake, self._stop, retry_policy(settings)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from flowproof.publisher.encoding import Aggregate, Message
 from flowproof.publisher.errors import SinkError
+from flowproof.publisher.rows import Aggregate, Message
 
 
 @dataclass(frozen=True, slots=True)

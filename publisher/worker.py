@@ -14,16 +14,18 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from flowproof.core.aio import shielded, wait_any
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.metrics import RELAY_PARKED, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED
 from flowproof.core.retry import RetryPolicy
-from flowproof.publisher.aio import shielded, wait_any
 from flowproof.publisher.db import close_quietly, connect_relay, database_boundary
-from flowproof.publisher.encoding import Encoder, Message, OutboxRow, Parked
+from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import DatabaseLost, SinkError
+from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.rows import Message, OutboxRow, Parked
 from flowproof.publisher.sink import Acknowledged, Sink, acknowledged
 from flowproof.publisher.slots import SlotLeases, fair_share
 
@@ -52,7 +54,7 @@ class BatchOutcome:
 
 # How long a worker whose sink is connected waits for the other sinks to connect before its
 # first claim. Workers that start together keep claiming the same rows at about the same time,
-# which is what lets one encoding serve them all (publisher.shared_encoding).
+# which is what lets one encoding serve them all (flowproof.publisher.encode_cache).
 START_GRACE_SECONDS = 3.0
 
 
@@ -89,8 +91,10 @@ class SinkWorker:
         wake: asyncio.Event,
         stop: asyncio.Event,
         start_line: StartLine | None = None,
+        pacing: Pacing | None = None,
     ) -> None:
         self.settings = settings
+        self._pacing = pacing
         self.sink = sink
         self._start_line = start_line
         self.name = sink.name
@@ -178,7 +182,8 @@ class SinkWorker:
                 self._next_rebalance = now + self.settings.relay_rebalance_interval_seconds
             if not self.leases.owned:
                 return BatchOutcome()
-            await self.encoder.pace(self._stop)
+            if self._pacing is not None:
+                await self._pacing.pace(self.name, self._stop)
             # Cleared before the claim: a NOTIFY that arrives from here on wakes the next wait.
             self._wake.clear()
             records = await conn.fetch(

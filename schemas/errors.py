@@ -3,13 +3,9 @@ in receipts and in dead-letter entries."""
 
 from __future__ import annotations
 
-from flowproof.core.errors import FlowproofError
+from flowproof.core.errors import ContractError
 
-
-class ContractError(FlowproofError):
-    """A message or payload that does not fit the contract."""
-
-    reason = "invalid"
+__all__ = ["ContractError"]  # the base of every error here, defined in the core
 
 
 class SchemaFileError(ContractError):

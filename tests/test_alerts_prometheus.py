@@ -38,7 +38,7 @@ from flowproof.local_prometheus import (
     prometheus_binary,
     shorten_for,
 )
-from flowproof.publisher.testing import insert_canaries
+from tests.readback import insert_canaries
 from tests.test_deploy_promql import promtool
 
 GROUP = "flowproof"

@@ -19,8 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
-from flowproof.publisher.testing import wait_until
 from tests.conftest import Services
+from tests.readback import wait_until
 from tests.test_consumer_support import (
     Message,
     create_topics,

@@ -12,8 +12,8 @@ from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import insert_canaries
 from flowproof.schemas.registry import load_registry
+from tests.readback import insert_canaries
 from tests.test_consumer_support import group_name, order, receipts
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -16,8 +16,8 @@ from flowproof.consumers.event import Event, Payload
 from flowproof.consumers.kafka import topic_pattern
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
-from flowproof.publisher.testing import wait_until
 from flowproof.schemas.registry import SchemaRegistry
+from tests.readback import wait_until
 from tests.test_consumer_support import (
     EXPECTED_REASON,
     Message,

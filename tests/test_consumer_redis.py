@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.core.sampling import is_sampled
-from flowproof.publisher.testing import wait_until
+from tests.readback import wait_until
 from tests.test_consumer_support import (
     EXPECTED_REASON,
     bad_messages,

@@ -32,16 +32,17 @@ from hypothesis import strategies as st
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.core.routing import InvalidDestination
-from flowproof.publisher.encoding import Encoder, OutboxRow
+from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import EnvelopeInvalid
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import Delivered, read_stream, read_topic
+from flowproof.publisher.rows import OutboxRow
 from flowproof.schemas import framing
 from flowproof.schemas.envelope import Envelope
 from flowproof.schemas.errors import ContractError, PayloadInvalid, UnknownEventType
 from flowproof.schemas.payload import collect_named
 from flowproof.schemas.registry import SchemaVersion
+from tests.readback import Delivered, read_stream, read_topic
 from tests.test_consumer_support import group_name, receipts
 from tests.test_hostile_support import (
     EVENT_TYPES,

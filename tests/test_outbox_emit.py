@@ -16,8 +16,8 @@ import pytest
 from flowproof.core.routing import InvalidDestination
 from flowproof.publisher.errors import EnvelopeInvalid, Oversized
 from flowproof.publisher.outbox import emit
-from flowproof.publisher.testing import wait_until
 from flowproof.schemas.errors import PayloadInvalid, UnknownEventType
+from tests.readback import wait_until
 
 ORDER = {
     "order_id": "o-1",

@@ -21,10 +21,12 @@ from redis.asyncio.connection import Connection
 from structlog.testing import capture_logs
 
 from flowproof.consumers.processing import observe_all
-from flowproof.publisher.encoding import Encoder, OutboxRow
+from flowproof.publisher.encode_cache import EncodeCache
+from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.kafka_sink import key_hash
+from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.redis_sink import xadd_command
-from flowproof.publisher.shared_encoding import EncodedRows
+from flowproof.publisher.rows import OutboxRow
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 from flowproof.schemas.registry import load_registry
 
@@ -44,14 +46,14 @@ def row(seq: int, sequence: int = 1, aggregateid: str = "a-1") -> OutboxRow:
     )
 
 
-def encoders(shared: EncodedRows) -> tuple[Encoder, Encoder]:
-    redis = Encoder(REGISTRY, "streams.", 1_000_000, shared=shared, sink="redis")
-    kafka = Encoder(REGISTRY, "topics.", 1_000_000, shared=shared, sink="kafka")
+def encoders(shared: EncodeCache) -> tuple[Encoder, Encoder]:
+    redis = Encoder(REGISTRY, "streams.", 1_000_000, cache=shared, sink="redis")
+    kafka = Encoder(REGISTRY, "topics.", 1_000_000, cache=shared, sink="kafka")
     return redis, kafka
 
 
 def test_one_encoding_serves_both_sinks_with_their_own_destinations() -> None:
-    shared = EncodedRows(("redis", "kafka"), capacity=100)
+    shared = EncodeCache(("redis", "kafka"), capacity=100)
     redis, kafka = encoders(shared)
     first = redis.encode(row(1))
     assert len(shared) == 1
@@ -64,7 +66,7 @@ def test_one_encoding_serves_both_sinks_with_their_own_destinations() -> None:
 
 
 def test_a_row_changed_since_it_was_encoded_is_encoded_again() -> None:
-    shared = EncodedRows(("redis", "kafka"), capacity=100)
+    shared = EncodeCache(("redis", "kafka"), capacity=100)
     redis, kafka = encoders(shared)
     before = redis.encode(row(7, sequence=1))
     fixed = kafka.encode(row(7, sequence=2))  # same seq, payload edited (a fixed parked row)
@@ -73,7 +75,7 @@ def test_a_row_changed_since_it_was_encoded_is_encoded_again() -> None:
 
 
 def test_rows_the_other_sink_has_passed_are_not_kept_and_the_oldest_go_first() -> None:
-    shared = EncodedRows(("redis", "kafka"), capacity=3)
+    shared = EncodeCache(("redis", "kafka"), capacity=3)
     redis, kafka = encoders(shared)
     kafka.encode(row(10))  # kafka claimed up to seq 10 (and keeps it for redis)
     redis.encode(row(5))  # kafka is past it: nothing to keep
@@ -86,7 +88,8 @@ def test_rows_the_other_sink_has_passed_are_not_kept_and_the_oldest_go_first() -
 
 
 async def test_pacing_waits_for_a_sink_that_catches_up_and_not_for_one_that_does_not() -> None:
-    shared = EncodedRows(("redis", "kafka"), capacity=4, stall=0.3)
+    shared = EncodeCache(("redis", "kafka"), capacity=4)
+    pacing = Pacing(shared, stall=0.3)
     redis, kafka = encoders(shared)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -100,21 +103,30 @@ async def test_pacing_waits_for_a_sink_that_catches_up_and_not_for_one_that_does
             redis.encode(row(seq))
         catching_up = asyncio.create_task(kafka_catches_up())
         started = loop.time()
-        await redis.pace(stop)  # ...so it waits for kafka, which takes one: on it goes
+        await pacing.pace("redis", stop)  # ...so it waits for kafka, which takes one: on it goes
         await catching_up
         assert 0.04 <= loop.time() - started < 0.3
 
         for seq in (3, 4):
             redis.encode(row(seq))
         started = loop.time()
-        await redis.pace(stop)  # kafka does not move: waited for once, `stall` long...
+        await pacing.pace("redis", stop)  # kafka does not move: waited for once, `stall` long...
         assert loop.time() - started >= 0.3
         started = loop.time()
-        await redis.pace(stop)  # ...then left behind: not waited for again
+        await pacing.pace("redis", stop)  # ...then left behind: not waited for again
         assert loop.time() - started < 0.05
         assert kafka.encode(row(2)).value  # it takes a shared row: paced with again
+        for seq in (5, 6):
+            redis.encode(row(seq))
+        started = loop.time()
+        await pacing.pace("redis", stop)  # waited for again (it does not catch up: `stall`)
+        assert loop.time() - started >= 0.3
     events = [entry["event"] for entry in logs]
-    assert events == ["relay.encoding_unshared", "relay.encoding_shared_again"]
+    assert events == [
+        "relay.encoding_unshared",
+        "relay.encoding_shared_again",
+        "relay.encoding_unshared",
+    ]
 
 
 @pytest.mark.parametrize(

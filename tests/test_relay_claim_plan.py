@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowproof.core.config import SINK_NAMES
+from flowproof.core.sinks import SINK_NAMES
 from flowproof.publisher.queries import query
 
 ROWS = 200_000

@@ -19,7 +19,10 @@ from prometheus_client import REGISTRY
 from flowproof.core.config import Settings
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import (
+from flowproof.schemas import framing
+from flowproof.schemas.envelope import format_timestamp
+from flowproof.schemas.registry import load_registry
+from tests.readback import (
     Delivered,
     insert_canaries,
     read_stream,
@@ -27,9 +30,6 @@ from flowproof.publisher.testing import (
     unpublished,
     wait_until,
 )
-from flowproof.schemas import framing
-from flowproof.schemas.envelope import format_timestamp
-from flowproof.schemas.registry import load_registry
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

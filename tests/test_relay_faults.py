@@ -23,7 +23,8 @@ from pydantic import SecretStr
 
 from flowproof.core.config import Settings
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import (
+from tests.private_services import PrivateKafka, PrivateRedis
+from tests.readback import (
     Delivered,
     insert_canaries,
     read_stream,
@@ -31,7 +32,6 @@ from flowproof.publisher.testing import (
     unpublished,
     wait_until,
 )
-from tests.private_services import PrivateKafka, PrivateRedis
 
 AGGREGATES = [f"f-{i}" for i in range(10)]
 

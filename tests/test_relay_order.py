@@ -14,7 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from flowproof.core.config import Settings
 from flowproof.publisher.relay import Relay
 from flowproof.publisher.slots import SLOTS, fair_share
-from flowproof.publisher.testing import (
+from flowproof.schemas import framing
+from flowproof.schemas.registry import load_registry
+from tests.readback import (
     Delivered,
     insert_canaries,
     read_stream,
@@ -22,8 +24,6 @@ from flowproof.publisher.testing import (
     unpublished,
     wait_until,
 )
-from flowproof.schemas import framing
-from flowproof.schemas.registry import load_registry
 
 AGGREGATES = [f"agg-{i:02d}" for i in range(50)]
 WAVES = 4

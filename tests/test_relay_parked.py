@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from flowproof.core.config import Settings
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import read_stream, read_topic
+from tests.readback import read_stream, read_topic
 
 SINKS = ("redis", "kafka")
 GOOD = {"run_id": "r", "sequence": 1, "total": 1}

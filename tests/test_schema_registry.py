@@ -37,7 +37,6 @@ from flowproof.core.config import Settings, load_settings
 from flowproof.core.errors import ComponentUnreachable, ConfigError
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import read_stream, read_topic, wait_until
 from flowproof.schemas import framing
 from flowproof.schemas.ids import subject_name
 from flowproof.schemas.registry import BUILTIN_DIR, load_registry
@@ -46,6 +45,7 @@ from flowproof.verifier.service import Readiness
 from tests.conftest import STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
 from tests.private_services import PrivateRegistry, TestCA, free_port
+from tests.readback import read_stream, read_topic, wait_until
 from tests.test_consumer_support import (
     Message,
     create_topics,

@@ -36,10 +36,9 @@ from flowproof.core.config import Settings
 from flowproof.core.connect import kafka_client_kwargs, ping_kafka
 from flowproof.core.errors import ComponentUnreachable, ConfigError
 from flowproof.core.routing import DLQ_SUFFIX
-from flowproof.publisher.encoding import Message
 from flowproof.publisher.errors import SinkError
 from flowproof.publisher.kafka_sink import KafkaSink
-from flowproof.publisher.testing import read_topic
+from flowproof.publisher.rows import Message
 from tests.private_services import (
     WRONG_HOST,
     Certificate,
@@ -49,6 +48,7 @@ from tests.private_services import (
     is_tls_alert,
     plaintext_reply,
 )
+from tests.readback import read_topic
 
 pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent

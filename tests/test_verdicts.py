@@ -25,13 +25,6 @@ from flowproof.cli import app
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import (
-    Delivered,
-    insert_canaries,
-    read_stream,
-    read_topic,
-    wait_until,
-)
 from flowproof.schemas import framing
 from flowproof.schemas.registry import load_registry
 from flowproof.verifier.commands import check_once
@@ -45,6 +38,13 @@ from flowproof.verifier.model import (
     Report,
 )
 from tests.private_services import PrivateRedis
+from tests.readback import (
+    Delivered,
+    insert_canaries,
+    read_stream,
+    read_topic,
+    wait_until,
+)
 from tests.test_verify_support import assert_only, closed_port, evidence, tuned
 
 AGGREGATETYPE = "canary"

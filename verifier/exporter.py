@@ -17,6 +17,7 @@ from flowproof.verifier.flow import FlowStats
 from flowproof.verifier.lanes import SinkSnapshot
 from flowproof.verifier.model import Report
 from flowproof.verifier.outbox import OutboxStats
+from flowproof.verifier.sinks import reader_class
 from flowproof.verifier.status import GroupStatus, LaneStatus
 
 Labels = tuple[str, ...]
@@ -93,19 +94,7 @@ class Exporter:
             self._set(metrics.VERIFY_INVALID, (*labels, reason), count)
 
     def _snapshot(self, snapshot: SinkSnapshot) -> None:
-        for group in snapshot.groups:
-            for lane in group.lanes:
-                if snapshot.sink == "redis":
-                    labels: Labels = (lane.source, group.group)
-                    self._set(metrics.REDIS_GROUP_LAG, labels, lane.behind)
-                    self._set(metrics.REDIS_GROUP_PENDING, labels, lane.pending or 0)
-                    self._set(metrics.REDIS_GROUP_LAG_SECONDS, labels, lane.time_lag)
-                    idle = lane.oldest_pending_idle or 0.0
-                    self._set(metrics.REDIS_GROUP_OLDEST_PENDING_IDLE, labels, idle)
-                else:
-                    labels = (lane.source, str(lane.partition), group.group)
-                    self._set(metrics.KAFKA_CONSUMER_LAG, labels, lane.behind)
-                    self._set(metrics.KAFKA_CONSUMER_LAG_SECONDS, labels, lane.time_lag)
+        reader_class(snapshot.sink).export(snapshot, self._set)
         for dlq in snapshot.dead_letters:
             self._set(metrics.DLQ_DEPTH, (dlq.sink, dlq.name), dlq.depth)
             self._set(metrics.DLQ_WINDOW, (dlq.sink, dlq.name), dlq.in_window)

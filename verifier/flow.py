@@ -30,6 +30,7 @@ from flowproof.core.config import Settings, Sink
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
 from flowproof.core.sampling import threshold
+from flowproof.core.sinks import sink_spec
 from flowproof.verifier.groups import subject
 from flowproof.verifier.loss import LOST_STATES, Copy, PositionReader, State, Verdict, judge_copies
 from flowproof.verifier.model import (
@@ -109,7 +110,7 @@ async def flow_stats(
     the events without a receipt by their positions in the sink (verifier.loss)."""
     window_start = db_now - dt.timedelta(seconds=settings.verify_window_seconds)
     receipts_from = window_start - dt.timedelta(minutes=1) - CLOCK_SKEW_MARGIN
-    prefix = settings.stream_prefix if sink == "redis" else settings.topic_prefix
+    prefix = sink_spec(sink).prefix(settings)
 
     def before(seconds: float) -> dt.datetime:
         return db_now - dt.timedelta(seconds=seconds)
@@ -348,32 +349,21 @@ def judge_latency(builder: CheckBuilder, stats: FlowStats, settings: Settings) -
     builder.worst(round(max(p99, stats.oldest_late_age), 6))
 
 
-def flow_builders(settings: Settings) -> dict[str, CheckBuilder]:
-    return {
-        FLOW_LOST: CheckBuilder(
-            FLOW_LOST, settings.flow_lost_threshold, "events", settings.flow_lost_grace_seconds
-        ),
-        FLOW_DUPLICATES: CheckBuilder(
-            FLOW_DUPLICATES,
+def flow_builder(settings: Settings, name: str) -> CheckBuilder:
+    """The empty result of the flow check `name`, with its threshold and grace."""
+    limits = {
+        FLOW_LOST: (settings.flow_lost_threshold, "events", settings.flow_lost_grace_seconds),
+        FLOW_DUPLICATES: (
             settings.flow_duplicates_threshold,
             "events",
             settings.flow_duplicates_grace_seconds,
         ),
-        FLOW_ORDER: CheckBuilder(
-            FLOW_ORDER, settings.flow_order_threshold, "events", settings.flow_order_grace_seconds
-        ),
-        LATENCY_E2E: CheckBuilder(
-            LATENCY_E2E,
+        FLOW_ORDER: (settings.flow_order_threshold, "events", settings.flow_order_grace_seconds),
+        LATENCY_E2E: (
             settings.latency_e2e_threshold_seconds,
             "seconds (p99)",
             settings.latency_e2e_grace_seconds,
         ),
     }
-
-
-def judge_flow(builders: dict[str, CheckBuilder], stats: FlowStats, settings: Settings) -> None:
-    """Add one sink and group's flow evidence to the four checks it feeds."""
-    judge_lost(builders[FLOW_LOST], stats, settings)
-    judge_duplicates(builders[FLOW_DUPLICATES], stats, settings)
-    judge_order(builders[FLOW_ORDER], stats, settings)
-    judge_latency(builders[LATENCY_E2E], stats, settings)
+    threshold, unit, grace = limits[name]
+    return CheckBuilder(name, threshold, unit, grace)

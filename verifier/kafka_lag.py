@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 
+from flowproof.core import metrics
 from flowproof.core.config import Settings
 from flowproof.core.connect import kafka_client_kwargs
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
 from flowproof.core.routing import is_dlq
+from flowproof.core.sinks import KAFKA
 from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
+from flowproof.verifier.loss import Copy, PositionReader, State
+from flowproof.verifier.sink_reader import GaugeSetter, SinkReader
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -242,7 +246,7 @@ async def kafka_snapshot(
     now: float,
 ) -> SinkSnapshot:
     """Everything the lag and conformance checks need from Kafka, read once."""
-    snapshot = SinkSnapshot(sink="kafka", taken_at=now)
+    snapshot = SinkSnapshot(sink=KAFKA.name, taken_at=now)
     events, dlqs = await reader.partitions(prefix)
     everything = events + dlqs
     begin: dict[TopicPartition, int] = {}
@@ -260,7 +264,7 @@ async def kafka_snapshot(
         }
         stamps = await reader.timestamps_at(wanted)
         entry = GroupLanes(
-            sink="kafka",
+            sink=KAFKA.name,
             group=group,
             expected=True,
             alive=members > 0,
@@ -283,5 +287,96 @@ async def kafka_snapshot(
             totals[0] += depth
             totals[1] += recent
         for topic, (depth, recent) in sorted(by_topic.items()):
-            snapshot.dead_letters.append(DeadLetters("kafka", topic, depth, recent))
+            snapshot.dead_letters.append(DeadLetters(KAFKA.name, topic, depth, recent))
     return snapshot
+
+
+# --- positions: lost or late (flowproof.verifier.loss) ------------------------------------
+
+
+class KafkaOffsets(Protocol):
+    async def committed(self, group: str) -> dict[TopicPartition, int]: ...
+
+    async def offsets(
+        self, tps: Sequence[TopicPartition]
+    ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """The partitions that exist, and their log start and end offsets."""
+        ...
+
+
+class KafkaPositions:
+    """Reads a group's committed offsets and the partitions' log start and end offsets."""
+
+    def __init__(self, reader: KafkaOffsets) -> None:
+        self._reader = reader
+
+    async def classify(self, group: str, copies: Sequence[Copy]) -> list[State]:
+        tps = sorted({TopicPartition(c.destination, c.partition or 0) for c in copies})
+        existing, begin, end = await self._reader.offsets(tps)
+        committed = await self._reader.committed(group)
+        states = []
+        for copy in copies:
+            tp = TopicPartition(copy.destination, copy.partition or 0)
+            offset = int(copy.position.rpartition(":")[2])
+            if tp not in existing or offset < begin[tp] or offset >= end[tp]:
+                states.append(State.GONE)
+            elif tp in committed and offset < committed[tp]:
+                states.append(State.PASSED)
+            else:
+                states.append(State.AHEAD)
+        return states
+
+
+# --- the verifier's reader of Kafka (flowproof.verifier.sinks) ----------------------------
+
+
+class KafkaSinkReader(SinkReader):
+    """Kafka for the verifier: clients opened per evaluation, which doubles as the probe."""
+
+    spec = KAFKA
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        super().__init__(settings, timeout)
+        self._reader: KafkaReader | None = None
+        self._offsets: list[LazyKafkaOffsets] = []
+
+    async def connect(self) -> None:
+        reader = KafkaReader(self.settings, self.timeout)
+        self._reader = reader
+        await reader.open()
+
+    async def snapshot(
+        self, groups: Sequence[str], *, alive_within: float, window_start: float, now: float
+    ) -> SinkSnapshot:
+        assert self._reader is not None, "connect() first"
+        return await kafka_snapshot(
+            self._reader,
+            prefix=self.spec.prefix(self.settings),
+            expected_groups=groups,
+            window_start=window_start,
+            now=now,
+        )
+
+    def positions(self) -> PositionReader:
+        offsets = LazyKafkaOffsets(self.settings, self.timeout)
+        self._offsets.append(offsets)
+        return KafkaPositions(offsets)
+
+    async def release(self) -> None:
+        reader, self._reader = self._reader, None
+        offsets, self._offsets = self._offsets, []
+        if reader is not None:
+            await reader.close()
+        for each in offsets:
+            await each.close()
+
+    async def close(self) -> None:
+        await self.release()
+
+    @staticmethod
+    def export(snapshot: SinkSnapshot, gauge: GaugeSetter) -> None:
+        for group in snapshot.groups:
+            for lane in group.lanes:
+                labels = (lane.source, str(lane.partition), group.group)
+                gauge(metrics.KAFKA_CONSUMER_LAG, labels, lane.behind)
+                gauge(metrics.KAFKA_CONSUMER_LAG_SECONDS, labels, lane.time_lag)

@@ -1,4 +1,4 @@
-"""lag.redis and lag.kafka: judging the lanes of each expected consumer group.
+"""lag.<sink> (lag.redis, lag.kafka): judging the lanes of each expected consumer group.
 
 A lane fails when more than the threshold of entries are behind and the oldest of them was
 written longer ago than the grace period (a group that does not exist, or never committed, on a
@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowproof.core.config import Settings, Sink
+from flowproof.core.sinks import sink_spec
 from flowproof.verifier.groups import subject
 from flowproof.verifier.lanes import GroupLanes, Lane, SinkSnapshot
-from flowproof.verifier.model import LAG_KAFKA, LAG_REDIS, CheckBuilder
+from flowproof.verifier.model import CheckBuilder
 from flowproof.verifier.status import FAILING, LaneStatus, Observation, StatusWindows, worst
 
 
@@ -26,15 +27,15 @@ class Limits:
 
 
 def limits(settings: Settings, sink: Sink) -> Limits:
-    if sink == "redis":
-        return Limits(settings.lag_redis_threshold, settings.lag_redis_grace_seconds, "entries")
-    return Limits(settings.lag_kafka_threshold, settings.lag_kafka_grace_seconds, "messages")
+    spec = sink_spec(sink)
+    threshold: int = getattr(settings, spec.lag_threshold_setting)
+    grace: float = getattr(settings, spec.lag_grace_setting)
+    return Limits(threshold, grace, spec.lag_unit)
 
 
 def lag_builder(settings: Settings, sink: Sink) -> CheckBuilder:
     limit = limits(settings, sink)
-    name = LAG_REDIS if sink == "redis" else LAG_KAFKA
-    return CheckBuilder(name, limit.threshold, limit.unit, limit.grace)
+    return CheckBuilder(sink_spec(sink).lag_check, limit.threshold, limit.unit, limit.grace)
 
 
 def lane_key(sink: Sink, group: str, lane: Lane) -> tuple[str, str, str, int | None]:
@@ -63,7 +64,7 @@ def group_status(windows: StatusWindows, snapshot: SinkSnapshot, group: GroupLan
 def judge_lane(builder: CheckBuilder, sink: Sink, group: str, lane: Lane, limit: Limits) -> None:
     behind = f"{lane.behind}{'' if lane.behind_exact else '+'} {limit.unit} behind"
     if not lane.has_position:
-        never = "does not exist" if sink == "redis" else "has never committed"
+        never = sink_spec(sink).never_consumed
         behind = f"group {never} here (its consumer never ran); {behind}"
     text = f"{behind}, time lag {lane.time_lag:.1f}s"
     if lane.pending is not None:
@@ -100,7 +101,7 @@ def judge_lag(
             continue
         for lane in group.lanes:
             judge_lane(builder, snapshot.sink, group.group, lane, limit)
-        kind = "stream" if snapshot.sink == "redis" else "partition"
+        kind = sink_spec(snapshot.sink).lane_kind
         lanes = f"{len(group.lanes)} {kind}{'' if len(group.lanes) == 1 else 's'}"
         builder.add(
             subject(snapshot.sink, group.group),

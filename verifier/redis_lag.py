@@ -13,9 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from flowproof.core import metrics
+from flowproof.core.config import Settings
+from flowproof.core.connect import ping_redis, redis_client
 from flowproof.core.routing import is_dlq
+from flowproof.core.sinks import REDIS
 from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
+from flowproof.verifier.loss import LOST_STATES, Copy, PositionReader, State, by_lane
+from flowproof.verifier.sink_reader import GaugeSetter, SinkReader
 
 # Counting entries by XRANGE stops here; beyond it `behind` is a lower bound.
 COUNT_CAP = 100_000
@@ -114,12 +121,12 @@ async def redis_snapshot(
     now: float,
 ) -> SinkSnapshot:
     """Everything the lag and conformance checks need from Redis, read once."""
-    snapshot = SinkSnapshot(sink="redis", taken_at=now)
+    snapshot = SinkSnapshot(sink=REDIS.name, taken_at=now)
     streams, dlqs = await find_streams(client, prefix)
     groups: dict[str, GroupLanes] = {}
     idle: dict[str, list[float]] = {}
     for group in expected_groups:
-        groups[group] = GroupLanes("redis", group, True, False, "")
+        groups[group] = GroupLanes(REDIS.name, group, True, False, "")
     for stream in streams:
         length = int(await client.xlen(stream))
         infos = {as_text(i["name"]): i for i in await client.xinfo_groups(stream)}
@@ -127,7 +134,7 @@ async def redis_snapshot(
             info = infos.get(name)
             if info is None and length == 0:
                 continue  # nothing to consume yet: a missing group is no evidence of anything
-            entry = groups.setdefault(name, GroupLanes("redis", name, False, False, ""))
+            entry = groups.setdefault(name, GroupLanes(REDIS.name, name, False, False, ""))
             entry.lanes.append(await _lane(client, stream, length, info, now))
             if info is not None:
                 seen = await _min_idle(client, stream, name)
@@ -143,5 +150,146 @@ async def redis_snapshot(
     for dlq in dlqs:
         depth = int(await client.xlen(dlq))
         recent, _ = await count_after(client, dlq, f"{int(window_start * 1000)}-0")
-        snapshot.dead_letters.append(DeadLetters("redis", dlq, depth, recent))
+        snapshot.dead_letters.append(DeadLetters(REDIS.name, dlq, depth, recent))
     return snapshot
+
+
+# --- positions: lost or late (flowproof.verifier.loss) ------------------------------------
+
+# At most this many entries of one stream are looked up one by one per evaluation (those the
+# group has not reached, oldest first); the rest count as late until a later evaluation.
+LOOKUP_CAP = 10_000
+# The pending entries of a group read at once (XPENDING ... COUNT).
+PENDING_CAP = 100_000
+
+
+def _entry(value: Any) -> tuple[int, int]:
+    return parse_entry_id(as_text(value))
+
+
+class RedisPositions:
+    """Reads a stream's group position, pending entries and entries themselves."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    async def classify(self, group: str, copies: Sequence[Copy]) -> list[State]:
+        states: dict[int, State] = {}
+        for stream, indexes in by_lane(copies).items():
+            lane = [copies[i] for i in indexes]
+            for index, state in zip(indexes, await self._stream(stream, group, lane), strict=True):
+                states[index] = state
+        return [states[i] for i in range(len(copies))]
+
+    async def _stream(self, stream: str, group: str, copies: Sequence[Copy]) -> list[State]:
+        client = self._client
+        if not await client.exists(stream):
+            return [State.GONE] * len(copies)
+        info = await client.xinfo_stream(stream)
+        first = info.get("first-entry")
+        first_id = _entry(first[0]) if first else None
+        last_id = _entry(info["last-generated-id"])
+        groups = {as_text(g["name"]): g for g in await client.xinfo_groups(stream)}
+        delivered = _entry(groups[group]["last-delivered-id"]) if group in groups else None
+        states = [_by_position(c, delivered, first_id, last_id) for c in copies]
+        await self._look_up(stream, copies, states)
+        # Last: an entry read by a consumer that has not acknowledged it yet is pending, even if
+        # it was deleted meanwhile (the consumer holds it). Read after the positions above.
+        if group in groups:
+            pending = await self._pending(stream, group, copies, states)
+            for index, copy in enumerate(copies):
+                if states[index] in LOST_STATES and copy.position in pending:
+                    states[index] = State.PENDING
+        return states
+
+    async def _look_up(self, stream: str, copies: Sequence[Copy], states: list[State]) -> None:
+        """Whether the entries the group has not reached are still there (up to the cap)."""
+        ahead = [i for i, state in enumerate(states) if state is State.AHEAD]
+        for index in ahead[LOOKUP_CAP:]:
+            states[index] = State.UNCHECKED
+        lookups = ahead[:LOOKUP_CAP]
+        if not lookups:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for index in lookups:
+                position = copies[index].position
+                pipe.xrange(stream, min=position, max=position, count=1)
+            found = await pipe.execute()
+        for index, entries in zip(lookups, found, strict=True):
+            if not entries:
+                states[index] = State.GONE
+
+    async def _pending(
+        self, stream: str, group: str, copies: Sequence[Copy], states: Sequence[State]
+    ) -> set[str]:
+        suspects = [c.position for c, s in zip(copies, states, strict=True) if s in LOST_STATES]
+        if not suspects:
+            return set()
+        low, high = min(suspects, key=_entry), max(suspects, key=_entry)
+        try:
+            entries = await self._client.xpending_range(stream, group, low, high, PENDING_CAP)
+        except ResponseError:  # NOGROUP: the group went away since XINFO GROUPS
+            return set()
+        return {as_text(e["message_id"]) for e in entries}
+
+
+def _by_position(
+    copy: Copy,
+    delivered: tuple[int, int] | None,
+    first: tuple[int, int] | None,
+    last: tuple[int, int],
+) -> State:
+    at = _entry(copy.position)
+    if delivered is not None and at <= delivered:
+        return State.PASSED
+    if first is None or at < first or at > last:
+        return State.GONE
+    return State.AHEAD
+
+
+# --- the verifier's reader of Redis (flowproof.verifier.sinks) ----------------------------
+
+
+class RedisSinkReader(SinkReader):
+    """Redis Streams for the verifier: one client, kept between evaluations."""
+
+    spec = REDIS
+
+    def __init__(self, settings: Settings, timeout: float) -> None:
+        super().__init__(settings, timeout)
+        self._client = redis_client(settings, socket_timeout=timeout)
+
+    async def connect(self) -> None:
+        await ping_redis(self._client)
+
+    async def snapshot(
+        self, groups: Sequence[str], *, alive_within: float, window_start: float, now: float
+    ) -> SinkSnapshot:
+        return await redis_snapshot(
+            self._client,
+            prefix=self.spec.prefix(self.settings),
+            expected_groups=groups,
+            alive_within=alive_within,
+            window_start=window_start,
+            now=now,
+        )
+
+    def positions(self) -> PositionReader:
+        return RedisPositions(self._client)
+
+    async def release(self) -> None:
+        """Nothing to release: the client is kept between evaluations."""
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @staticmethod
+    def export(snapshot: SinkSnapshot, gauge: GaugeSetter) -> None:
+        for group in snapshot.groups:
+            for lane in group.lanes:
+                labels = (lane.source, group.group)
+                gauge(metrics.REDIS_GROUP_LAG, labels, lane.behind)
+                gauge(metrics.REDIS_GROUP_PENDING, labels, lane.pending or 0)
+                gauge(metrics.REDIS_GROUP_LAG_SECONDS, labels, lane.time_lag)
+                idle = lane.oldest_pending_idle or 0.0
+                gauge(metrics.REDIS_GROUP_OLDEST_PENDING_IDLE, labels, idle)

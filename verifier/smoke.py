@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import statistics
 import time
 import uuid
@@ -90,7 +89,6 @@ async def emit_canaries(
     """Write `count` canaries of one aggregate to the outbox in one transaction."""
     outbox = Outbox.from_settings(settings)
     ids = sampled_ids(count, settings.receipt_sample_ratio)
-    sql = query("canary_insert", settings.outbox_table)
     async with conn.transaction():
         for sequence, event_id in enumerate(ids, start=1):
             payload: dict[str, Any] = {
@@ -100,7 +98,8 @@ async def emit_canaries(
                 "note": "flowproof smoke",
             }
             try:
-                row = outbox.check(
+                await outbox.emit(
+                    conn,
                     type=CANARY_TYPE,
                     aggregate_type=settings.smoke_aggregate_type,
                     aggregate_id=f"smoke-{run_id}",
@@ -109,9 +108,6 @@ async def emit_canaries(
                 )
             except ContractError as exc:
                 raise ConfigError(f"FLOWPROOF_SMOKE_AGGREGATE_TYPE: {exc}") from None
-            await conn.execute(
-                sql, row.id, row.aggregatetype, row.aggregateid, row.type, json.dumps(payload)
-            )
     log.info("smoke.emitted", run_id=run_id, canaries=count)
     return ids
 

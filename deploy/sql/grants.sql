@@ -1,5 +1,5 @@
 -- flowproof's least-privilege PostgreSQL roles, step 2 of 2: what each role may do on the tables
--- `flowproof db migrate` made (flowproof/sql/migrations). Run it as flowproof_owner (or a
+-- `flowproof db migrate` made (flowproof/core/sql/migrations). Run it as flowproof_owner (or a
 -- superuser) after every `flowproof db migrate`; it is idempotent:
 --
 --   psql "$OWNER_DSN" -X -v ON_ERROR_STOP=1 [-v outbox=flowproof_outbox] -f deploy/sql/grants.sql

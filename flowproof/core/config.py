@@ -39,13 +39,15 @@ from flowproof.core.identifiers import (
 )
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import register_secret
+from flowproof.core.routing import InvalidDestination, destination
+from flowproof.core.sinks import SINK_NAMES
 
 ENV_PREFIX = "FLOWPROOF_"
 FILE_SUFFIX = "_FILE"
-SINK_NAMES = ("redis", "kafka")
 MAX_FLOAT = 1e15  # seconds: about 30 million years, and still finite in milliseconds
 
-Sink = Literal["redis", "kafka"]
+# A sink's name: one of flowproof.core.sinks.SINK_NAMES (validated where settings name one).
+Sink = str
 # Set per load_settings call: pydantic-settings builds sources from the class, not the instance.
 _toml_path: Path | None = None
 
@@ -122,9 +124,9 @@ class Settings(BaseSettings):
 
     # --- what flows where ---------------------------------------------------------------------
     sinks: Annotated[tuple[Sink, ...], NoDecode] = Field(
-        default=("redis", "kafka"),
+        default=SINK_NAMES,
         description="sinks the relay publishes to and the verifier expects, comma-separated: "
-        "`redis`, `kafka`",
+        f"{', '.join(f'`{name}`' for name in SINK_NAMES)}",
     )
     outbox_table: str = Field(
         default="flowproof_outbox",
@@ -361,8 +363,6 @@ class Settings(BaseSettings):
     @field_validator("consumer_aggregatetypes", mode="before")
     @classmethod
     def _split_aggregatetypes(cls, value: Any) -> Any:
-        from flowproof.core.routing import InvalidDestination, destination  # noqa: PLC0415
-
         if isinstance(value, str):
             value = [s.strip() for s in value.split(",") if s.strip()]
         if isinstance(value, list | tuple):
@@ -510,7 +510,9 @@ class Settings(BaseSettings):
             for item in value:
                 sink, sep, group = str(item).partition(":")
                 if not sep or sink not in SINK_NAMES:
-                    raise ValueError(f"{item!r} is not sink:group (sink is redis or kafka)")
+                    raise ValueError(
+                        f"{item!r} is not sink:group (sink is one of {', '.join(SINK_NAMES)})"
+                    )
                 pairs.append(f"{sink}:{validate_group_name(group)}")
             if len(set(pairs)) != len(pairs):
                 raise ValueError("lists a sink:group pair twice")
@@ -520,8 +522,6 @@ class Settings(BaseSettings):
     @field_validator("smoke_aggregate_type")
     @classmethod
     def _check_canary_type(cls, value: str) -> str:
-        from flowproof.core.routing import InvalidDestination, destination  # noqa: PLC0415
-
         try:
             destination("", value)
         except InvalidDestination as exc:
@@ -644,7 +644,7 @@ class Settings(BaseSettings):
             if unknown:
                 raise ValueError(f"unknown sink {unknown[0]!r} (expected {', '.join(SINK_NAMES)})")
             if not value:
-                raise ValueError("needs at least one sink (redis, kafka)")
+                raise ValueError(f"needs at least one sink ({', '.join(SINK_NAMES)})")
             if len(set(value)) != len(value):
                 raise ValueError("lists a sink twice")
             return tuple(value)

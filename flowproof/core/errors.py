@@ -17,6 +17,13 @@ class ConfigError(FlowproofError):
     """A configuration value is missing or wrong; the message names the variable."""
 
 
+class ContractError(FlowproofError):
+    """A message, payload or name that does not fit the contract (docs/design.md); `reason` is
+    the stable label used in metrics, receipts and dead letters."""
+
+    reason = "invalid"
+
+
 class ComponentUnreachable(FlowproofError):
     """PostgreSQL, Redis or Kafka could not be reached; the message names which."""
 

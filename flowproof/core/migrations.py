@@ -13,8 +13,8 @@ from importlib import resources
 
 import asyncpg
 
-from flowproof.core.identifiers import validate_sql_identifier
 from flowproof.core.logging import get_logger
+from flowproof.core.sqltext import render
 
 # An arbitrary constant: the advisory lock key all flowproof migrators agree on.
 MIGRATION_LOCK_KEY = 0x466C6F77  # "Flow"
@@ -33,13 +33,12 @@ class Migration:
 
 def load_migrations(outbox_table: str) -> list[Migration]:
     """Every migration shipped with flowproof, in version order, rendered for `outbox_table`."""
-    outbox = validate_sql_identifier(outbox_table)
     found = []
     for entry in resources.files("flowproof.core.sql.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match is None:
             continue
-        sql = entry.read_text(encoding="utf-8").replace("{{outbox}}", outbox)
+        sql = render(entry.read_text(encoding="utf-8"), outbox_table)
         found.append(Migration(int(match["version"]), match["name"], sql))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]

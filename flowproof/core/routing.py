@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from flowproof.schemas.errors import ContractError
+from flowproof.core.errors import ContractError
 
 DLQ_SUFFIX = ".dlq"
 # Kafka's legal topic characters and length; Redis accepts them too.

@@ -150,3 +150,10 @@ SELECT $4::text, a.id, 'flowproof.Canary',
        jsonb_build_object('run_id', $3::text, 'sequence', n, 'total', $2::int)
 FROM generate_series(1, $2::int) AS n, unnest($1::text[]) WITH ORDINALITY AS a (id, pos)
 ORDER BY n, a.pos;
+
+-- name: published_since
+-- How many events each sink published of those created since $1 (epoch seconds): the demo's count.
+SELECT sink, count(DISTINCT seq) AS n
+FROM {{outbox}}_deliveries
+WHERE created_at >= to_timestamp($1)
+GROUP BY sink;

@@ -1,4 +1,4 @@
-"""Reading back what the relay published, for tests and the bench (never used by the relay).
+"""Test helpers: reading back what the relay published, waiting, inserting canaries by plain SQL.
 
 Both readers return every copy in the order the sink holds them, so callers can check exactly-once
 (count per event id) and per-aggregate order (first copy of each event).

@@ -1,4 +1,5 @@
-"""Small asyncio helpers of the relay's loops."""
+"""Small asyncio helpers: waiting for the first of several events, finishing a write that a
+cancellation must not cut in half, sleeping unless stopped."""
 
 from __future__ import annotations
 
@@ -39,3 +40,9 @@ async def wait_any(events: Iterable[asyncio.Event], seconds: float) -> bool:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
     return bool(done)
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` or until `stop` is set; True when stopped."""
+    await wait_any([stop], seconds)
+    return stop.is_set()
