@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 
 from flowproof.core.config import Settings
 from flowproof.publisher.relay import Relay
-from flowproof.publisher.testing import insert_canaries, read_topic, unpublished, wait_until
 from tests.kafka_cluster import PrivateKafkaCluster, describe
+from tests.readback import insert_canaries, read_topic, unpublished, wait_until
 
 
 def metric(name: str, **labels: str) -> float:
