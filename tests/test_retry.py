@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from aiokafka.errors import NodeNotReadyError
 
 from flowproof.core.retry import RetryPolicy
+from flowproof.verifier.kafka_lag import ADMIN_RETRY, ask_again_if_node_down
 
 
 def test_backoff_grows_and_is_capped() -> None:
@@ -33,3 +35,26 @@ def test_gives_up_after_max_attempts() -> None:
 def test_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_kafka_admin_request_is_asked_again_while_its_broker_is_down() -> None:
+    """The verifier's admin requests follow the retry policy: again while the broker they reached
+    is down (a leader moving), the error itself once the policy gives up."""
+    calls: list[int] = []
+
+    async def recovers() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise NodeNotReadyError("node 2 is down")
+        return "answer"
+
+    async def stays_down() -> str:
+        calls.append(1)
+        raise NodeNotReadyError("node 2 is down")
+
+    assert await ask_again_if_node_down(recovers, "describe") == "answer"
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(NodeNotReadyError):
+        await ask_again_if_node_down(stays_down, "describe")
+    assert len(calls) == ADMIN_RETRY.max_attempts

@@ -22,6 +22,7 @@ from flowproof.core.connect import kafka_client_kwargs
 from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.redact import scrub
+from flowproof.core.retry import RetryPolicy
 from flowproof.core.routing import is_dlq
 from flowproof.core.sinks import KAFKA
 from flowproof.verifier.lanes import DeadLetters, GroupLanes, Lane, SinkSnapshot
@@ -36,20 +37,22 @@ log = get_logger(__name__)
 # metadata: a request may go to the dead one. Asked again, the client draws again, so on a
 # cluster with a broker down (a leader moving) an evaluation still reads everything.
 NODE_DOWN = (NodeNotReadyError, KafkaConnectionError)
-ADMIN_ATTEMPTS = 5
+ADMIN_RETRY = RetryPolicy(base=0.05, cap=0.25, max_attempts=5)
 
 
 async def ask_again_if_node_down(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """`call()`, asked again (up to ADMIN_ATTEMPTS) while the broker it reached is down."""
-    for attempt in range(1, ADMIN_ATTEMPTS + 1):
+    """`call()`, asked again (ADMIN_RETRY) while the broker it reached is down."""
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await call()
         except NODE_DOWN as exc:
-            if attempt == ADMIN_ATTEMPTS:
+            delay = ADMIN_RETRY.delay(attempt)
+            if delay is None:
                 raise
             log.info("verify.kafka_node_down", request=what, attempt=attempt, error=str(exc))
-            await asyncio.sleep(0.05 * attempt)
-    raise AssertionError("unreachable")  # the loop returns or raises
+            await asyncio.sleep(delay)
 
 
 class KafkaReader:
