@@ -27,14 +27,19 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from tests.private_services import PrivateKafka, ServiceFailed, free_port, kraft_cluster_id
+from tests.private_services import (
+    PrivateKafka,
+    ServerGroup,
+    ServiceFailed,
+    free_port,
+    kraft_cluster_id,
+)
 
 NODES = 3
 # Sized for a shared 2-core machine: a small heap and few threads per node.
@@ -81,7 +86,7 @@ class PartitionState:
     isr: tuple[int, ...]
 
 
-class PrivateKafkaCluster:
+class PrivateKafkaCluster(ServerGroup):
     """`nodes` combined KRaft nodes (node ids 1..nodes) on free loopback ports; see the module.
 
     `advertised_ports`, one per node, make each node advertise another port than it listens on
@@ -162,17 +167,6 @@ class PrivateKafkaCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     async def partitions(self, topic: str, within: float = 30.0) -> list[PartitionState]:
         """The leader, replicas and in-sync replicas of each partition of `topic`. The admin
