@@ -149,6 +149,14 @@ async def database_url(services: Services, template_database: str) -> AsyncItera
 
 
 @pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, closed afterwards."""
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
 def name_prefix() -> str:
     """A stream/topic prefix no other test uses."""
     return f"t{uuid.uuid4().hex[:10]}."

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,13 +245,6 @@ def test_unknown_types_are_refused_by_name() -> None:
 
 
 # --- emit, into a real PostgreSQL -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def _count(conn: asyncpg.Connection) -> int:

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -27,13 +26,6 @@ ORDER = {
     "lines": [{"sku": "s-1", "quantity": 2, "unit_price_cents": 625}],
 }
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def count(conn: asyncpg.Connection) -> int:

@@ -4,7 +4,6 @@ published is published all the same, and the relay never updates the outbox."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -20,13 +19,6 @@ from tests.readback import (
     unpublished,
     wait_until,
 )
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def test_a_row_committed_after_later_rows_were_published_is_not_skipped(

@@ -8,10 +8,8 @@ import asyncio
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
@@ -46,13 +44,6 @@ def order_payload(n: int) -> dict[str, object]:
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def delivered(settings: Settings, redis: aioredis.Redis, name: str) -> dict[str, list]:

@@ -11,11 +11,9 @@ import signal
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY
@@ -38,13 +36,6 @@ AGGREGATES = [f"f-{i}" for i in range(10)]
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 async def wait_for_count(conn: asyncpg.Connection, sink: str, left: int, within: float) -> None:

@@ -110,13 +110,6 @@ def registry_env(settings_env: dict[str, str], registry_url: str) -> dict[str, s
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port nothing listens on."""
     with socket.socket() as sock:

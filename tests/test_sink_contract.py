@@ -52,13 +52,6 @@ def spec(request: pytest.FixtureRequest) -> SinkSpec:
 
 
 @pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
 def one_sink(
     spec: SinkSpec,
     settings: Settings,

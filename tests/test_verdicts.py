@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,6 @@ def judged(settings: Settings) -> Settings:
         relay_retry_base_seconds=0.05,
         relay_retry_cap_seconds=0.2,
     )
-
-
-@pytest.fixture
-async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(database_url)
-    yield connection
-    await connection.close()
 
 
 def stream_of(settings: Settings) -> str:
