@@ -32,16 +32,23 @@ from flowproof.verifier.sink_reader import GaugeSetter, SinkReader
 T = TypeVar("T")
 log = get_logger(__name__)
 
-# A broker that just died stays in the cluster's metadata until the controller fences it (a few
-# seconds), and the admin client sends each request to a broker drawn at random from that
-# metadata: a request may go to the dead one. Asked again, the client draws again, so on a
-# cluster with a broker down (a leader moving) an evaluation still reads everything.
+# A broker that just died stays in the cluster's metadata until the controller fences it
+# (`broker.session.timeout.ms`, 9 s by default), and the admin client sends each request to a
+# broker drawn at random from that metadata, or to the group's coordinator, which stays on the
+# dead broker until its offsets partition has a new leader. So a request is asked again while the
+# broker it reached is down, for as long as the evaluation's time limit allows: a leader moving is
+# seconds of "node not ready", not a failed read. Past the limit the error itself is reported.
 NODE_DOWN = (NodeNotReadyError, KafkaConnectionError)
-ADMIN_RETRY = RetryPolicy(base=0.05, cap=0.25, max_attempts=5)
+ADMIN_RETRY = RetryPolicy(base=0.1, cap=1.0)
 
 
-async def ask_again_if_node_down(call: Callable[[], Awaitable[T]], what: str) -> T:
-    """`call()`, asked again (ADMIN_RETRY) while the broker it reached is down."""
+async def ask_again_if_node_down(
+    call: Callable[[], Awaitable[T]], what: str, *, within: float
+) -> T:
+    """`call()`, asked again (ADMIN_RETRY) while the broker it reached is down, at most
+    `within` seconds; then the last error is raised."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
     attempt = 0
     while True:
         attempt += 1
@@ -49,7 +56,7 @@ async def ask_again_if_node_down(call: Callable[[], Awaitable[T]], what: str) ->
             return await call()
         except NODE_DOWN as exc:
             delay = ADMIN_RETRY.delay(attempt)
-            if delay is None:
+            if delay is None or loop.time() + delay >= deadline:
                 raise
             log.info("verify.kafka_node_down", request=what, attempt=attempt, error=str(exc))
             await asyncio.sleep(delay)
@@ -91,14 +98,16 @@ class KafkaReader:
 
     async def partitions(self, prefix: str) -> tuple[list[TopicPartition], list[TopicPartition]]:
         """The partitions of the topics under `prefix`: (event topics', dead-letter topics')."""
-        topics = await ask_again_if_node_down(self.admin.list_topics, "list_topics")
+        topics = await ask_again_if_node_down(
+            self.admin.list_topics, "list_topics", within=self.timeout
+        )
         names = sorted(t for t in topics if t.startswith(prefix))
         if not names:
             return [], []
         events: list[TopicPartition] = []
         dlqs: list[TopicPartition] = []
         described = await ask_again_if_node_down(
-            lambda: self.admin.describe_topics(names), "describe_topics"
+            lambda: self.admin.describe_topics(names), "describe_topics", within=self.timeout
         )
         for topic in described:
             tps = [TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]]
@@ -110,12 +119,14 @@ class KafkaReader:
     ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
         """Which of `tps` exist, and their log start and end offsets (verifier.loss)."""
         # Only topics that exist are described: describing one that does not may create it.
-        known = set(await ask_again_if_node_down(self.admin.list_topics, "list_topics"))
+        known = set(
+            await ask_again_if_node_down(self.admin.list_topics, "list_topics", within=self.timeout)
+        )
         topics = sorted({tp.topic for tp in tps} & known)
         existing: set[TopicPartition] = set()
         described = (
             await ask_again_if_node_down(
-                lambda: self.admin.describe_topics(topics), "describe_topics"
+                lambda: self.admin.describe_topics(topics), "describe_topics", within=self.timeout
             )
             if topics
             else []
@@ -133,14 +144,18 @@ class KafkaReader:
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
         offsets = await ask_again_if_node_down(
-            lambda: self.admin.list_consumer_group_offsets(group), "list_consumer_group_offsets"
+            lambda: self.admin.list_consumer_group_offsets(group),
+            "list_consumer_group_offsets",
+            within=self.timeout,
         )
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def members(self, group: str) -> tuple[int, str]:
         """How many members the group has, and its state (Stable, Empty, Dead...)."""
         responses = await ask_again_if_node_down(
-            lambda: self.admin.describe_consumer_groups([group]), "describe_consumer_groups"
+            lambda: self.admin.describe_consumer_groups([group]),
+            "describe_consumer_groups",
+            within=self.timeout,
         )
         for response in responses:
             for described in response.groups:
