@@ -81,6 +81,7 @@ class Bench:
             if not name.startswith(ENV_PREFIX):
                 raise SystemExit(f"--set {name}: only FLOWPROOF_* settings")
         self.profile: Path | None = args.profile
+        self.relays: list[int] = args.relays
         self.services = Services.from_env()
         self.results = Results(mode="quick" if args.quick else "full")
         self.registry = load_registry(None)
@@ -298,14 +299,11 @@ class Bench:
             await conn.close()
         self.results.details["outbox_fill"] = {"rows": rows, "seconds": round(seconds, 1)}
         print(f"  outbox pre-filled with {rows:,} rows in {seconds:.1f} s", flush=True)
-        # The last: the same as "both" with two relay processes sharing the slots (one Python
-        # process uses one core; this shows what a second one adds on the same machine).
-        for mode, label, processes in (
-            ("redis", "Redis only", 1),
-            ("kafka", "Kafka only", 1),
-            ("redis,kafka", "both", 1),
-            ("redis,kafka", "both, 2 relay processes", 2),
-        ):
+        # Then "both" with N relay processes sharing the slots (--relays; one Python process
+        # uses one core: this shows what each more adds on this machine).
+        runs = [("redis", "Redis only", 1), ("kafka", "Kafka only", 1), ("redis,kafka", "both", 1)]
+        runs += [("redis,kafka", f"both, {n} relay processes", n) for n in self.relays if n > 1]
+        for mode, label, processes in runs:
             key = mode if processes == 1 else f"{mode} x{processes}"
             scratch = await self.scratch("relay", template=template.db_name)
             run = await relay_throughput(
@@ -318,7 +316,7 @@ class Bench:
             )
             self.relay[key] = run
             raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
-            target = ">= 20000; ratio >= 0.8" if key == "redis,kafka" else None
+            target = ">= 20000; ratio >= 0.5" if key == "redis,kafka" else None
             note = relay_note(run, processes)
             self.add(
                 Figure(
@@ -334,6 +332,19 @@ class Bench:
                 )
             )
             self.results.details[f"relay_{key}"] = as_dict(run)
+            one = self.relay.get("redis,kafka")
+            if processes > 1 and one is not None and one.rate:
+                self.add(
+                    Figure(
+                        "relay",
+                        f"{processes} relay processes / one (both sinks)",
+                        run.rate / one.rate,
+                        "x",
+                        run.load,
+                        target=">= 1" if processes == 2 else None,
+                        note=f"{run.rate:,.0f} / {one.rate:,.0f} ev/s",
+                    )
+                )
             if key == "redis,kafka" and "consumers" in self.only:
                 self.filled_streams = scratch
             else:
@@ -453,10 +464,12 @@ class Bench:
         for sink, stats in run.per_sink.items():
             target = None
             if label == "1000/s":
-                target = "<= 10" if sink == "redis" else "<= 25"
+                target = "<= 10"
             note = (
                 f"p50 {stats['p50'] * 1000:.1f} p95 {stats['p95'] * 1000:.1f} "
-                f"max {stats['max'] * 1000:.1f} ms; achieved {run.achieved:,.0f}/s"
+                f"max {stats['max'] * 1000:.1f} ms (relay's part p50 "
+                f"{stats['relay_p50'] * 1000:.1f} p99 {stats['relay_p99'] * 1000:.1f}); "
+                f"achieved {run.achieved:,.0f}/s"
             )
             if stats["missing"]:
                 note += f"; {stats['missing']} not received"
@@ -504,6 +517,17 @@ KAFKA_RAW = [
 ]
 
 
+def relay_counts(text: str) -> list[int]:
+    """`--relays 1,2,4`: the numbers of relay processes, each at least 1."""
+    try:
+        counts = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"relay processes must be at least 1: {text!r}")
+    return counts
+
+
 def relay_note(run: RelayRun, processes: int) -> str:
     """Events, time, CPU per event and the cores in use of a relay run."""
     note = f"{run.events:,} events in {run.seconds:.1f} s"
@@ -537,6 +561,13 @@ async def main() -> None:
     )
     parser.add_argument(
         "--profile", type=Path, help="py-spy profiles of relay and consumers go here"
+    )
+    parser.add_argument(
+        "--relays",
+        type=relay_counts,
+        default=[1, 2],
+        metavar="N[,M...]",
+        help="relay processes of the scale-out runs (both sinks); default 1,2",
     )
     parser.add_argument(
         "--output", type=Path, help="JSON results (default bench/results/latest.json)"

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.payloads import Pool, Row
 from bench.procs import Flowproof, service_cpu
-from bench.scratch import ROOT, Scratch, Services
+from bench.scratch import OUTBOX, ROOT, Scratch, Services
 
 AGGREGATE_TYPE = "order"
 PARTITIONS = 3  # the devstack broker's num.partitions; what auto-creation would give
@@ -371,16 +371,30 @@ class Pipeline:
             "FROM flowproof_receipts WHERE event_id = ANY($1::uuid[]) GROUP BY 1, 2",
             list(emitter.committed),
         )
+        # The relay's part: commit to the transaction that recorded the sink's acknowledgement.
+        recorded = await self.conn.fetch(
+            f"SELECT o.id AS event_id, d.sink, "
+            f"extract(epoch FROM min(d.published_at))::float8 AS at "
+            f"FROM {OUTBOX} AS o "
+            f"JOIN {OUTBOX}_deliveries AS d ON d.seq = o.seq "
+            f"WHERE o.id = ANY($1::uuid[]) GROUP BY 1, 2",
+            list(emitter.committed),
+        )
         per_sink: dict[str, dict[str, float]] = {}
         for sink in ("redis", "kafka"):
             values = sorted(
                 r["at"] - emitter.committed[r["event_id"]] for r in records if r["sink"] == sink
+            )
+            relayed = sorted(
+                r["at"] - emitter.committed[r["event_id"]] for r in recorded if r["sink"] == sink
             )
             per_sink[sink] = {
                 "p50": quantile(values, 0.50),
                 "p95": quantile(values, 0.95),
                 "p99": quantile(values, 0.99),
                 "max": values[-1] if values else math.nan,
+                "relay_p50": quantile(relayed, 0.50),
+                "relay_p99": quantile(relayed, 0.99),
                 "received": len(values),
                 "missing": emitted - len(values),
             }

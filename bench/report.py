@@ -122,6 +122,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:,.2f} {unit}"
     if unit == "MB":
         return f"{value:,.0f} {unit}"
+    if unit == "x":
+        return f"{value:,.2f}{unit}"
     return f"{value:,.0f} {unit}"
 
 

@@ -3,9 +3,10 @@
 The outbox is never updated. A batch comes either from the queue of rows set aside earlier
 (`<outbox>_parked`, state queued: parked rows given another try, rows owed at the upgrade) or
 from the rounds of the owned slots' cursors (`<outbox>_cursors`, PgQ-style snapshot batches; see
-publisher/sql/queries.sql). What a batch did is recorded in one transaction: where the sink put
-each event (`<outbox>_deliveries`, COPY), the rows set aside (parked, held behind a parked row,
-queued behind queued rows of their aggregate), and the cursors moved past the batch.
+migrations 0050 and 0060). A claim is one round trip (the `<outbox>_claim` function), and so is
+the record of what a batch did, in one statement: where the sink put each event
+(`<outbox>_deliveries`), the rows set aside (parked, held behind a parked row, queued behind
+queued rows of their aggregate), and the cursors moved past the batch.
 
 Everything a worker writes goes through the connection that holds its slot locks; see
 `publisher.slots`. A full batch is followed at once by the next claim, so a busy outbox needs no
@@ -31,15 +32,12 @@ from flowproof.publisher.db import close_quietly, connect_relay, database_bounda
 from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import DatabaseLost, SinkError
 from flowproof.publisher.pacing import Pacing
-from flowproof.publisher.queries import deliveries_table, query
+from flowproof.publisher.queries import query
 from flowproof.publisher.rows import Aggregate, Message, OutboxRow, Parked
 from flowproof.publisher.sink import Acknowledged, Outcomes, Sink, acknowledged
 from flowproof.publisher.slots import SlotLeases
 
 log = get_logger(__name__)
-
-# The columns of `<outbox>_deliveries` the relay writes (COPY), in the order of its rows.
-DELIVERY_COLUMNS = ("seq", "sink", "destination", "partition", "position", "created_at")
 
 
 @dataclass(slots=True)
@@ -160,13 +158,8 @@ class SinkWorker:
         self._failing = False
         self._ahead: Batch | None = None  # claimed and encoded while the one before was in flight
         table, sink_name = settings.outbox_table, sink.name
-        self._begin_round = query("begin_round", table, sink_name)
         self._claim = query("claim", table, sink_name)
-        self._claim_queued = query("claim_queued", table, sink_name)
-        self._advance = query("advance", table, sink_name)
-        self._set_aside = query("set_aside", table, sink_name)
-        self._unqueue = query("unqueue", table, sink_name)
-        self._deliveries = deliveries_table(table)
+        self._record_batch = query("record", table, sink_name)
 
     def wake(self) -> None:
         """Look for rows now instead of at the end of the poll interval."""
@@ -287,17 +280,10 @@ class SinkWorker:
         (a new round for the slots that have none). With `after`, the batch that follows it,
         claimed while it is still in flight: past its rows, and without ending any round."""
         size = self.settings.relay_batch_size
-        queued = True
         past_queued = after.rows[-1].seq if after is not None and after.queued else 0
         past_round = after.rows[-1].seq if after is not None and not after.queued else 0
-        records = await conn.fetch(self._claim_queued, owned, size, past_queued)
-        if not records:
-            queued = False
-            await conn.execute(self._begin_round, owned)
-            records = await conn.fetch(self._claim, owned, size, past_round)
-            if not records and after is None:
-                # The rounds' rows were all in earlier, recorded batches: they are done.
-                await conn.execute(self._advance, owned, 0, True)
+        records = await conn.fetch(self._claim, owned, size, past_queued, past_round, after is None)
+        queued = bool(records) and records[0]["queued"]
         batch = Batch(rows=[], slots={}, queued=queued, owned=owned)
         for record in records:
             row = OutboxRow(*tuple(record)[:8])
@@ -416,39 +402,33 @@ class SinkWorker:
         and the order of each aggregate holds in what the consumers see first). A queued row
         leaves the queue when the sink took it before any failure of its aggregate.
         """
-        rows = [
-            (seq, self.name, placed.destination, placed.partition, placed.position, created[seq])
-            for seq, placed in result.placements
-        ]
+        placements = result.placements
         aside = batch.set_aside
         upto = batch.rows[-1].seq
         if not batch.queued and first_failed is not None:
             upto = first_failed - 1
             aside = [a for a in aside if a.seq <= upto]
-        async with conn.transaction():
-            if rows:
-                await conn.copy_records_to_table(
-                    self._deliveries, records=rows, columns=DELIVERY_COLUMNS
-                )
-            if aside:
-                await conn.execute(
-                    self._set_aside,
-                    [a.seq for a in aside],
-                    [a.slot for a in aside],
-                    [a.aggregatetype for a in aside],
-                    [a.aggregateid for a in aside],
-                    [a.state for a in aside],
-                    [a.reason for a in aside],
-                    [a.error for a in aside],
-                )
-            if batch.queued:
-                if result.marked:
-                    await conn.execute(self._unqueue, result.marked)
-            else:
-                exhausted = (
-                    len(batch.rows) < self.settings.relay_batch_size and first_failed is None
-                )
-                await conn.execute(self._advance, batch.owned, upto, exhausted)
+        exhausted = len(batch.rows) < self.settings.relay_batch_size and first_failed is None
+        await conn.execute(
+            self._record_batch,
+            [seq for seq, _ in placements],
+            [placed.destination for _, placed in placements],
+            [placed.partition for _, placed in placements],
+            [placed.position for _, placed in placements],
+            [created[seq] for seq, _ in placements],
+            [a.seq for a in aside],
+            [a.slot for a in aside],
+            [a.aggregatetype for a in aside],
+            [a.aggregateid for a in aside],
+            [a.state for a in aside],
+            [a.reason for a in aside],
+            [a.error for a in aside],
+            result.marked if batch.queued else [],
+            batch.owned,
+            upto,
+            exhausted,
+            batch.queued,
+        )
 
     async def _idle(self) -> None:
         timeout = self.settings.relay_poll_interval_seconds

@@ -99,7 +99,7 @@ async def test_pending_rows_are_published_once_after_the_upgrade(
         }
 
         applied = await migrate(conn, "flowproof_outbox")
-        assert [m.version for m in applied] == [50]
+        assert [m.version for m in applied] == [50, 60]
         states = await conn.fetch(
             "SELECT sink, seq, state FROM flowproof_outbox_parked ORDER BY sink, seq"
         )

@@ -1,9 +1,11 @@
 """The relay's claim walks the outbox in seq order and stops at the batch, even in a backlog.
 
-A round of a cursor (publisher/sql/queries.sql) may span a large backlog: a table filled before
-the relay first ran, or an outage. Sorting the round on every claim would cost the whole round
-per batch; the claim must walk the primary key from where the round stands and stop after a
-batch. This checks the plan PostgreSQL really chooses, on a real server.
+A round of a cursor (the `<outbox>_claim` function, migration 0060) may span a large backlog: a
+table filled before the relay first ran, or an outage. Sorting the round on every claim would
+cost the whole round per batch; the claim must walk the primary key from where the round stands
+and stop after a batch. This checks the plan PostgreSQL really chooses inside the function, on a
+real server: auto_explain logs the plan of each statement the function runs, and the log comes
+back to this session as a message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,29 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+async def claim_plans(conn: asyncpg.Connection, sink: str) -> tuple[list[Any], list[int]]:
+    """The plans of the statements one claim of every slot runs, and the seqs it claims."""
+    messages: list[str] = []
+    conn.add_log_listener(lambda _conn, message: messages.append(message.message))
+    await conn.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+        "SET auto_explain.log_nested_statements = on; SET auto_explain.log_format = json; "
+        "SET client_min_messages = log"
+    )
+    try:
+        rows = await conn.fetch(
+            query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500, 0, 0, True
+        )
+    finally:
+        await conn.execute("RESET client_min_messages; SET auto_explain.log_min_duration = -1")
+    plans = []
+    for message in messages:
+        _, _, text = message.partition("plan:")
+        if text.strip():
+            plans.append(json.loads(text)["Plan"])
+    return plans, [r["seq"] for r in rows]
+
+
 @pytest.mark.parametrize("sink", SINK_NAMES)
 async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sink: str) -> None:
     conn = await asyncpg.connect(database_url)
@@ -42,19 +67,29 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
             ROWS,
         )
         await conn.execute("ANALYZE flowproof_outbox")
-        # One round over the whole backlog, published up to PUBLISHED.
-        await conn.execute(query("begin_round", "flowproof_outbox", sink), ALL_SLOTS)
-        await conn.execute(query("advance", "flowproof_outbox", sink), ALL_SLOTS, PUBLISHED, False)
-        raw = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) " + query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500, 0
+        # One round over the whole backlog (the first claim begins it), published up to PUBLISHED.
+        first = await conn.fetch(query("claim", "flowproof_outbox", sink), ALL_SLOTS, 1, 0, 0, True)
+        assert [r["seq"] for r in first] == [1]
+        await conn.execute(
+            f"UPDATE flowproof_outbox_cursors SET next_seq = {PUBLISHED} "
+            "WHERE sink = $1 AND next_snap IS NOT NULL",
+            sink,
         )
-        plan = json.loads(raw)[0]["Plan"]
+        plans, seqs = await claim_plans(conn, sink)
+        assert seqs == list(range(PUBLISHED + 1, PUBLISHED + 501))
+        # The statement that returned the rows: the one that walks the outbox under a Limit.
+        claims = [
+            p
+            for p in plans
+            if p["Node Type"] == "Limit"
+            and any(n.get("Relation Name") == "flowproof_outbox" for n in _nodes(p))
+        ]
+        assert len(claims) == 2, json.dumps(plans, indent=1)  # the queue's, then the rounds'
+        plan = claims[-1]
         walks = [
             (n["Node Type"], n.get("Index Name")) for n in _nodes(plan) if n.get("Alias") == "o"
         ]
         assert walks == [("Index Scan", "flowproof_outbox_pkey")], json.dumps(plan, indent=1)
         assert not [n for n in _nodes(plan) if n["Node Type"] == "Sort"], json.dumps(plan)
-        rows = await conn.fetch(query("claim", "flowproof_outbox", sink), ALL_SLOTS, 500, 0)
-        assert [r["seq"] for r in rows] == list(range(PUBLISHED + 1, PUBLISHED + 501))
     finally:
         await conn.close()

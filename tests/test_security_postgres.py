@@ -462,20 +462,20 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
         await conn.execute(query("register_sinks", table), ["redis", "kafka"])
         # A batch per sink, as a worker runs it; Kafka parks the last row.
         for sink in ("redis", "kafka"):
-            assert await conn.fetch(query("claim_queued", table, sink), slots, 10, 0) == []
-            await conn.execute(query("begin_round", table, sink), slots)
-            claimed = await conn.fetch(query("claim", table, sink), slots, 10, 0)
+            claimed = await conn.fetch(query("claim", table, sink), slots, 10, 0, 0, True)
             assert [r["seq"] for r in claimed] == [r["seq"] for r in seqs]
-            async with conn.transaction():
-                if sink == "kafka":
-                    last = claimed[-1]
-                    await conn.execute(
-                        query("set_aside", table, sink),
-                        [to_park], [last["slot"]], [last["aggregatetype"]],
-                        [last["aggregateid"]], ["parked"], ["oversized"], ["too big"],
-                    )  # fmt: skip
-                await conn.execute(query("unqueue", table, sink), delivered)
-                await conn.execute(query("advance", table, sink), slots, to_park, True)
+            assert not any(r["queued"] for r in claimed)
+            last = claimed[-1]
+            parks = sink == "kafka"
+            await conn.execute(
+                query("record", table, sink),
+                delivered, ["s"] * 3, [None] * 3, ["1-1", "1-2", "1-3"], [None] * 3,
+                [to_park] if parks else [], [last["slot"]] if parks else [],
+                [last["aggregatetype"]] if parks else [], [last["aggregateid"]] if parks else [],
+                ["parked"] if parks else [], ["oversized"] if parks else [],
+                ["too big"] if parks else [],
+                [], slots, to_park, True, False,
+            )  # fmt: skip
         await refresh_gauges(conn, settings)  # with a parked row: its waiting-behind query too
         pruned = await prune(conn, settings.model_copy(update={"relay_prune_batch_size": 2}))
         left = await conn.fetch("SELECT seq FROM flowproof_outbox ORDER BY seq")

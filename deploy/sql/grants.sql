@@ -11,12 +11,13 @@
 --   nor txid (so cannot slip a row behind a relay's cursor), nor read, change or delete rows.
 --   The identity column `seq` needs no sequence grant: an identity default is part of INSERT.
 -- * flowproof_relay: SELECT (claims, gauges) and DELETE (pruning delivered rows) on the
---   outbox, never UPDATE (it is insert-only); on `<outbox>_deliveries` INSERT (COPY) of where
+--   outbox, never UPDATE (it is insert-only); on `<outbox>_deliveries` INSERT of where
 --   each event went, SELECT and DELETE (pruning); on `<outbox>_cursors` SELECT and UPDATE of
 --   the cursor columns (moved once per batch); on `<outbox>_parked` SELECT, INSERT, UPDATE and
 --   DELETE (rows set aside; `flowproof parked retry` queues them); on `<outbox>_sinks` SELECT
 --   and INSERT (a relay registers its sinks; never removes one).
---   LISTEN/NOTIFY, advisory locks and pg_locks (relay membership) need no grant.
+--   LISTEN/NOTIFY, advisory locks and pg_locks (relay membership) need no grant, nor does the
+--   claim function `<outbox>_claim` (EXECUTE is PUBLIC's; it runs with the caller's rights).
 -- * flowproof_consumer: INSERT (COPY) of the receipt columns a consumer writes.
 -- * flowproof_verifier: SELECT on the outbox, its deliveries, sinks, cursors, parked rows and
 --   progress view, and the receipts.

@@ -1,125 +1,52 @@
 -- The relay's queries, by name. `{{outbox}}` is the configured outbox table and `{{sink}}` one of
 -- redis/kafka (both validated before they get here); publisher/queries.py renders them.
 
--- name: begin_round
--- A new round for each owned slot of this sink that has none: the rows whose transaction is
--- visible in this statement's snapshot and was not in the slot's cursor snapshot, from the
--- first seq to the last. pg_current_snapshot() is the statement's own snapshot, so the span is
--- exactly the rows the claims will see. A slot with no such row moves to the snapshot, at most
--- once a second (moving it is never needed for correctness, it only keeps the span scanned here
--- short; writing 64 cursor rows on every cycle of an idle relay would not be). The claims run in
--- later statements (later snapshots): every row of the round is visible to them.
-WITH now AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
-idle AS MATERIALIZED (
-    SELECT slot, snap FROM {{outbox}}_cursors
-    WHERE sink = '{{sink}}' AND slot = ANY($1::smallint[]) AND next_snap IS NULL
-),
-span AS (
-    SELECT o.slot, min(o.seq) AS first_seq, max(o.seq) AS last_seq
-    FROM {{outbox}} AS o
-    JOIN idle AS i ON i.slot = o.slot
-    CROSS JOIN now
-    WHERE o.txid >= (SELECT min(pg_snapshot_xmin(snap)) FROM idle)
-      AND o.txid < pg_snapshot_xmax(now.snap)
-      AND NOT pg_visible_in_snapshot(o.txid, i.snap)
-      AND pg_visible_in_snapshot(o.txid, now.snap)
-    GROUP BY o.slot
-)
-UPDATE {{outbox}}_cursors AS c
-SET snap = CASE WHEN s.slot IS NULL THEN now.snap ELSE c.snap END,
-    next_snap = CASE WHEN s.slot IS NULL THEN NULL ELSE now.snap END,
-    next_seq = coalesce(s.first_seq - 1, 0),
-    last_seq = s.last_seq,
-    moved_at = now()
-FROM idle AS i LEFT JOIN span AS s ON s.slot = i.slot, now
-WHERE c.sink = '{{sink}}' AND c.slot = i.slot
-  AND (s.slot IS NOT NULL OR c.moved_at < now() - interval '1 second');
-
 -- name: claim
--- The next rows of the owned slots' rounds, in publication order (seq: for the rows of one
--- aggregate, their commit order; see emit), after seq $3 (the batch still in flight, or 0). The primary key is walked in seq order over the
--- span of the rounds, each row checked against its slot's cursor (a scalar subquery, so that
--- the planner keeps the walk and stops at the limit).
--- `behind` says the row waits behind rows of its aggregate in {{outbox}}_parked (held when one
--- of them is parked or held, queued when they are all queued). A created_at Python cannot hold
--- (infinity, BC, after 9999) comes back NULL, and the row is parked for its envelope: decoding
--- it would fail the whole claim, again on every retry.
-WITH rounds AS MATERIALIZED (
-    SELECT min(next_seq) AS after, max(last_seq) AS upto FROM {{outbox}}_cursors
-    WHERE sink = '{{sink}}' AND slot = ANY($1::smallint[]) AND next_snap IS NOT NULL
+-- The next batch of the owned slots $1: up to $2 rows, after the batch still in flight ($3: its
+-- last seq when it came from the queue, $4 when from the rounds; 0: none); $5: no batch is in
+-- flight (a round with nothing left ends). One round trip: see {{outbox}}_claim (migration
+-- 0060) for the queue, the rounds and the order. `behind` says the row waits behind rows of its
+-- aggregate in {{outbox}}_parked (held or queued); `queued`, that it came from the queue.
+SELECT seq, id, aggregatetype, aggregateid, type, payload, headers, created_at, slot, behind,
+       queued
+FROM {{outbox}}_claim('{{sink}}', $1::smallint[], $2::int, $3::bigint, $4::bigint, $5::boolean);
+
+-- name: record
+-- What a batch did, in one statement (one transaction, one round trip): where the sink put each
+-- event it acknowledged ($1-$5), the rows set aside ($6-$12: parked, held behind a parked row,
+-- queued behind queued rows of their aggregate; a queued row tried again changes its state in
+-- place), the queued rows the sink took ($13), and for a batch of the rounds ($17 false) the
+-- cursors of the owned slots $14: every row of their rounds up to seq $15 is done, and with $16
+-- (the claim found fewer rows than it asked for, and none failed) the rounds are.
+WITH delivered AS (
+    INSERT INTO {{outbox}}_deliveries (seq, sink, destination, partition, position, created_at)
+    SELECT d.seq, '{{sink}}', d.destination, d.partition, d.position, d.created_at
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::timestamptz[])
+        AS d (seq, destination, partition, position, created_at)
+),
+aside AS (
+    INSERT INTO {{outbox}}_parked AS p
+        (sink, seq, slot, aggregatetype, aggregateid, state, reason, error)
+    SELECT '{{sink}}', r.seq, r.slot, r.aggregatetype, r.aggregateid, r.state, r.reason, r.error
+    FROM unnest($6::bigint[], $7::smallint[], $8::text[], $9::text[], $10::text[],
+                $11::text[], $12::text[])
+        AS r (seq, slot, aggregatetype, aggregateid, state, reason, error)
+    ON CONFLICT (sink, seq) DO UPDATE
+    SET state = excluded.state, reason = excluded.reason, error = excluded.error,
+        parked_at = now()
+),
+unqueued AS (
+    DELETE FROM {{outbox}}_parked
+    WHERE sink = '{{sink}}' AND seq = ANY($13::bigint[]) AND state = 'queued'
 )
-SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
-       o.payload::text AS payload, o.headers::text AS headers,
-       CASE WHEN o.created_at >= '0001-01-01 00:00:00+00' AND o.created_at < '10000-01-01 00:00:00+00'
-            THEN o.created_at END AS created_at,
-       o.slot,
-       (SELECT CASE WHEN count(*) = 0 THEN NULL
-                    WHEN bool_or(p.state <> 'queued') THEN 'held' ELSE 'queued' END
-        FROM {{outbox}}_parked AS p
-        WHERE p.sink = '{{sink}}' AND p.aggregatetype = o.aggregatetype
-          AND p.aggregateid = o.aggregateid AND p.seq < o.seq) AS behind
-FROM {{outbox}} AS o
-WHERE o.seq > (SELECT after FROM rounds) AND o.seq <= (SELECT upto FROM rounds)
-  AND o.slot = ANY($1::smallint[])
-  AND o.seq > $3::bigint
-  AND (SELECT o.seq > c.next_seq AND o.seq <= c.last_seq
-              AND pg_visible_in_snapshot(o.txid, c.next_snap)
-              AND NOT pg_visible_in_snapshot(o.txid, c.snap)
-       FROM {{outbox}}_cursors AS c
-       WHERE c.sink = '{{sink}}' AND c.slot = o.slot AND c.next_snap IS NOT NULL)
-ORDER BY o.seq
-LIMIT $2;
-
--- name: advance
--- After a batch of the rounds: every row of the owned slots' rounds up to seq $2 is done; with
--- $3 (the claim found fewer rows than it asked for, and none failed) the rounds are done.
--- Only on the connection that holds the slots' locks, in the transaction of the batch's
--- delivery records.
 UPDATE {{outbox}}_cursors
-SET snap = CASE WHEN $3::boolean THEN next_snap ELSE snap END,
-    next_snap = CASE WHEN $3::boolean THEN NULL ELSE next_snap END,
-    next_seq = CASE WHEN $3::boolean THEN 0 ELSE greatest(next_seq, $2::bigint) END,
-    last_seq = CASE WHEN $3::boolean THEN NULL ELSE last_seq END,
+SET snap = CASE WHEN $16::boolean THEN next_snap ELSE snap END,
+    next_snap = CASE WHEN $16::boolean THEN NULL ELSE next_snap END,
+    next_seq = CASE WHEN $16::boolean THEN 0 ELSE greatest(next_seq, $15::bigint) END,
+    last_seq = CASE WHEN $16::boolean THEN NULL ELSE last_seq END,
     moved_at = now()
-WHERE sink = '{{sink}}' AND slot = ANY($1::smallint[]) AND next_snap IS NOT NULL;
-
--- name: claim_queued
--- Queued rows of the owned slots (see {{outbox}}_parked), in seq order, after seq $3 (the
--- batch still in flight, or 0), except those behind a parked or held row of their aggregate.
-SELECT o.seq, o.id, o.aggregatetype, o.aggregateid, o.type,
-       o.payload::text AS payload, o.headers::text AS headers,
-       CASE WHEN o.created_at >= '0001-01-01 00:00:00+00' AND o.created_at < '10000-01-01 00:00:00+00'
-            THEN o.created_at END AS created_at,
-       o.slot, NULL::text AS behind
-FROM {{outbox}}_parked AS q
-JOIN {{outbox}} AS o ON o.seq = q.seq
-WHERE q.sink = '{{sink}}' AND q.state = 'queued' AND q.slot = ANY($1::smallint[])
-  AND q.seq > $3::bigint
-  AND NOT EXISTS (
-      SELECT 1 FROM {{outbox}}_parked AS p
-      WHERE p.sink = '{{sink}}' AND p.aggregatetype = q.aggregatetype
-        AND p.aggregateid = q.aggregateid AND p.seq < q.seq AND p.state <> 'queued')
-ORDER BY q.seq
-LIMIT $2;
-
--- name: any_queued
-SELECT EXISTS (SELECT 1 FROM {{outbox}}_parked WHERE sink = '{{sink}}' AND state = 'queued');
-
--- name: set_aside
--- Rows of a batch that were not published: parked, held behind a parked row, or queued behind
--- queued rows of their aggregate. A queued row tried again changes its state in place.
-INSERT INTO {{outbox}}_parked AS p
-    (sink, seq, slot, aggregatetype, aggregateid, state, reason, error)
-SELECT '{{sink}}', r.seq, r.slot, r.aggregatetype, r.aggregateid, r.state, r.reason, r.error
-FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[]) AS r (seq, slot, aggregatetype, aggregateid, state, reason, error)
-ON CONFLICT (sink, seq) DO UPDATE
-SET state = excluded.state, reason = excluded.reason, error = excluded.error, parked_at = now();
-
--- name: unqueue
--- Queued rows the sink acknowledged.
-DELETE FROM {{outbox}}_parked
-WHERE sink = '{{sink}}' AND seq = ANY($1::bigint[]) AND state = 'queued';
+WHERE NOT $17::boolean
+  AND sink = '{{sink}}' AND slot = ANY($14::smallint[]) AND next_snap IS NOT NULL;
 
 -- name: sink_stats
 -- The outbox gauges of one sink: the rows it still owes (see {{outbox}}_owed in migration 0050)

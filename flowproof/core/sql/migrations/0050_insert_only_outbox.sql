@@ -8,7 +8,7 @@
 -- visible in a newer snapshot and was not in the older one, so a transaction that commits after
 -- a later row was published is never skipped: it was in progress in the older snapshot and is
 -- visible in a newer one. A round (snap, next_snap] larger than a batch is published in seq
--- order, next_seq saying how far; see publisher/sql/queries.sql (begin_round, claim).
+-- order, next_seq saying how far; see {{outbox}}_claim (migration 0060).
 
 -- The inserting transaction. Rows already here keep NULL: they were written before this
 -- migration, and what the sinks still owe of them is queued in {{outbox}}_parked below.
