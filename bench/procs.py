@@ -198,24 +198,46 @@ class Flowproof:
         Path(self._log.name).unlink(missing_ok=True)
 
 
+# Started by the bench (a large process), a command's own peak RSS would include the bench's: the
+# kernel counts the memory a child had before exec (shared with the parent under vfork) in its
+# ru_maxrss. So a small launcher starts the command and reports the peak of its child alone.
+_LAUNCHER = """
+import os, resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+os.write(int(sys.argv[1]), str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss).encode())
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_once(args: list[str], env: dict[str, str], within: float) -> tuple[int, bytes, int, str]:
     """Run a one-shot `flowproof` command; its exit code, stdout, exact peak RSS (bytes, from
-    wait4's rusage) and the tail of its stderr. Blocking: call it in a thread."""
+    the rusage of its launcher's child) and the tail of its stderr. Blocking: call it in a
+    thread."""
+    peak_read, peak_write = os.pipe()
     with tempfile.TemporaryFile() as err:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "flowproof", *args], env=env, stdout=subprocess.PIPE, stderr=err
-        )
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-c", _LAUNCHER, str(peak_write), sys.executable, "-m",
+                 "flowproof", *args],
+                env=env, stdout=subprocess.PIPE, stderr=err, pass_fds=(peak_write,),
+                start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(peak_write)
         assert child.stdout is not None
-        killer = threading.Timer(within, child.kill)
+        killer = threading.Timer(within, os.killpg, (child.pid, signal.SIGKILL))
         killer.start()
         try:
             out = child.stdout.read()
-            _, status, usage = os.wait4(child.pid, 0)
+            code = child.wait()
         finally:
             killer.cancel()
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode == -signal.SIGKILL:
+        with os.fdopen(peak_read, "rb") as peak:
+            reported = peak.read()
+        if code == -signal.SIGKILL:
             raise TimeoutError(f"flowproof {' '.join(args)} took longer than {within} s")
+        if code > 128:  # the command died of a signal (the launcher's convention above)
+            code = -(code - 128)
         err.seek(0)
         tail = "\n".join(err.read().decode(errors="replace").splitlines()[-30:])
-    return child.returncode, out, usage.ru_maxrss * 1024, tail
+    return code, out, int(reported or 0) * 1024, tail
