@@ -134,6 +134,17 @@ def provision(
     )
     assert migrate.returncode == 0, f"migrate as flowproof_owner failed: {migrate.stderr}"
     secured = dataclasses.replace(secured, migrate_output=migrate.stdout + migrate.stderr)
+    # A hardened database, where PUBLIC may not execute functions: grants.sql must grant each
+    # role every function its statements call.
+    hardened = psql(
+        server,
+        "-c",
+        "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA public FROM PUBLIC",
+        user="flowproof_owner",
+        password=passwords["owner"],
+        database=DATABASE,
+    )
+    _checked(hardened, "REVOKE EXECUTE ... FROM PUBLIC as flowproof_owner")
     grants = psql(
         server,
         "-f",

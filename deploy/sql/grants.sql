@@ -16,8 +16,8 @@
 --   the cursor columns (moved once per batch); on `<outbox>_parked` SELECT, INSERT, UPDATE and
 --   DELETE (rows set aside; `flowproof parked retry` queues them); on `<outbox>_sinks` SELECT
 --   and INSERT (a relay registers its sinks; never removes one).
---   LISTEN/NOTIFY, advisory locks and pg_locks (relay membership) need no grant, nor does the
---   claim function `<outbox>_claim` (EXECUTE is PUBLIC's; it runs with the caller's rights).
+--   LISTEN/NOTIFY, advisory locks and pg_locks (relay membership) need no grant. EXECUTE on
+--   the claim function `<outbox>_claim` and on `<outbox>_owed` (they run with its rights).
 -- * flowproof_consumer: INSERT (COPY) of the receipt columns a consumer writes.
 -- * flowproof_verifier: SELECT on the outbox, its deliveries, sinks, cursors, parked rows and
 --   progress view, and the receipts.
@@ -33,6 +33,8 @@
 \set cursors :outbox '_cursors'
 \set parked :outbox '_parked'
 \set progress :outbox '_progress'
+\set claim :outbox '_claim'
+\set owed :outbox '_owed'
 
 BEGIN;
 
@@ -62,5 +64,16 @@ GRANT INSERT (event_id, sink, consumer_group, consumer, source, position, event_
 
 GRANT SELECT ON TABLE :"outbox", :"deliveries", :"sinks", :"cursors", :"parked", :"progress",
     flowproof_receipts TO flowproof_verifier;
+
+-- The functions of migrations 0020, 0050 and 0060. EXECUTE is PUBLIC's by default; granted here
+-- all the same, for databases whose default privileges take it from PUBLIC. They run with the
+-- caller's rights: the table grants above still decide what each role may read and change.
+GRANT EXECUTE ON FUNCTION :"claim"(text, smallint[], integer, bigint, bigint, boolean)
+    TO flowproof_relay;
+GRANT EXECUTE ON FUNCTION :"owed"(text) TO flowproof_relay, flowproof_verifier;
+GRANT EXECUTE ON FUNCTION flowproof_cursor_passed(xid8, bigint, pg_snapshot, pg_snapshot, bigint)
+    TO flowproof_relay, flowproof_verifier;
+GRANT EXECUTE ON FUNCTION flowproof_position_order(text, text)
+    TO flowproof_relay, flowproof_consumer;
 
 COMMIT;
