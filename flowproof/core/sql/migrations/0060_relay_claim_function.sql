@@ -46,9 +46,10 @@ BEGIN
 
     -- A new round for each owned slot that has none: the rows whose transaction is visible in
     -- this statement's snapshot and was not in the slot's cursor snapshot, from the first seq
-    -- to the last. A slot with no such row moves to the snapshot, at most once a second (moving
-    -- it only keeps the span scanned here short; writing 64 cursor rows on every cycle of an
-    -- idle relay would cost more than it saves).
+    -- to the last. A slot with no such row moves to the snapshot, at most every 50 ms: moving
+    -- it only keeps the span scanned here short (the rows since the oldest idle snapshot, which
+    -- at a steady rate grow with the interval), and writing every idle cursor on every cycle
+    -- would cost more than it saves.
     WITH now AS MATERIALIZED (SELECT pg_current_snapshot() AS snap),
     idle AS MATERIALIZED (
         SELECT c.slot, c.snap FROM {{outbox}}_cursors AS c
