@@ -80,6 +80,10 @@ class KafkaReader:
             client_id="flowproof-verify",
         )
 
+    async def _ask(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """`call()`, asked again while its broker is down, within this reader's time limit."""
+        return await ask_again_if_node_down(call, what, within=self.timeout)
+
     async def open(self) -> None:
         """Connect both clients, or raise ComponentUnreachable('kafka') (closing what opened)."""
         try:
@@ -98,17 +102,13 @@ class KafkaReader:
 
     async def partitions(self, prefix: str) -> tuple[list[TopicPartition], list[TopicPartition]]:
         """The partitions of the topics under `prefix`: (event topics', dead-letter topics')."""
-        topics = await ask_again_if_node_down(
-            self.admin.list_topics, "list_topics", within=self.timeout
-        )
+        topics = await self._ask(self.admin.list_topics, "list_topics")
         names = sorted(t for t in topics if t.startswith(prefix))
         if not names:
             return [], []
         events: list[TopicPartition] = []
         dlqs: list[TopicPartition] = []
-        described = await ask_again_if_node_down(
-            lambda: self.admin.describe_topics(names), "describe_topics", within=self.timeout
-        )
+        described = await self._ask(lambda: self.admin.describe_topics(names), "describe_topics")
         for topic in described:
             tps = [TopicPartition(topic["topic"], p["partition"]) for p in topic["partitions"]]
             (dlqs if is_dlq(topic["topic"]) else events).extend(sorted(tps))
@@ -119,15 +119,11 @@ class KafkaReader:
     ) -> tuple[set[TopicPartition], dict[TopicPartition, int], dict[TopicPartition, int]]:
         """Which of `tps` exist, and their log start and end offsets (verifier.loss)."""
         # Only topics that exist are described: describing one that does not may create it.
-        known = set(
-            await ask_again_if_node_down(self.admin.list_topics, "list_topics", within=self.timeout)
-        )
+        known = set(await self._ask(self.admin.list_topics, "list_topics"))
         topics = sorted({tp.topic for tp in tps} & known)
         existing: set[TopicPartition] = set()
         described = (
-            await ask_again_if_node_down(
-                lambda: self.admin.describe_topics(topics), "describe_topics", within=self.timeout
-            )
+            await self._ask(lambda: self.admin.describe_topics(topics), "describe_topics")
             if topics
             else []
         )
@@ -143,19 +139,15 @@ class KafkaReader:
         return set(wanted), begin, end
 
     async def committed(self, group: str) -> dict[TopicPartition, int]:
-        offsets = await ask_again_if_node_down(
-            lambda: self.admin.list_consumer_group_offsets(group),
-            "list_consumer_group_offsets",
-            within=self.timeout,
+        offsets = await self._ask(
+            lambda: self.admin.list_consumer_group_offsets(group), "list_consumer_group_offsets"
         )
         return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
 
     async def members(self, group: str) -> tuple[int, str]:
         """How many members the group has, and its state (Stable, Empty, Dead...)."""
-        responses = await ask_again_if_node_down(
-            lambda: self.admin.describe_consumer_groups([group]),
-            "describe_consumer_groups",
-            within=self.timeout,
+        responses = await self._ask(
+            lambda: self.admin.describe_consumer_groups([group]), "describe_consumer_groups"
         )
         for response in responses:
             for described in response.groups:
