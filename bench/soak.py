@@ -96,10 +96,10 @@ class Soak:
 
     def env(self) -> dict[str, str]:
         return {
-            # Deliveries pruned after 3 minutes: the outbox stays a few minutes long.
+            # Minute partitions dropped after 3 minutes: the outbox stays a few minutes long.
             "FLOWPROOF_RELAY_RETENTION_SECONDS": "180",
+            "FLOWPROOF_RELAY_PARTITION_SECONDS": "60",
             "FLOWPROOF_RELAY_PRUNE_INTERVAL_SECONDS": "10",
-            "FLOWPROOF_RELAY_PRUNE_BATCH_SIZE": "20000",
             "FLOWPROOF_VERIFY_INTERVAL_SECONDS": "30",
             "FLOWPROOF_VERIFY_WINDOW_SECONDS": "120",
             "FLOWPROOF_VERIFY_TIMEOUT_SECONDS": "60",

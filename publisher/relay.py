@@ -31,7 +31,7 @@ from flowproof.publisher.encode_cache import EncodeCache
 from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import OutboxMissing, RelayCrashed
 from flowproof.publisher.listener import Listener
-from flowproof.publisher.maintenance import prune, refresh_gauges
+from flowproof.publisher.maintenance import maintain_partitions, prune, refresh_gauges
 from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.queries import query, side_tables
 from flowproof.publisher.sinks import make_sink
@@ -42,6 +42,8 @@ from flowproof.schemas.registry import SchemaRegistry, load_registry
 log = get_logger(__name__)
 
 Job = Callable[[asyncpg.Connection], Awaitable[object]]
+# How often partitions are made ahead when FLOWPROOF_RELAY_PRUNE_INTERVAL_SECONDS is 0.
+PARTITIONS_EVERY = 60.0
 
 
 class Relay:
@@ -126,13 +128,14 @@ class Relay:
                 name="relay.gauges",
             )
         )
-        if settings.relay_prune_interval_seconds > 0:
-            tasks.append(
-                asyncio.create_task(
-                    self._every(pool, settings.relay_prune_interval_seconds, self._prune),
-                    name="relay.pruner",
-                )
+        tasks.append(
+            asyncio.create_task(
+                self._every(
+                    pool, settings.relay_prune_interval_seconds or PARTITIONS_EVERY, self._prune
+                ),
+                name="relay.pruner",
             )
+        )
         log.info(
             "relay.started",
             sinks=list(settings.sinks),
@@ -178,7 +181,8 @@ class Relay:
         await self._once(self._gauges)
 
     async def prune_once(self) -> int:
-        """Prune delivered rows past the retention once; return how many were deleted."""
+        """Drop the partitions past the retention (and make those ahead) once; return how many
+        outbox rows went."""
         return await self._once(prune_rows(self.settings))
 
     async def preflight(self) -> None:
@@ -200,7 +204,8 @@ class Relay:
         await refresh_gauges(conn, self.settings)
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
-        await prune(conn, self.settings)
+        drop_old = self.settings.relay_prune_interval_seconds > 0
+        await maintain_partitions(conn, self.settings, drop_old=drop_old)
 
     async def _once(self, job: Callable[[asyncpg.Connection], Awaitable[int | None]]) -> int:
         conn = await connect_relay(self.settings, "maintenance")

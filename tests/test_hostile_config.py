@@ -451,7 +451,7 @@ def test_unreadable_secret_files_are_config_errors_naming_them(tmp_path: Path) -
 BAD_ENV = [
     ("FLOWPROOF_VERIFY_TIMEOUT_SECONDS", "inf"),
     ("FLOWPROOF_VERIFY_INTERVAL_SECONDS", "1e308"),
-    ("FLOWPROOF_RELAY_PRUNE_BATCH_SIZE", "99999999999999999999"),
+    ("FLOWPROOF_RELAY_PARTITION_SECONDS", "1e15"),
     ("FLOWPROOF_OUTBOX_TABLE", "flowproof_outbox; DROP TABLE flowproof_receipts; --"),
     ("FLOWPROOF_TOPIC_PREFIX", "ﬂowproof."),
     ("FLOWPROOF_DATABSE_URL", "postgresql://x@y/z"),  # a typo: named with the closest variable

@@ -1,7 +1,11 @@
-"""Migration 0050 upgrades an outbox in place: the rows the relay of 0040 left pending are
-published once after it, in the order of their aggregates, before the rows written after it; the
-rows already published are not published again; parked rows stay parked, with the rows held
-behind them, until `flowproof parked retry`."""
+"""Migrations upgrade an outbox in place.
+
+0050 (insert-only): the rows the relay of 0040 left pending are published once after it, in the
+order of their aggregates, before the rows written after it; the rows already published are not
+published again; parked rows stay parked, with the rows held behind them, until `flowproof parked
+retry`. 0070 (time partitions): the outbox, its delivery records and the receipts are rebuilt
+partitioned with every row, seq and txid kept: what was pending is published once after it, what
+was published is not published again, and the identities go on from where they were."""
 
 from __future__ import annotations
 
@@ -23,24 +27,37 @@ from tests.conftest import Services
 from tests.readback import insert_canaries, read_stream, read_topic, unpublished
 
 BEFORE_0050 = 40
+BEFORE_0070 = 60
 
 
-@pytest.fixture
-async def old_database(services: Services) -> AsyncIterator[str]:
-    """A database migrated up to 0040 only: the outbox with per-row published marks."""
+async def _database_at(services: Services, version: int) -> AsyncIterator[str]:
     name = f"fp_u_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(services.database_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         conn = await asyncpg.connect(services.database(name))
         try:
-            await migrate(conn, "flowproof_outbox", upto=BEFORE_0050)
+            await migrate(conn, "flowproof_outbox", upto=version)
         finally:
             await conn.close()
         yield services.database(name)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def old_database(services: Services) -> AsyncIterator[str]:
+    """A database migrated up to 0040 only: the outbox with per-row published marks."""
+    async for url in _database_at(services, BEFORE_0050):
+        yield url
+
+
+@pytest.fixture
+async def database_0060(services: Services) -> AsyncIterator[str]:
+    """A database migrated up to 0060: the insert-only outbox, not partitioned."""
+    async for url in _database_at(services, BEFORE_0070):
+        yield url
 
 
 # (aggregate, redis state, kafka state) of each row before the upgrade, in seq order:
@@ -99,7 +116,7 @@ async def test_pending_rows_are_published_once_after_the_upgrade(
         }
 
         applied = await migrate(conn, "flowproof_outbox")
-        assert [m.version for m in applied] == [50, 60]
+        assert [m.version for m in applied] == [50, 60, 70]
         states = await conn.fetch(
             "SELECT sink, seq, state FROM flowproof_outbox_parked ORDER BY sink, seq"
         )
@@ -147,5 +164,83 @@ async def test_pending_rows_are_published_once_after_the_upgrade(
                 mine = [order[m.event_id] for m in messages if m.fields["aggregateid"] == aggregate]
                 assert mine == sorted(mine), (sink, aggregate)
         assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox_parked") == 0
+    finally:
+        await conn.close()
+
+
+async def test_an_outbox_of_0060_is_partitioned_in_place(
+    database_0060: str,
+    settings: Settings,
+    redis_client: aioredis.Redis,
+    kafka_admin: AIOKafkaAdminClient,
+) -> None:
+    settings = settings.model_copy(
+        update={"database_url": SecretStr(database_0060), "relay_batch_size": 5}
+    )
+    conn = await asyncpg.connect(database_0060)
+    try:
+        # Published before the upgrade: 12 rows, 3 of them written three days ago.
+        await insert_canaries(conn, ["a", "b", "c"], 4, run_id="before")
+        await conn.execute(
+            "UPDATE flowproof_outbox SET created_at = created_at - interval '3 days' "
+            "WHERE seq % 4 = 0"
+        )
+        await Relay(settings).run_until_idle()
+        # Pending at the upgrade: 9 rows of the same aggregates and a new one.
+        await insert_canaries(conn, ["a", "c", "d"], 3, run_id="pending")
+        await conn.execute(
+            "INSERT INTO flowproof_receipts (event_id, sink, consumer_group, consumer, source, "
+            "position, received_at, valid) SELECT id, 'redis', 'g', 'c', 's', '1-' || seq, "
+            "created_at, true FROM flowproof_outbox WHERE seq <= 12"
+        )
+        rows_before = await conn.fetch("SELECT seq, id, txid::text FROM flowproof_outbox")
+        deliveries_before = await conn.fetchval("SELECT count(*) FROM flowproof_outbox_deliveries")
+        last_receipt = await conn.fetchval("SELECT max(receipt_id) FROM flowproof_receipts")
+        assert len(rows_before) == 21 and deliveries_before == 24
+        assert await unpublished(conn, "redis") == await unpublished(conn, "kafka") == 9
+
+        applied = await migrate(conn, "flowproof_outbox")
+        assert [m.version for m in applied] == [70]
+
+        kinds = await conn.fetch(
+            "SELECT relname, relkind::text FROM pg_class WHERE relname IN "
+            "('flowproof_outbox', 'flowproof_outbox_deliveries', 'flowproof_receipts')"
+        )
+        assert {r["relkind"] for r in kinds} == {"p"} and len(kinds) == 3
+        days = await conn.fetchval(
+            "SELECT count(*) FROM flowproof_partitions('flowproof_outbox') "
+            "WHERE NOT is_default AND lo < now() - interval '2 days'"
+        )
+        assert days == 1  # the day of the rows written three days ago
+        rows_after = await conn.fetch("SELECT seq, id, txid::text FROM flowproof_outbox")
+        assert sorted(map(tuple, rows_after)) == sorted(map(tuple, rows_before))
+        assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox_default") == 0
+        assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox_deliveries") == 24
+        assert await unpublished(conn, "redis") == await unpublished(conn, "kafka") == 9
+
+        # The identities go on: new rows and receipts come after the old ones.
+        await insert_canaries(conn, ["a", "e"], 2, run_id="after")
+        new_seqs = await conn.fetch("SELECT seq FROM flowproof_outbox WHERE seq > 21")
+        assert len(new_seqs) == 4
+        receipt = await conn.fetchval(
+            "INSERT INTO flowproof_receipts (sink, consumer_group, consumer, source, position, "
+            "received_at, valid, reason) VALUES ('redis', 'g', 'c', 's', '9-9', now(), false, "
+            "'bad_magic') RETURNING receipt_id"
+        )
+        assert receipt == last_receipt + 1
+
+        await Relay(settings).run_until_idle()
+        assert await unpublished(conn, "redis") == await unpublished(conn, "kafka") == 0
+        # Every event once: those published before the upgrade were not published again.
+        everything = await conn.fetch("SELECT id::text FROM flowproof_outbox")
+        expected = Counter(r["id"] for r in everything)
+        assert len(expected) == 25
+        sent = {
+            "redis": await read_stream(redis_client, f"{settings.stream_prefix}canary"),
+            "kafka": await read_topic(settings, f"{settings.topic_prefix}canary"),
+        }
+        for sink, messages in sent.items():
+            assert Counter(m.event_id for m in messages) == expected, sink
+        assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox_deliveries") == 50
     finally:
         await conn.close()

@@ -3,9 +3,9 @@
 A round of a cursor (the `<outbox>_claim` function, migration 0060) may span a large backlog: a
 table filled before the relay first ran, or an outage. Sorting the round on every claim would
 cost the whole round per batch; the claim must walk the primary key from where the round stands
-and stop after a batch. This checks the plan PostgreSQL really chooses inside the function, on a
-real server: auto_explain logs the plan of each statement the function runs, and the log comes
-back to this session as a message.
+and stop after a batch: in each time partition (migration 0070), merged in seq order. This checks
+the plan PostgreSQL really chooses inside the function, on a real server: auto_explain logs the
+plan of each statement the function runs, and the log comes back to this session as a message.
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
             "WHERE sink = $1 AND next_snap IS NOT NULL",
             sink,
         )
+        partitions = {
+            r["part"]
+            for r in await conn.fetch(
+                "SELECT part::text FROM flowproof_partitions('flowproof_outbox')"
+            )
+        }
+        assert len(partitions) >= 4, partitions  # today's, two days ahead, the default
         plans, seqs = await claim_plans(conn, sink)
         assert seqs == list(range(PUBLISHED + 1, PUBLISHED + 501))
         # The statement that returned the rows: the one that walks the outbox under a Limit.
@@ -82,14 +89,18 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
             p
             for p in plans
             if p["Node Type"] == "Limit"
-            and any(n.get("Relation Name") == "flowproof_outbox" for n in _nodes(p))
+            and any(n.get("Relation Name", "") in partitions for n in _nodes(p))
         ]
         assert len(claims) == 2, json.dumps(plans, indent=1)  # the queue's, then the rounds'
         plan = claims[-1]
-        walks = [
-            (n["Node Type"], n.get("Index Name")) for n in _nodes(plan) if n.get("Alias") == "o"
-        ]
-        assert walks == [("Index Scan", "flowproof_outbox_pkey")], json.dumps(plan, indent=1)
+        # Each time partition (migration 0070) walked by its primary key, merged in seq order.
+        walks = {
+            n["Relation Name"]: (n["Node Type"], n.get("Index Name"))
+            for n in _nodes(plan)
+            if n.get("Relation Name") in partitions
+        }
+        assert walks == {p: ("Index Scan", f"{p}_pkey") for p in partitions}, json.dumps(plan)
+        assert [n for n in _nodes(plan) if n["Node Type"] == "Merge Append"], json.dumps(plan)
         assert not [n for n in _nodes(plan) if n["Node Type"] == "Sort"], json.dumps(plan)
     finally:
         await conn.close()

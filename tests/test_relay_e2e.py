@@ -232,35 +232,40 @@ async def test_a_lost_worker_connection_is_made_again_and_nothing_is_lost(
     assert len({m.event_id for m in messages}) == 30
 
 
-async def test_prune_deletes_only_old_rows_every_sink_acknowledged(
+async def test_prune_drops_only_old_partitions_every_sink_published(
     settings: Settings,
     conn: asyncpg.Connection,
     redis_client: aioredis.Redis,
     kafka_admin: AIOKafkaAdminClient,
 ) -> None:
+    """A partition of the outbox goes once it is older than the retention and every sink
+    published all of its rows; one row still owed or set aside keeps its whole partition."""
     await insert_canaries(conn, ["p-1"], 8)
     await conn.execute(
         "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload) "
         "VALUES ('canary', 'p-2', 'nope.Unknown', '{}')"
     )
-    settings = settings.model_copy(
-        update={"relay_retention_seconds": 86400.0, "relay_prune_batch_size": 2}
-    )
+    settings = settings.model_copy(update={"relay_retention_seconds": 86400.0})
     relay = Relay(settings)
     await relay.run_until_idle()
-    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
-    await conn.execute("UPDATE flowproof_outbox SET created_at = $1 WHERE seq <= 6 OR seq = 9", old)
-    # seq 6: acknowledged by Redis only (as if Kafka had it queued again): it must stay.
+    today = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    days_ago = {2: "seq <= 5", 3: "seq = 6", 4: "seq = 9"}
+    for days, rows in days_ago.items():  # each day its own partition (by created_at)
+        await conn.execute(
+            f"UPDATE flowproof_outbox SET created_at = $1 WHERE {rows}",
+            today - dt.timedelta(days=days),
+        )
+    # seq 6: published by Redis only (as if Kafka had it queued again): its partition stays.
     await conn.execute(
         "INSERT INTO flowproof_outbox_parked (sink, seq, slot, aggregatetype, aggregateid, state) "
         "SELECT 'kafka', seq, slot, aggregatetype, aggregateid, 'queued' FROM flowproof_outbox "
         "WHERE seq = 6"
     )
-    # seq 10: old, and no relay's cursor has passed it yet: it must stay.
+    # seq 10: old, and no relay's cursor has passed it yet: its partition stays.
     await conn.execute(
         "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at) "
         "VALUES ('canary', 'p-3', 'flowproof.Canary', '{}', $1)",
-        old,
+        today - dt.timedelta(days=5),
     )
     before = metric("flowproof_relay_pruned_total")
 
@@ -271,4 +276,14 @@ async def test_prune_deletes_only_old_rows_every_sink_acknowledged(
     # 6 half published, 7-8 recent, 9 old but parked, 10 old but not published yet
     assert remaining == [6, 7, 8, 9, 10]
     assert metric("flowproof_relay_pruned_total") - before == 5
+    partitions = await conn.fetch(
+        "SELECT part::text AS name, lo FROM flowproof_partitions('flowproof_outbox') "
+        "WHERE NOT is_default AND lo < $1 ORDER BY lo",
+        today - dt.timedelta(days=1, hours=12),
+    )
+    # The day of rows 1-5 went; those of 10, 9 and 6 stay, each a day wide.
+    assert [p["lo"] for p in partitions] == [
+        (today - dt.timedelta(days=d)).replace(hour=0) for d in (5, 4, 3)
+    ]
     assert await relay.prune_once() == 0
+    assert await conn.fetchval("SELECT count(*) FROM flowproof_outbox_default") == 0

@@ -254,6 +254,9 @@ RECEIPT_ROW = (
     "received_at, valid) VALUES ('redis', 'g', 'c', 's', '1-0', now(), true)"
 )
 
+# The function that makes and drops time partitions with its owner's rights (migration 0070).
+MAINTAIN = "flowproof_outbox_partitions_maintain"
+
 # (role, statement, allowed): each role may do what its component does, and nothing else.
 PRIVILEGES = [
     ("writer", OUTBOX_ROW, True),
@@ -265,13 +268,19 @@ PRIVILEGES = [
     ("writer", "UPDATE flowproof_outbox SET payload = '{}'", False),
     ("writer", "DELETE FROM flowproof_outbox", False),
     ("writer", RECEIPT_ROW, False),
+    ("writer", f"SELECT * FROM {MAINTAIN}('outbox', 'drop', 0, 86400, 2)", False),
     ("relay", "SELECT seq, id, payload, created_at FROM flowproof_outbox", True),
     ("relay", "UPDATE flowproof_outbox_cursors SET next_seq = next_seq WHERE slot = 1", True),
     ("relay", "UPDATE flowproof_outbox_cursors SET sink = 'redis' WHERE slot = 1", False),
     ("relay", "INSERT INTO flowproof_outbox_parked (sink, seq, slot, aggregatetype, aggregateid, "
      "state, reason) VALUES ('kafka', 1, 1, 'order', 'o-1', 'parked', 'oversized')", True),
     ("relay", "DELETE FROM flowproof_outbox WHERE seq IN (SELECT seq FROM flowproof_outbox "
-     "WHERE txid IS NOT NULL LIMIT 10)", True),
+     "WHERE txid IS NOT NULL LIMIT 10)", False),
+    ("relay", "DELETE FROM flowproof_outbox_deliveries", False),
+    ("relay", f"SELECT * FROM {MAINTAIN}('outbox', 'make', 86400, 86400, 2)", True),
+    ("relay", f"SELECT * FROM {MAINTAIN}('deliveries', 'drop', 86400, 86400, 2)", True),
+    ("relay", "DROP TABLE flowproof_outbox_default", False),
+    ("relay", "SELECT flowproof_partition_ensure('flowproof_outbox', now(), '1 day')", False),
     ("relay", "SELECT seq FROM flowproof_outbox FOR UPDATE SKIP LOCKED", False),
     ("relay", "UPDATE flowproof_outbox SET txid = txid WHERE seq = 1", False),
     ("relay", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'", True),
@@ -288,6 +297,7 @@ PRIVILEGES = [
     ("consumer", "SELECT count(*) FROM flowproof_outbox", False),
     ("consumer", "UPDATE flowproof_outbox_cursors SET next_seq = 0", False),
     ("consumer", OUTBOX_ROW, False),
+    ("consumer", f"SELECT * FROM {MAINTAIN}('receipts', 'drop', 0, 86400, 2)", False),
     ("verifier", "SELECT count(*) FROM flowproof_outbox", True),
     ("verifier", "SELECT count(*) FROM flowproof_receipts", True),
     ("verifier", RECEIPT_ROW, False),
@@ -296,10 +306,12 @@ PRIVILEGES = [
     ("verifier", "UPDATE flowproof_outbox_cursors SET next_seq = 0", False),
     ("verifier", "DELETE FROM flowproof_outbox_parked", False),
     ("verifier", "DELETE FROM flowproof_receipts", False),
+    ("verifier", f"SELECT * FROM {MAINTAIN}('receipts', 'drop', 0, 86400, 2)", False),
     ("smoke", OUTBOX_ROW + " RETURNING created_at", True),
     ("smoke", "SELECT count(*) FROM flowproof_receipts", True),
     ("smoke", "DELETE FROM flowproof_outbox", False),
     ("smoke", RECEIPT_ROW, False),
+    ("smoke", f"SELECT * FROM {MAINTAIN}('outbox', 'drop', 0, 86400, 2)", False),
     *[(role, "CREATE TABLE flowproof_intruder (x int)", False) for role in ROLES[1:]],
     *[(role, "DROP TABLE flowproof_receipts", False) for role in ROLES[1:]],
     *[(role, "TRUNCATE flowproof_outbox", False) for role in ROLES[1:]],
@@ -453,13 +465,15 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
     secured_pg: SecuredPostgres,
 ) -> None:
     """The statements the pipeline test rarely reaches (registering its sinks, parking a row,
-    pruning delivered rows and their delivery records) as the relay runs them, on a
+    dropping old time partitions through the owner's function) as the relay runs them, on a
     flowproof_relay connection."""
     owner = await asyncpg.connect(secured_pg.dsn("owner"))
     try:
+        # Three rows of one day, and the row to park a day later: a partition each.
         seqs = await owner.fetch(
             "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload, created_at) "
-            "SELECT 'order', 'prune-' || n, 'flowproof.Canary', '{}', now() - interval '2 days' "
+            "SELECT 'order', 'prune-' || n, 'flowproof.Canary', '{}', "
+            "       now() - make_interval(days => CASE WHEN n < 3 THEN 3 ELSE 2 END) "
             "FROM generate_series(0, 3) AS n RETURNING seq"
         )
     finally:
@@ -487,8 +501,10 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
                 ["too big"] if parks else [],
                 [], slots, to_park, True, False,
             )  # fmt: skip
+        for sink in ("redis", "kafka"):  # nothing left: the rounds end, the cursors move on
+            assert await conn.fetch(query("claim", table, sink), slots, 10, 0, 0, True) == []
         await refresh_gauges(conn, settings)  # with a parked row: its waiting-behind query too
-        pruned = await prune(conn, settings.model_copy(update={"relay_prune_batch_size": 2}))
+        pruned = await prune(conn, settings)
         left = await conn.fetch("SELECT seq FROM flowproof_outbox ORDER BY seq")
         parked = await conn.fetch("SELECT seq, sink, reason FROM flowproof_outbox_parked")
         # `flowproof parked retry`, as the relay role: the row is queued for another try.

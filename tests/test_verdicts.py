@@ -293,7 +293,12 @@ async def test_a_one_sink_relay_never_prunes_what_the_other_sink_still_owes(
     both = await relay(judged)  # registers both sinks with the outbox
     assert sum(s.published for s in both.stats.values()) == 40
     await emit(conn, 5)
-    redis_only = Relay(tuned(judged, sinks=("redis",), relay_retention_seconds=0.0))
+    # Each half in a partition of its own, past the retention of a day (by created_at).
+    await conn.execute(
+        "UPDATE flowproof_outbox SET created_at = created_at - make_interval(days => "
+        "CASE WHEN seq <= 20 THEN 3 ELSE 2 END)"
+    )
+    redis_only = Relay(tuned(judged, sinks=("redis",), relay_retention_seconds=86400.0))
     await redis_only.run_until_idle()
     await redis_only.prune_once()
     owed = await conn.fetchval(

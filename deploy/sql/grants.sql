@@ -10,14 +10,16 @@
 -- * flowproof_writer: INSERT of the event columns only. Applications cannot set created_at
 --   nor txid (so cannot slip a row behind a relay's cursor), nor read, change or delete rows.
 --   The identity column `seq` needs no sequence grant: an identity default is part of INSERT.
--- * flowproof_relay: SELECT (claims, gauges) and DELETE (pruning delivered rows) on the
---   outbox, never UPDATE (it is insert-only); on `<outbox>_deliveries` INSERT of where
---   each event went, SELECT and DELETE (pruning); on `<outbox>_cursors` SELECT and UPDATE of
---   the cursor columns (moved once per batch); on `<outbox>_parked` SELECT, INSERT, UPDATE and
+-- * flowproof_relay: SELECT (claims, gauges) on the outbox, never UPDATE (it is insert-only)
+--   nor DELETE; on `<outbox>_deliveries` INSERT of where each event went and SELECT; on
+--   `<outbox>_cursors` SELECT and UPDATE of the cursor columns (moved once per batch); on `<outbox>_parked` SELECT, INSERT, UPDATE and
 --   DELETE (rows set aside; `flowproof parked retry` queues them); on `<outbox>_sinks` SELECT
 --   and INSERT (a relay registers its sinks; never removes one).
 --   LISTEN/NOTIFY, advisory locks and pg_locks (relay membership) need no grant. EXECUTE on
---   the claim function `<outbox>_claim` and on `<outbox>_owed` (they run with its rights).
+--   the claim function `<outbox>_claim` and on `<outbox>_owed` (they run with its rights), and
+--   on `<outbox>_partitions_maintain`, which runs with its owner's rights: old time partitions
+--   go by DROP, which only an owner may do, and the function decides what may go (migration
+--   0070). Nobody else may execute it.
 -- * flowproof_consumer: INSERT (COPY) of the receipt columns a consumer writes.
 -- * flowproof_verifier: SELECT on the outbox, its deliveries, sinks, cursors, parked rows and
 --   progress view, and the receipts.
@@ -35,6 +37,7 @@
 \set progress :outbox '_progress'
 \set claim :outbox '_claim'
 \set owed :outbox '_owed'
+\set maintain :outbox '_partitions_maintain'
 
 BEGIN;
 
@@ -48,12 +51,12 @@ REVOKE ALL ON TABLE :"outbox", :"deliveries", :"sinks", :"cursors", :"parked", :
 GRANT INSERT (id, aggregatetype, aggregateid, type, payload, headers)
     ON TABLE :"outbox" TO flowproof_writer;
 
-GRANT SELECT, DELETE ON TABLE :"outbox" TO flowproof_relay;
+GRANT SELECT ON TABLE :"outbox" TO flowproof_relay;
 GRANT SELECT, UPDATE (snap, next_snap, next_seq, last_seq, moved_at)
     ON TABLE :"cursors" TO flowproof_relay;
 GRANT SELECT, INSERT, UPDATE (state, reason, error, parked_at), DELETE
     ON TABLE :"parked" TO flowproof_relay;
-GRANT INSERT (seq, sink, destination, partition, position, created_at), SELECT, DELETE
+GRANT INSERT (seq, sink, destination, partition, position, created_at), SELECT
     ON TABLE :"deliveries" TO flowproof_relay;
 GRANT INSERT (sink), SELECT ON TABLE :"sinks" TO flowproof_relay;
 
@@ -65,7 +68,7 @@ GRANT INSERT (event_id, sink, consumer_group, consumer, source, position, event_
 GRANT SELECT ON TABLE :"outbox", :"deliveries", :"sinks", :"cursors", :"parked", :"progress",
     flowproof_receipts TO flowproof_verifier;
 
--- The functions of migrations 0020, 0050 and 0060. EXECUTE is PUBLIC's by default; granted here
+-- The functions of migrations 0020, 0050, 0060 and 0070. EXECUTE is PUBLIC's by default; granted here
 -- all the same, for databases whose default privileges take it from PUBLIC. They run with the
 -- caller's rights: the table grants above still decide what each role may read and change.
 GRANT EXECUTE ON FUNCTION :"claim"(text, smallint[], integer, bigint, bigint, boolean)
@@ -75,5 +78,9 @@ GRANT EXECUTE ON FUNCTION flowproof_cursor_passed(xid8, bigint, pg_snapshot, pg_
     TO flowproof_relay, flowproof_verifier;
 GRANT EXECUTE ON FUNCTION flowproof_position_order(text, text)
     TO flowproof_relay, flowproof_consumer;
+-- With its owner's rights: revoked from PUBLIC by the migration, granted to the relay only.
+REVOKE ALL ON FUNCTION :"maintain"(text, text, float8, float8, integer)
+    FROM PUBLIC, flowproof_writer, flowproof_consumer, flowproof_verifier, flowproof_smoke;
+GRANT EXECUTE ON FUNCTION :"maintain"(text, text, float8, float8, integer) TO flowproof_relay;
 
 COMMIT;

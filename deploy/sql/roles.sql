@@ -21,7 +21,8 @@
 --   role                login     what it may do (grants.sql)
 --   flowproof_owner     yes       owns flowproof's tables: runs `flowproof db migrate`
 --   flowproof_writer    optional  INSERT the event columns of the outbox (applications)
---   flowproof_relay     yes       read the outbox, mark rows published/parked, prune them
+--   flowproof_relay     yes       read the outbox, record deliveries, park rows, drop old
+--                                 partitions (through the function made for it)
 --   flowproof_consumer  yes       INSERT (COPY) receipts
 --   flowproof_verifier  yes       SELECT the outbox and the receipts
 --   flowproof_smoke     optional  flowproof_writer + flowproof_verifier: `flowproof smoke`

@@ -300,14 +300,22 @@ class Settings(BaseSettings):
     relay_retention_seconds: float = Field(
         default=86400.0,
         ge=0,
-        description="rows every enabled sink acknowledged are deleted this long after "
-        "`created_at`, their delivery records with them (keep it above the verifier's window)",
+        description="time partitions of the outbox, its delivery records and the receipts are "
+        "dropped once all of their rows are this old (the outbox's once every sink of the outbox "
+        "published them); keep it above the verifier's window",
     )
     relay_prune_interval_seconds: float = Field(
-        default=60.0, ge=0, description="pruning cadence; `0` never prunes"
+        default=60.0,
+        ge=0,
+        description="how often old partitions are dropped and new ones made; `0` never drops "
+        "(partitions are still made ahead, every minute)",
     )
-    relay_prune_batch_size: int = Field(
-        default=1000, ge=1, description="rows per `DELETE` when pruning"
+    relay_partition_seconds: float = Field(
+        default=86400.0,
+        ge=60,
+        le=31_622_400,
+        description="the span of time of one partition of the outbox, its delivery records and "
+        "the receipts; the relay makes the current span's and the next two",
     )
     relay_shutdown_timeout_seconds: float = Field(
         default=10.0,

@@ -67,7 +67,9 @@ RELAY_KAFKA_PRODUCE_RETRIES = Counter(
     ["error"],
 )
 RELAY_PRUNED = Counter(
-    "flowproof_relay_pruned_total", "Outbox rows deleted after every sink acknowledged them."
+    "flowproof_relay_pruned_total",
+    "Outbox rows dropped with their time partition, past the retention, once every sink "
+    "published them.",
 )
 
 # --- consumers --------------------------------------------------------------------------------

@@ -94,41 +94,17 @@ RETURNING p.seq, t.state = 'parked' AS parked;
 -- name: wake_relays
 SELECT pg_notify('{{outbox}}', '');
 
--- name: prune
--- Rows older than the retention that every sink of this outbox ({{outbox}}_sinks, whichever
--- relay registered it) has published: its cursor passed them and did not set them aside. A few
--- at a time, by one relay at a time (prune_lock: the relay may not lock rows FOR UPDATE, it has
--- no UPDATE privilege on the outbox). A row a sink still owes, or has parked, stays, whatever
--- the sinks of the relay that prunes; with no sink registered (or one this version does not
--- know) nothing is pruned.
-DELETE FROM {{outbox}}
-WHERE seq IN (
-    SELECT o.seq FROM {{outbox}} AS o
-    WHERE o.created_at < now() - make_interval(secs => $1)
-      AND EXISTS (SELECT 1 FROM {{outbox}}_sinks)
-      AND NOT EXISTS (
-          SELECT 1 FROM {{outbox}}_sinks AS s
-          LEFT JOIN {{outbox}}_cursors AS c ON c.sink = s.sink AND c.slot = o.slot
-          WHERE c.sink IS NULL
-             OR NOT flowproof_cursor_passed(o.txid, o.seq, c.snap, c.next_snap, c.next_seq)
-             OR EXISTS (SELECT 1 FROM {{outbox}}_parked AS p
-                        WHERE p.sink = s.sink AND p.seq = o.seq))
-    ORDER BY o.created_at
-    LIMIT $2);
+-- name: maintain_partitions
+-- One step ('make' or 'drop') of one table's partitions (migration 0070: it decides what may
+-- go). One row per partition made, dropped, kept or busy.
+SELECT action, part, row_count, reason
+FROM {{outbox}}_partitions_maintain($1::text, $2::text, $3::float8, $4::float8, $5::integer);
 
 -- name: prune_lock
 SELECT pg_try_advisory_lock($1::int, 0);
 
 -- name: prune_unlock
 SELECT pg_advisory_unlock($1::int, 0);
-
--- name: prune_deliveries
--- Delivery records older than the retention (their events are pruned, or about to be).
-DELETE FROM {{outbox}}_deliveries
-WHERE ctid = ANY (ARRAY(
-    SELECT ctid FROM {{outbox}}_deliveries
-    WHERE sink = $3 AND published_at < now() - make_interval(secs => $1)
-    LIMIT $2));
 
 -- name: register_sinks
 -- The sinks a relay publishes to become sinks of the outbox (see prune).
