@@ -37,6 +37,7 @@ from flowproof.core.sinks import SINK_NAMES
 from flowproof.demo import DemoError, Timeline, run_demo
 from flowproof.publisher import commands as relay_commands
 from flowproof.publisher.errors import RelayCrashed
+from flowproof.publisher.maintenance import PartitionState, format_partitions
 from flowproof.publisher.parked import ParkedRow, format_table
 from flowproof.schemas.compat import CheckReport, check_schema_dirs, parse_mode
 from flowproof.schemas.errors import ContractError, SchemaFileError
@@ -158,6 +159,21 @@ def db_sinks(
     if remove is not None:
         typer.echo(f"removed {remove}")
     typer.echo(f"sinks of the outbox: {', '.join(sinks) or 'none (no relay has run)'}")
+
+
+@db_app.command("partitions")
+def db_partitions(ctx: typer.Context) -> None:
+    """List the time partitions of the outbox, its delivery records and the receipts, and what
+    the relay's next drop would do with each: live, due, kept (and why), default.
+
+    Runs as the table owner or the relay's role (EXECUTE of `<outbox>_partitions_maintain`).
+    """
+
+    async def job(settings: Settings) -> list[PartitionState]:
+        return await relay_commands.outbox_partitions(settings)
+
+    states = run(ctx, job)
+    typer.echo(format_partitions(states))
 
 
 @app.command()

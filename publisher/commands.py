@@ -12,13 +12,14 @@ from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import ConfigError
 from flowproof.core.sinks import SINK_NAMES
 from flowproof.publisher.errors import EnvelopeInvalid, OutboxMissing
+from flowproof.publisher.maintenance import PartitionState, partitions_plan
 from flowproof.publisher.outbox import Outbox
 from flowproof.publisher.parked import ParkedRow, list_parked, retry_parked
 from flowproof.publisher.queries import deliveries_table, query
 from flowproof.publisher.relay import serve
 from flowproof.schemas.errors import PayloadInvalid
 
-__all__ = ["emit_event", "parked_list", "parked_retry", "serve"]
+__all__ = ["emit_event", "outbox_partitions", "parked_list", "parked_retry", "serve"]
 
 
 def _json_object(text: str, what: str) -> Any:
@@ -98,5 +99,18 @@ async def outbox_sinks(settings: Settings, remove: str | None) -> list[str]:
         if remove is not None and await conn.fetchval(query("forget_sink", table), remove) is None:
             raise ConfigError(f"{remove!r} is not a sink of {table}")
         return [row["sink"] for row in await conn.fetch(query("outbox_sinks", table))]
+    finally:
+        await conn.close()
+
+
+async def outbox_partitions(settings: Settings) -> list[PartitionState]:
+    """The time partitions and what the relay's next drop would do with each (`flowproof db
+    partitions`); needs EXECUTE of `<outbox>_partitions_maintain` (the owner, or the relay)."""
+    table = settings.outbox_table
+    conn = await connect_postgres(settings)
+    try:
+        if not await conn.fetchval(query("outbox_exists", deliveries_table(table))):
+            raise OutboxMissing(deliveries_table(table))
+        return await partitions_plan(conn, settings)
     finally:
         await conn.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 import asyncpg
 
 from flowproof.core.config import Settings
@@ -31,6 +34,20 @@ async def refresh_gauges(conn: asyncpg.Connection, settings: Settings) -> None:
         OUTBOX_OLDEST_PENDING_AGE.labels(sink).set(max(stats["oldest_age"] or 0.0, 0.0))
         OUTBOX_PARKED.labels(sink).set(stats["parked"])
         OUTBOX_WAITING_BEHIND_PARKED.labels(sink).set(waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """One partition, and what the next drop would do with it: live (within the retention),
+    due (it would go), kept (`reason`: why not), or default (rows without a partition)."""
+
+    table: str
+    partition: str
+    start: dt.datetime | None
+    end: dt.datetime | None
+    rows: int | None  # counted for the default partition; PostgreSQL's estimate for the others
+    state: str
+    reason: str | None
 
 
 # The partitioned tables, by the name the maintenance function knows them by (migration 0070).
@@ -84,6 +101,57 @@ async def maintain_partitions(
     if dropped:
         RELAY_PRUNED.inc(dropped)
     return dropped
+
+
+async def partitions_plan(conn: asyncpg.Connection, settings: Settings) -> list[PartitionState]:
+    """Every partition of the outbox, its delivery records and the receipts, and what the next
+    drop would do with it (`flowproof db partitions`); changes nothing."""
+    found: list[PartitionState] = []
+    for which in PARTITIONED:
+        rows = await conn.fetch(
+            query("maintain_partitions", settings.outbox_table),
+            which,
+            "plan",
+            settings.relay_retention_seconds,
+            settings.relay_partition_seconds,
+            PARTITIONS_AHEAD,
+        )
+        found.extend(
+            PartitionState(
+                which, r["part"], r["lo"], r["hi"], r["row_count"], r["action"], r["reason"]
+            )
+            for r in rows
+        )
+    return found
+
+
+def format_partitions(states: list[PartitionState]) -> str:
+    """`flowproof db partitions`' table: one line per partition, times in UTC."""
+
+    def when(moment: dt.datetime | None) -> str:
+        if moment is None:
+            return ""
+        if moment.year in (1, 9999):  # MINVALUE, MAXVALUE (asyncpg: -infinity, infinity)
+            return "-"
+        return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+    rows = [("table", "partition", "from (UTC)", "to (UTC)", "rows", "state")]
+    for s in states:
+        rows.append(
+            (
+                s.table,
+                s.partition,
+                when(s.start),
+                when(s.end),
+                "?" if s.rows is None else ("" if s.state == "default" else "~") + f"{s.rows:,}",
+                s.state + (f": {s.reason}" if s.reason else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
 
 
 def _report(which: str, row: asyncpg.Record) -> int:

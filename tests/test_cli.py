@@ -9,6 +9,8 @@ from flowproof.cli import app
 
 DESIGN_COMMANDS = [
     ["db", "migrate"],
+    ["db", "sinks"],
+    ["db", "partitions"],
     ["emit"],
     ["relay"],
     ["consume"],

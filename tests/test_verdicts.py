@@ -8,6 +8,7 @@ The slow variants (a consumer frozen or stopped for minutes) are in tests/faults
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 from functools import partial
@@ -523,6 +524,49 @@ async def test_db_sinks_lists_and_removes_the_sinks_pruning_waits_for(
     removed = await asyncio.to_thread(flowproof_db_sinks, "--remove", "kafka")
     assert removed.exit_code == 0, removed.output
     assert await conn.fetchval("SELECT array_agg(sink) FROM flowproof_outbox_sinks") == ["redis"]
+
+
+HEADER = ("table", "partition", "from (UTC)", "to (UTC)", "rows", "state")
+
+
+async def test_db_partitions_says_what_the_next_drop_does_with_each(
+    judged: Settings, settings_env: dict[str, str], conn: asyncpg.Connection
+) -> None:
+    def states() -> dict[str, tuple[str, str]]:
+        """`flowproof db partitions`: (rows, state) by partition."""
+        result = CliRunner().invoke(app, ["db", "partitions"], env=settings_env)
+        assert result.exit_code == 0, result.output
+        header, *lines = result.output.splitlines()
+        assert header.split() == [word for title in HEADER for word in title.split()]
+        found = {}
+        for line in lines:
+            table, partition, *_ = line.split()
+            assert table in ("outbox", "deliveries", "receipts"), line
+            cells = [cell.strip() for cell in line.split("  ") if cell.strip()]
+            found[partition] = (cells[-2], cells[-1])
+        return found
+
+    # Written three days ago (by the table's owner): no partition yet, so in the default one.
+    await emit(conn, 2)
+    await conn.execute("UPDATE flowproof_outbox SET created_at = now() - interval '3 days'")
+    written = await conn.fetchval("SELECT count(*) FROM flowproof_outbox")
+    listed = await asyncio.to_thread(states)
+    assert listed["flowproof_outbox_default"] == (str(written), "default")
+    day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).strftime("%Y%m%d")
+    name = f"flowproof_outbox_p{day}t000000"
+
+    relay_both = Relay(tuned(judged, relay_retention_seconds=86400.0))
+    await relay_both.preflight()  # registers both sinks
+    assert await relay_both.prune_once() == 0  # their day gets its partition; nobody passed them
+    listed = await asyncio.to_thread(states)
+    assert listed[name][1] == "kept: not passed by every sink"
+    assert listed["flowproof_outbox_default"] == ("0", "default")
+    await relay_both.run_until_idle()
+    assert (await asyncio.to_thread(states))[name][1] == "due"
+    assert await relay_both.prune_once() == written
+    listed = await asyncio.to_thread(states)
+    assert name not in listed
+    assert {state for _, state in listed.values()} == {"live", "default"}, listed
 
 
 async def test_a_sink_that_cannot_be_read_leaves_loss_unjudged_not_passed(

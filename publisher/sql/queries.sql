@@ -95,9 +95,9 @@ RETURNING p.seq, t.state = 'parked' AS parked;
 SELECT pg_notify('{{outbox}}', '');
 
 -- name: maintain_partitions
--- One step ('make' or 'drop') of one table's partitions (migration 0070: it decides what may
--- go). One row per partition made, dropped, kept or busy.
-SELECT action, part, row_count, reason
+-- One step ('make', 'drop' or 'plan') of one table's partitions (migration 0070: it decides
+-- what may go). One row per partition made, dropped, kept or busy (or, for 'plan', each one).
+SELECT action, part, lo, hi, row_count, reason
 FROM {{outbox}}_partitions_maintain($1::text, $2::text, $3::float8, $4::float8, $5::integer);
 
 -- name: prune_lock

@@ -319,15 +319,20 @@ $$;
 --   make  the partitions of the spans from now to `ahead` spans ahead, and of the spans of rows
 --         in the DEFAULT partition (moved into them);
 --   drop  the partitions wholly older than the retention, the outbox's only once nothing of
---         them is owed (decided and counted first: the drop itself holds inserts back briefly).
+--         them is owed (decided and counted first: the drop itself holds inserts back briefly);
+--   plan  nothing changes: each partition with its bounds, its rows (counted for the DEFAULT
+--         one, PostgreSQL's estimate for the others: NULL before the first ANALYZE) and what
+--         `drop` would do with it: live (within the retention), due (would go), kept (why), or
+--         default (`flowproof db partitions`).
 -- One row per partition made, dropped or kept (with why). It runs with its owner's rights (only
 -- an owner may make and drop partitions); its callers need EXECUTE, revoked from PUBLIC below.
 -- It waits at most lock_timeout for a table's lock: when busy, it says so and the next call
 -- tries again.
 CREATE FUNCTION {{outbox}}_partitions_maintain(
     which text, step text, retention_seconds float8, span_seconds float8, ahead integer
-) RETURNS TABLE (action text, part text, row_count bigint, reason text)
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET lock_timeout = '500ms' AS $$
+) RETURNS TABLE (
+    action text, part text, lo timestamptz, hi timestamptz, row_count bigint, reason text
+) LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET lock_timeout = '500ms' AS $$
 DECLARE
     parent regclass;
     span interval := make_interval(secs => span_seconds);
@@ -344,6 +349,8 @@ DECLARE
     why text;
     going text[] := '{}';
     counts bigint[] := '{}';
+    lows timestamptz[] := '{}';
+    highs timestamptz[] := '{}';
 BEGIN
     parent := CASE which WHEN 'outbox' THEN '{{outbox}}'::regclass
                          WHEN 'deliveries' THEN '{{outbox}}_deliveries'::regclass
@@ -351,8 +358,8 @@ BEGIN
     IF parent IS NULL THEN
         RAISE EXCEPTION 'unknown partitioned table %: outbox, deliveries or receipts', which;
     END IF;
-    IF step NOT IN ('make', 'drop') THEN
-        RAISE EXCEPTION 'unknown step %: make or drop', step;
+    IF step NOT IN ('make', 'drop', 'plan') THEN
+        RAISE EXCEPTION 'unknown step %: make, drop or plan', step;
     END IF;
     IF NOT (span_seconds BETWEEN 1 AND 1e8) OR ahead NOT BETWEEN 0 AND 1000
        OR NOT retention_seconds >= 0 THEN
@@ -377,20 +384,47 @@ BEGIN
                 EXIT WHEN made IS NULL;
                 action := 'created'; part := made::text; row_count := NULL;
                 reason := 'rows in the default partition';
+                SELECT b.lo, b.hi INTO lo, hi FROM flowproof_partitions(parent) AS b
+                WHERE b.part = made;
                 RETURN NEXT;
             END LOOP;
             FOR n IN 0..ahead LOOP
                 made := flowproof_partition_ensure(parent, now() + span * n, span);
                 IF made IS NOT NULL THEN
                     action := 'created'; part := made::text; row_count := NULL; reason := NULL;
+                    SELECT b.lo, b.hi INTO lo, hi FROM flowproof_partitions(parent) AS b
+                    WHERE b.part = made;
                     RETURN NEXT;
                 END IF;
             END LOOP;
         EXCEPTION WHEN lock_not_available THEN
-            action := 'busy'; part := parent::text; row_count := NULL;
+            action := 'busy'; part := parent::text; lo := NULL; hi := NULL; row_count := NULL;
             reason := 'its lock was not granted within lock_timeout: not made this time';
             RETURN NEXT;
         END;
+        RETURN;
+    END IF;
+
+    IF step = 'plan' THEN
+        FOR p IN SELECT * FROM flowproof_partitions(parent) AS b
+                 ORDER BY b.is_default, b.lo LOOP
+            part := p.part::text; lo := p.lo; hi := p.hi; reason := NULL;
+            IF p.is_default THEN
+                action := 'default';
+                EXECUTE format('SELECT count(*) FROM %s', p.part) INTO row_count;
+            ELSE
+                SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint END INTO row_count
+                FROM pg_class AS c WHERE c.oid = p.part;
+                IF p.hi > horizon THEN
+                    action := 'live';
+                ELSE
+                    reason := CASE WHEN which = 'outbox'
+                                   THEN {{outbox}}_partition_kept_because(p.part) END;
+                    action := CASE WHEN reason IS NULL THEN 'due' ELSE 'kept' END;
+                END IF;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
         RETURN;
     END IF;
 
@@ -402,8 +436,11 @@ BEGIN
             EXECUTE format('SELECT count(*) FROM %s', p.part) INTO n;
             going := going || p.part::text;
             counts := counts || n;
+            lows := lows || p.lo;
+            highs := highs || p.hi;
         ELSE
-            action := 'kept'; part := p.part::text; row_count := NULL; reason := why;
+            action := 'kept'; part := p.part::text; lo := p.lo; hi := p.hi; row_count := NULL;
+            reason := why;
             RETURN NEXT;
         END IF;
     END LOOP;
@@ -411,8 +448,9 @@ BEGIN
         BEGIN
             EXECUTE format('DROP TABLE %s', going[n]);
             action := 'dropped'; part := going[n]; row_count := counts[n]; reason := NULL;
+            lo := lows[n]; hi := highs[n];
         EXCEPTION WHEN lock_not_available THEN
-            action := 'busy'; part := going[n]; row_count := NULL;
+            action := 'busy'; part := going[n]; lo := lows[n]; hi := highs[n]; row_count := NULL;
             reason := 'its lock was not granted within lock_timeout: not dropped this time';
         END;
         RETURN NEXT;
