@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from flowproof.core.config import ENV_PREFIX, Settings
 from flowproof.core.connect import redis_client
-from flowproof.core.migrations import migrate
+from flowproof.core.migrations import PARTITION_SECONDS, migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_ENV = ROOT / ".devstack" / "env"
@@ -87,6 +87,8 @@ class Scratch:
     label: str
     db_name: str = field(default="")
     prefix: str = field(default="")
+    # The span of the time partitions the migration makes (FLOWPROOF_RELAY_PARTITION_SECONDS).
+    partition_seconds: float = PARTITION_SECONDS
 
     def __post_init__(self) -> None:
         tag = uuid.uuid4().hex[:8]
@@ -112,7 +114,7 @@ class Scratch:
         if template is None:
             conn = await self.connect()
             try:
-                await migrate(conn, OUTBOX)
+                await migrate(conn, OUTBOX, partition_seconds=self.partition_seconds)
             finally:
                 await conn.close()
         return self

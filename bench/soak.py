@@ -7,8 +7,10 @@ reporting memory and latency over time. Not part of CI.
 The rate defaults to half the pipeline's maximum from bench/results/latest.json (the lowest of
 relay-to-both and each consumer); without that file a short measurement is made first. Relay, one
 consumer per sink and the verifier run as `flowproof` processes on a scratch database and
-stream/topic prefix; the relay prunes delivered rows (a short retention keeps the table the size
-of a few minutes), so what grows is only what the processes keep.
+stream/topic prefix; the relay drops time partitions of a minute once they are three minutes
+old (the outbox, its delivery records and the receipts stay the size of a few minutes), so what
+grows is only what the processes keep. The receipts are counted in a table of the soak's own,
+filled by a statement trigger as they are written, since their partitions are dropped too.
 
 Every interval one line: seconds, events emitted, outbox pending per sink, the RSS of every
 process, and the e2e latency (created_at to receipt) p50/p99 per sink of the receipts of that
@@ -41,6 +43,21 @@ from flowproof.publisher.queries import query
 
 RESULTS = ROOT / "bench" / "results"
 GROWTH_LIMIT = 0.10
+# Partitions of a minute, dropped after three: drops happen under load all along the run.
+PARTITION_SECONDS = 60.0
+RETENTION_SECONDS = 180.0
+# What the consumers received, kept apart from the receipts (whose partitions are dropped).
+COUNT_RECEIPTS = """
+CREATE UNLOGGED TABLE soak_received (sink text NOT NULL, event_id uuid);
+CREATE FUNCTION soak_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO soak_received SELECT sink, event_id FROM written;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER soak_count AFTER INSERT ON flowproof_receipts
+    REFERENCING NEW TABLE AS written FOR EACH STATEMENT EXECUTE FUNCTION soak_count();
+"""
 
 LATENCY = """
 SELECT r.sink,
@@ -90,15 +107,14 @@ class Soak:
         self.warmup = min(args.warmup, self.seconds / 2)
         self.rows: list[dict[str, Any]] = []
         self.services = Services.from_env()
-        self.scratch = Scratch(self.services, "soak")
+        self.scratch = Scratch(self.services, "soak", partition_seconds=PARTITION_SECONDS)
         self.emitted = 0
         self.expected = 0
 
     def env(self) -> dict[str, str]:
         return {
-            # Minute partitions dropped after 3 minutes: the outbox stays a few minutes long.
-            "FLOWPROOF_RELAY_RETENTION_SECONDS": "180",
-            "FLOWPROOF_RELAY_PARTITION_SECONDS": "60",
+            "FLOWPROOF_RELAY_RETENTION_SECONDS": str(RETENTION_SECONDS),
+            "FLOWPROOF_RELAY_PARTITION_SECONDS": str(PARTITION_SECONDS),
             "FLOWPROOF_RELAY_PRUNE_INTERVAL_SECONDS": "10",
             "FLOWPROOF_VERIFY_INTERVAL_SECONDS": "30",
             "FLOWPROOF_VERIFY_WINDOW_SECONDS": "120",
@@ -107,6 +123,11 @@ class Soak:
 
     async def run(self) -> bool:
         await self.scratch.create()
+        counting = await self.scratch.connect()
+        try:
+            await counting.execute(COUNT_RECEIPTS)
+        finally:
+            await counting.close()
         pipeline = Pipeline(self.scratch, Pool.generate(50_000, prefix="s"), self.env())
         verifier = Flowproof("verify", ["verify"], self.scratch.env(**self.env()))
         emitting: asyncio.Task[int] | None = None
@@ -134,7 +155,8 @@ class Soak:
                 print(self.line(row, processes), flush=True)
             self.emitted = emitting.result()
             received = await self.wait_for_all(pipeline.conn, pipeline)
-            return self.summary(processes, received)
+            kept = await self.oldest(pipeline.conn)
+            return self.summary(processes, received, kept)
         finally:
             # Stopped (Ctrl-C) or failed mid-run: the emitter stops before its connection closes.
             if emitting is not None and not emitting.done():
@@ -190,8 +212,7 @@ class Soak:
             found = {
                 r["sink"]: r["n"]
                 for r in await conn.fetch(
-                    "SELECT sink, count(DISTINCT event_id) AS n FROM flowproof_receipts "
-                    "GROUP BY sink"
+                    "SELECT sink, count(DISTINCT event_id) AS n FROM soak_received GROUP BY sink"
                 )
             }
             if all(found.get(s, 0) >= expected for s in ("redis", "kafka")):
@@ -201,7 +222,24 @@ class Soak:
             pipeline.check_alive()
             await asyncio.sleep(2)
 
-    def summary(self, processes: list[Flowproof], received: dict[str, int]) -> bool:
+    async def oldest(self, conn: asyncpg.Connection) -> dict[str, float]:
+        """Age in seconds of the oldest row left in each partitioned table (0: empty)."""
+        ages = {}
+        for table, column in (
+            ("flowproof_outbox", "created_at"),
+            ("flowproof_outbox_deliveries", "published_at"),
+            ("flowproof_receipts", "received_at"),
+        ):
+            ages[table] = float(
+                await conn.fetchval(
+                    f"SELECT coalesce(extract(epoch FROM now() - min({column})), 0) FROM {table}"
+                )
+            )
+        return ages
+
+    def summary(
+        self, processes: list[Flowproof], received: dict[str, int], kept: dict[str, float]
+    ) -> bool:
         expected = self.expected
         ok = True
         growth: dict[str, float] = {}
@@ -222,6 +260,16 @@ class Soak:
             status = "ok" if got >= expected else "MISSING"
             ok &= got >= expected
             print(f"  {sink}: {got:,} distinct events received ({status})")
+        # A partition goes once its end is past the retention, at the next drop (every 10 s).
+        limit = RETENTION_SECONDS + PARTITION_SECONDS + 10 + self.interval
+        for table, age in kept.items():
+            dropping = age <= limit or self.seconds < limit
+            ok &= dropping
+            print(
+                f"  {table}: oldest row {age:.0f} s old (partitions of {PARTITION_SECONDS:.0f} s "
+                f"dropped after {RETENTION_SECONDS:.0f} s; limit {limit:.0f} s) "
+                f"{'ok' if dropping else 'NOT DROPPED'}"
+            )
         for name, value in growth.items():
             status = "ok" if value < GROWTH_LIMIT else "TOO MUCH"
             ok &= value < GROWTH_LIMIT
@@ -235,6 +283,7 @@ class Soak:
             "minutes": self.seconds / 60,
             "emitted": self.emitted,
             "received": received,
+            "oldest_row_seconds": {k: round(v, 1) for k, v in kept.items()},
             "rss_growth_after_warmup": {k: round(v, 4) for k, v in growth.items()},
             "peak_rss_mb": {p.name: round(p.peak_rss / MB, 1) for p in processes},
             "passed": ok,

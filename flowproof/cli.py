@@ -132,7 +132,9 @@ def db_migrate(ctx: typer.Context) -> None:
 
         conn = await connect_postgres(settings)
         try:
-            applied = await migrate(conn, settings.outbox_table)
+            applied = await migrate(
+                conn, settings.outbox_table, partition_seconds=settings.relay_partition_seconds
+            )
         finally:
             await conn.close()
         versions = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none"

@@ -31,14 +31,24 @@ class Migration:
     sql: str
 
 
-def load_migrations(outbox_table: str) -> list[Migration]:
-    """Every migration shipped with flowproof, in version order, rendered for `outbox_table`."""
+# The span of a time partition when none is given (FLOWPROOF_RELAY_PARTITION_SECONDS' default).
+PARTITION_SECONDS = 86400.0
+
+
+def load_migrations(
+    outbox_table: str, partition_seconds: float = PARTITION_SECONDS
+) -> list[Migration]:
+    """Every migration shipped with flowproof, in version order, rendered for `outbox_table`
+    (and the span of the time partitions a migration makes: `{{partition_seconds}}`)."""
+    if not 60 <= partition_seconds <= 31_622_400:
+        raise ValueError(f"partition_seconds must lie in [60, 31622400], not {partition_seconds}")
     found = []
     for entry in resources.files("flowproof.core.sql.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match is None:
             continue
-        sql = render(entry.read_text(encoding="utf-8"), outbox_table)
+        text = entry.read_text(encoding="utf-8")
+        sql = render(text, outbox_table, partition_seconds=repr(float(partition_seconds)))
         found.append(Migration(int(match["version"]), match["name"], sql))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
@@ -56,11 +66,16 @@ async def applied_versions(conn: asyncpg.Connection) -> set[int]:
 
 
 async def migrate(
-    conn: asyncpg.Connection, outbox_table: str, upto: int | None = None
+    conn: asyncpg.Connection,
+    outbox_table: str,
+    upto: int | None = None,
+    *,
+    partition_seconds: float = PARTITION_SECONDS,
 ) -> list[Migration]:
     """Apply the missing migrations (those up to version `upto` when given: tests of an
-    upgrade); return those applied by this call (none if up to date)."""
-    migrations = load_migrations(outbox_table)
+    upgrade); return those applied by this call (none if up to date). `partition_seconds` is
+    the span of the time partitions migration 0070 makes (FLOWPROOF_RELAY_PARTITION_SECONDS)."""
+    migrations = load_migrations(outbox_table, partition_seconds)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
         await conn.execute(

@@ -1,7 +1,8 @@
 -- Time partitions: old events go by dropping a partition, not by deleting rows. The outbox is
 -- partitioned by created_at, its delivery records by published_at and the receipts by
 -- received_at (declarative RANGE partitioning), one partition per span of time (a day unless
--- FLOWPROOF_RELAY_PARTITION_SECONDS says otherwise). The relay keeps the spans ahead of now
+-- FLOWPROOF_RELAY_PARTITION_SECONDS says otherwise: `{{partition_seconds}}` is its value when
+-- `flowproof db migrate` ran). The relay keeps the spans ahead of now
 -- created and drops a partition once all of it is older than its retention and, for the outbox,
 -- every sink has passed and published every row of it ({{outbox}}_partitions_maintain below).
 --
@@ -196,21 +197,28 @@ CREATE TABLE flowproof_receipts (
 ) PARTITION BY RANGE (received_at);
 CREATE TABLE flowproof_receipts_default PARTITION OF flowproof_receipts DEFAULT;
 
--- A partition for every day (UTC) that has rows, and for today and the next two days.
-SELECT flowproof_partition_ensure(t.parent, t.at, interval '1 day')
+-- A partition for every span that has rows, and for the current span and the next two. The span
+-- is FLOWPROOF_RELAY_PARTITION_SECONDS of `flowproof db migrate` (a day by default); a relay
+-- with another span makes its partitions after these.
+SELECT flowproof_partition_ensure(t.parent, t.at, make_interval(secs => {{partition_seconds}}))
 FROM (
-    SELECT DISTINCT '{{outbox}}'::regclass AS parent, date_trunc('day', created_at, 'UTC') AS at
-    FROM {{outbox}}_0060
-    UNION SELECT DISTINCT '{{outbox}}_deliveries'::regclass, date_trunc('day', published_at, 'UTC')
-    FROM {{outbox}}_deliveries_0060
-    UNION SELECT DISTINCT 'flowproof_receipts'::regclass, date_trunc('day', received_at, 'UTC')
-    FROM flowproof_receipts_0060
-    UNION SELECT p.parent, now() + interval '1 day' * n
+    SELECT DISTINCT '{{outbox}}'::regclass AS parent,
+           to_timestamp(floor(extract(epoch FROM created_at) / {{partition_seconds}})
+                        * {{partition_seconds}}) AS at
+    FROM {{outbox}}_0060 WHERE created_at > '-infinity' AND created_at < 'infinity'
+    UNION SELECT DISTINCT '{{outbox}}_deliveries'::regclass,
+           to_timestamp(floor(extract(epoch FROM published_at) / {{partition_seconds}})
+                        * {{partition_seconds}})
+    FROM {{outbox}}_deliveries_0060 WHERE published_at > '-infinity' AND published_at < 'infinity'
+    UNION SELECT DISTINCT 'flowproof_receipts'::regclass,
+           to_timestamp(floor(extract(epoch FROM received_at) / {{partition_seconds}})
+                        * {{partition_seconds}})
+    FROM flowproof_receipts_0060 WHERE received_at > '-infinity' AND received_at < 'infinity'
+    UNION SELECT p.parent, now() + make_interval(secs => {{partition_seconds}}) * n
     FROM (VALUES ('{{outbox}}'::regclass), ('{{outbox}}_deliveries'::regclass),
                  ('flowproof_receipts'::regclass)) AS p (parent),
          generate_series(0, 2) AS n
 ) AS t
-WHERE t.at > '-infinity' AND t.at < 'infinity'
 ORDER BY t.parent::text, t.at;
 
 INSERT INTO {{outbox}}
