@@ -42,3 +42,41 @@ async def test_concurrent_migrations_apply_each_version_once(empty_database: str
 def test_migration_table_name_is_validated() -> None:
     with pytest.raises(ValueError, match="not a valid table name"):
         load_migrations('x"; DROP TABLE y; --')
+
+
+@pytest.mark.parametrize("span", [59.0, 31_622_401.0, float("nan"), float("inf"), -86400.0])
+def test_the_partition_span_of_the_migrations_is_checked(span: float) -> None:
+    with pytest.raises(ValueError, match="partition_seconds"):
+        load_migrations("flowproof_outbox", span)
+
+
+def test_the_partition_span_is_rendered_as_a_number() -> None:
+    [partitions] = [m for m in load_migrations("flowproof_outbox", 3600) if m.version == 70]
+    assert "make_interval(secs => 3600.0)" in partitions.sql
+    assert "{{" not in partitions.sql
+
+
+async def test_the_first_partitions_have_the_span_of_the_migrating_settings(
+    empty_database: str,
+) -> None:
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await migrate(conn, "flowproof_outbox", partition_seconds=3600)
+        for table in ("flowproof_outbox", "flowproof_outbox_deliveries", "flowproof_receipts"):
+            spans = await conn.fetch(
+                "SELECT lo, hi FROM flowproof_partitions($1) WHERE NOT is_default ORDER BY lo",
+                table,
+            )
+            # The current hour and the next two, on the hour, back to back.
+            assert len(spans) == 3, (table, spans)
+            assert all((hi - lo).total_seconds() == 3600 for lo, hi in spans), spans
+            assert all(lo.minute == lo.second == 0 for lo, _ in spans), spans
+            assert [lo for lo, _ in spans[1:]] == [hi for _, hi in spans[:-1]]
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM flowproof_partitions($1) WHERE is_default", table
+                )
+                == 1
+            )
+    finally:
+        await conn.close()
