@@ -2,9 +2,9 @@
 -- partitioned by created_at, its delivery records by published_at and the receipts by
 -- received_at (declarative RANGE partitioning), one partition per span of time (a day unless
 -- FLOWPROOF_RELAY_PARTITION_SECONDS says otherwise: `{{partition_seconds}}` is its value when
--- `flowproof db migrate` ran). The relay keeps the spans ahead of now
--- created and drops a partition once all of it is older than its retention and, for the outbox,
--- every sink has passed and published every row of it ({{outbox}}_partitions_maintain below).
+-- `flowproof db migrate` ran). The relay makes the spans ahead of now, and drops a partition
+-- once all of it is older than its retention and, for the outbox, every sink has passed and
+-- published every row of it ({{outbox}}_partitions_maintain below).
 --
 -- A row whose time has no partition (the relay was down longer than the spans made ahead, or an
 -- owner wrote a created_at far from now) lands in the table's DEFAULT partition: never refused.
