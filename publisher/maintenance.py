@@ -86,15 +86,7 @@ async def maintain_partitions(
     try:
         for which in PARTITIONED:
             for step in ("make", "drop") if drop_old else ("make",):
-                rows = await conn.fetch(
-                    query("maintain_partitions", table),
-                    which,
-                    step,
-                    settings.relay_retention_seconds,
-                    settings.relay_partition_seconds,
-                    PARTITIONS_AHEAD,
-                )
-                for row in rows:
+                for row in await _step(conn, settings, which, step):
                     dropped += _report(which, row)
     finally:
         await conn.fetchval(query("prune_unlock", table), key)
@@ -108,14 +100,7 @@ async def partitions_plan(conn: asyncpg.Connection, settings: Settings) -> list[
     drop would do with it (`flowproof db partitions`); changes nothing."""
     found: list[PartitionState] = []
     for which in PARTITIONED:
-        rows = await conn.fetch(
-            query("maintain_partitions", settings.outbox_table),
-            which,
-            "plan",
-            settings.relay_retention_seconds,
-            settings.relay_partition_seconds,
-            PARTITIONS_AHEAD,
-        )
+        rows = await _step(conn, settings, which, "plan")
         found.extend(
             PartitionState(
                 which, r["part"], r["lo"], r["hi"], r["row_count"], r["action"], r["reason"]
@@ -123,6 +108,21 @@ async def partitions_plan(conn: asyncpg.Connection, settings: Settings) -> list[
             for r in rows
         )
     return found
+
+
+async def _step(
+    conn: asyncpg.Connection, settings: Settings, which: str, step: str
+) -> list[asyncpg.Record]:
+    """One step (make, drop or plan) of one table's partitions, its own transaction."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        query("maintain_partitions", settings.outbox_table),
+        which,
+        step,
+        settings.relay_retention_seconds,
+        settings.relay_partition_seconds,
+        PARTITIONS_AHEAD,
+    )
+    return rows
 
 
 def format_partitions(states: list[PartitionState]) -> str:

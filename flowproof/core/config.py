@@ -38,6 +38,11 @@ from flowproof.core.identifiers import (
     validate_sql_identifier,
 )
 from flowproof.core.logging import get_logger
+from flowproof.core.migrations import (
+    PARTITION_SECONDS,
+    PARTITION_SECONDS_MAX,
+    PARTITION_SECONDS_MIN,
+)
 from flowproof.core.redact import register_secret
 from flowproof.core.redis_topology import check_redis_url
 from flowproof.core.routing import InvalidDestination, destination
@@ -311,9 +316,9 @@ class Settings(BaseSettings):
         "(partitions are still made ahead, every minute)",
     )
     relay_partition_seconds: float = Field(
-        default=86400.0,
-        ge=60,
-        le=31_622_400,
+        default=PARTITION_SECONDS,
+        ge=PARTITION_SECONDS_MIN,
+        le=PARTITION_SECONDS_MAX,
         description="the span of time of one partition of the outbox, its delivery records and "
         "the receipts; the relay makes the current span's and the next two",
     )

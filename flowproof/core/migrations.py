@@ -31,8 +31,10 @@ class Migration:
     sql: str
 
 
-# The span of a time partition when none is given (FLOWPROOF_RELAY_PARTITION_SECONDS' default).
+# The span of a time partition (FLOWPROOF_RELAY_PARTITION_SECONDS): its default and bounds.
 PARTITION_SECONDS = 86400.0
+PARTITION_SECONDS_MIN = 60.0
+PARTITION_SECONDS_MAX = 31_622_400.0  # 366 days
 
 
 def load_migrations(
@@ -40,8 +42,11 @@ def load_migrations(
 ) -> list[Migration]:
     """Every migration shipped with flowproof, in version order, rendered for `outbox_table`
     (and the span of the time partitions a migration makes: `{{partition_seconds}}`)."""
-    if not 60 <= partition_seconds <= 31_622_400:
-        raise ValueError(f"partition_seconds must lie in [60, 31622400], not {partition_seconds}")
+    if not PARTITION_SECONDS_MIN <= partition_seconds <= PARTITION_SECONDS_MAX:
+        raise ValueError(
+            f"partition_seconds must lie in [{PARTITION_SECONDS_MIN:g}, "
+            f"{PARTITION_SECONDS_MAX:g}], not {partition_seconds}"
+        )
     found = []
     for entry in resources.files("flowproof.core.sql.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
