@@ -25,7 +25,9 @@ _EVENT_TYPE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 def format_timestamp(value: dt.datetime) -> str:
     """RFC 3339 in UTC with microseconds and a Z, the wire form of `created_at`."""
     # Not strftime: its %Y gives "1-01-01" for years below 1000, which RFC 3339 parsers refuse.
-    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def _must_be_utc_aware(value: dt.datetime) -> dt.datetime:

@@ -22,7 +22,7 @@ import fastavro
 from fastavro.schema import SchemaParseException, to_parsing_canonical_form
 
 from flowproof.schemas.errors import SchemaFileError, UnknownEventType
-from flowproof.schemas.payload import check_payload
+from flowproof.schemas.payload import PayloadChecker
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "avro"
 CANARY_TYPE = "flowproof.Canary"
@@ -58,7 +58,11 @@ class SchemaVersion:
         Raises PayloadInvalid naming the first field that does not fit (including fields the
         schema does not have: they would be silently dropped on encoding).
         """
-        return check_payload(self.event_type, self.parsed, payload)
+        return self._checker(payload)
+
+    @cached_property
+    def _checker(self) -> PayloadChecker:
+        return PayloadChecker(self.event_type, self.parsed)
 
 
 class SchemaRegistry:
