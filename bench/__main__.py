@@ -441,7 +441,9 @@ class Bench:
 
     async def latency_section(self) -> None:
         scratch = await self.scratch("latency")
-        pipeline = Pipeline(scratch, self.pool, self.overrides)
+        if self.profile is not None:
+            self.profile.mkdir(parents=True, exist_ok=True)
+        pipeline = Pipeline(scratch, self.pool, self.overrides, profile=self.profile)
         try:
             await pipeline.start()
             rates: list[tuple[str, float]] = [("1000/s", 1000.0)]

@@ -301,13 +301,27 @@ class Pipeline:
     """Relay and one consumer per sink, running on one scratch place."""
 
     def __init__(
-        self, scratch: Scratch, pool: Pool, extra_env: dict[str, str] | None = None
+        self,
+        scratch: Scratch,
+        pool: Pool,
+        extra_env: dict[str, str] | None = None,
+        profile: Path | None = None,
     ) -> None:
+        """`profile`: a directory for py-spy profiles of the relay and consumers (latency-*.txt)."""
         self.scratch = scratch
         env = scratch.env(**(extra_env or {}))
-        self.relay = Flowproof("relay", ["relay"], env)
+
+        def where(name: str) -> Path | None:
+            return profile / f"latency-{name}.txt" if profile is not None else None
+
+        self.relay = Flowproof("relay", ["relay"], env, profile=where("relay"))
         self.consumers = {
-            sink: Flowproof(f"consume-{sink}", ["consume", "--sink", sink], env)
+            sink: Flowproof(
+                f"consume-{sink}",
+                ["consume", "--sink", sink],
+                env,
+                profile=where(f"consume-{sink}"),
+            )
             for sink in ("redis", "kafka")
         }
         self.rows = pool.cycle()
