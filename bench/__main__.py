@@ -82,6 +82,7 @@ class Bench:
                 raise SystemExit(f"--set {name}: only FLOWPROOF_* settings")
         self.profile: Path | None = args.profile
         self.relays: list[int] = args.relays
+        self.rates: list[float] = args.rates
         self.services = Services.from_env()
         self.results = Results(mode="quick" if args.quick else "full")
         self.registry = load_registry(None)
@@ -450,6 +451,7 @@ class Bench:
             maximum = self.pipeline_max()
             if maximum is not None:
                 rates.append((f"50% of max ({maximum / 2:,.0f}/s)", maximum / 2))
+            rates += [(f"{rate:,.0f}/s", rate) for rate in self.rates if rate != 1000]
             for label, rate in rates:
                 run = await pipeline.latency(rate, self.plan.latency_seconds)
                 self.record_latency(label, run)
@@ -467,6 +469,8 @@ class Bench:
             target = None
             if label == "1000/s":
                 target = "<= 10"
+            elif label.startswith("50% of max"):
+                target = "<= 100"
             note = (
                 f"p50 {stats['p50'] * 1000:.1f} p95 {stats['p95'] * 1000:.1f} "
                 f"max {stats['max'] * 1000:.1f} ms (relay's part p50 "
@@ -530,6 +534,17 @@ def relay_counts(text: str) -> list[int]:
     return counts
 
 
+def latency_rates(text: str) -> list[float]:
+    """`--rates 2000,4000`: more steady rates of the latency section, events/s, each above 0."""
+    try:
+        rates = sorted({float(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not rates or not all(0 < rate < math.inf for rate in rates):
+        raise argparse.ArgumentTypeError(f"rates must be above 0 and finite: {text!r}")
+    return rates
+
+
 def relay_note(run: RelayRun, processes: int) -> str:
     """Events, time, CPU per event and the cores in use of a relay run."""
     note = f"{run.events:,} events in {run.seconds:.1f} s"
@@ -570,6 +585,13 @@ async def main() -> None:
         default=[1, 2],
         metavar="N[,M...]",
         help="relay processes of the scale-out runs (both sinks); default 1,2",
+    )
+    parser.add_argument(
+        "--rates",
+        type=latency_rates,
+        default=[],
+        metavar="R[,R...]",
+        help="more steady rates (events/s) for the latency section, besides 1000/s and half max",
     )
     parser.add_argument(
         "--output", type=Path, help="JSON results (default bench/results/latest.json)"

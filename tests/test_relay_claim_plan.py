@@ -1,11 +1,15 @@
 """The relay's claim walks the outbox in seq order and stops at the batch, even in a backlog.
 
-A round of a cursor (the `<outbox>_claim` function, migration 0060) may span a large backlog: a
-table filled before the relay first ran, or an outage. Sorting the round on every claim would
-cost the whole round per batch; the claim must walk the primary key from where the round stands
-and stop after a batch: in each time partition (migration 0070), merged in seq order. This checks
-the plan PostgreSQL really chooses inside the function, on a real server: auto_explain logs the
-plan of each statement the function runs, and the log comes back to this session as a message.
+A round of a cursor (the `<outbox>_claim` function, migrations 0060 and 0080) may span a large
+backlog: a table filled before the relay first ran, or an outage. Sorting the round on every
+claim would cost the whole round per batch; the claim must walk the primary key from where the
+round stands and stop after a batch: in each time partition (migration 0070), merged in seq order.
+This checks the plan PostgreSQL really chooses inside the function, on a real server: auto_explain
+logs the plan of each statement the function runs, and the log comes back to this session as a
+message. Two backlogs: a round published up to 40,000 of 200,000 rows, and a round that has only
+begun over 100,000 rows, planned with `random_page_cost` 10 (a setting some servers have). Before
+migration 0080 the second chose to read and sort the whole round on every claim (0.9 s a claim):
+the plan hung on estimates, and a backlog drained in quadratic time.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import pytest
 from flowproof.core.sinks import SINK_NAMES
 from flowproof.publisher.queries import query
 
-ROWS = 200_000
-PUBLISHED = 40_000
+# Rows, how far the round has published, the server's random_page_cost.
+BACKLOGS = [(200_000, 40_000, 4.0), (100_000, 0, 10.0)]
 ALL_SLOTS = list(range(64))
 
 
@@ -55,8 +59,11 @@ async def claim_plans(conn: asyncpg.Connection, sink: str) -> tuple[list[Any], l
     return plans, [r["seq"] for r in rows]
 
 
+@pytest.mark.parametrize(("rows", "published", "random_page_cost"), BACKLOGS)
 @pytest.mark.parametrize("sink", SINK_NAMES)
-async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sink: str) -> None:
+async def test_claim_walks_the_primary_key_over_a_backlog(
+    database_url: str, sink: str, rows: int, published: int, random_page_cost: float
+) -> None:
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
@@ -64,14 +71,15 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
             "SELECT 'order', 'o-' || (g % 5000), 'OrderPlaced', "
             "jsonb_build_object('order_id', g, 'note', repeat('x', 100)) "
             "FROM generate_series(1, $1::int) AS g",
-            ROWS,
+            rows,
         )
-        await conn.execute("ANALYZE flowproof_outbox")
-        # One round over the whole backlog (the first claim begins it), published up to PUBLISHED.
+        await conn.execute("VACUUM ANALYZE")
+        # One round over the whole backlog (the first claim begins it), published up to
+        # `published`.
         first = await conn.fetch(query("claim", "flowproof_outbox", sink), ALL_SLOTS, 1, 0, 0, True)
         assert [r["seq"] for r in first] == [1]
         await conn.execute(
-            f"UPDATE flowproof_outbox_cursors SET next_seq = {PUBLISHED} "
+            f"UPDATE flowproof_outbox_cursors SET next_seq = {published} "
             "WHERE sink = $1 AND next_snap IS NOT NULL",
             sink,
         )
@@ -82,8 +90,9 @@ async def test_claim_walks_the_primary_key_over_a_backlog(database_url: str, sin
             )
         }
         assert len(partitions) >= 4, partitions  # today's, two days ahead, the default
+        await conn.execute(f"SET random_page_cost = {random_page_cost}")
         plans, seqs = await claim_plans(conn, sink)
-        assert seqs == list(range(PUBLISHED + 1, PUBLISHED + 501))
+        assert seqs == list(range(published + 1, published + 501))
         # The statement that returned the rows: the one that walks the outbox under a Limit.
         claims = [
             p
