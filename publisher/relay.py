@@ -44,6 +44,9 @@ log = get_logger(__name__)
 Job = Callable[[asyncpg.Connection], Awaitable[object]]
 # How often partitions are made ahead when FLOWPROOF_RELAY_PRUNE_INTERVAL_SECONDS is 0.
 PARTITIONS_EVERY = 60.0
+# The largest share of the time the relay's side work (gauges, partitions) may run: a job that
+# took a second waits at least nine before it runs again, whatever its interval.
+SIDE_WORK_SHARE = 0.1
 
 
 class Relay:
@@ -215,13 +218,22 @@ class Relay:
             await close_quietly(conn)
 
     async def _every(self, pool: asyncpg.Pool, interval: float, job: Job) -> None:
+        """Run `job` every `interval`, or less often when it is slow: side work (the gauges
+        count a sink's whole backlog) takes at most SIDE_WORK_SHARE of the time, so that it
+        never competes with publishing for PostgreSQL during a large backlog."""
+        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
+            started = loop.time()
             try:
                 async with pool.acquire() as conn:
                     await job(conn)
             except (*LOST_CONNECTION, ComponentUnreachable) as exc:
                 log.warning("relay.maintenance_failed", job=job.__name__, error=str(exc))
-            await wait_any([self._stop], interval)
+            took = loop.time() - started
+            wait = max(interval, took / SIDE_WORK_SHARE - took)
+            if wait > interval:
+                log.debug("relay.side_work_slowed", job=job.__name__, took=took, wait=wait)
+            await wait_any([self._stop], wait)
 
     async def _supervise(self, tasks: list[asyncio.Task[None]]) -> None:
         stop_requested = asyncio.create_task(self._stop.wait(), name="relay.stop_requested")

@@ -300,7 +300,10 @@ class Settings(BaseSettings):
         "slots",
     )
     relay_metrics_interval_seconds: float = Field(
-        default=5.0, gt=0, description="how often the outbox gauges (pending, oldest) are refreshed"
+        default=5.0,
+        gt=0,
+        description="how often the outbox gauges (pending, oldest) are refreshed; less often "
+        "while counting them takes over a tenth of the time (a large backlog)",
     )
     relay_retention_seconds: float = Field(
         default=86400.0,
