@@ -49,6 +49,11 @@ PARTITIONS_EVERY = 60.0
 SIDE_WORK_SHARE = 0.1
 
 
+def side_work_wait(interval: float, took: float) -> float:
+    """How long side work that took `took` seconds waits before it runs again."""
+    return max(interval, took / SIDE_WORK_SHARE - took)
+
+
 class Relay:
     """Publishes the outbox to every enabled sink."""
 
@@ -230,7 +235,7 @@ class Relay:
             except (*LOST_CONNECTION, ComponentUnreachable) as exc:
                 log.warning("relay.maintenance_failed", job=job.__name__, error=str(exc))
             took = loop.time() - started
-            wait = max(interval, took / SIDE_WORK_SHARE - took)
+            wait = side_work_wait(interval, took)
             if wait > interval:
                 log.debug("relay.side_work_slowed", job=job.__name__, took=took, wait=wait)
             await wait_any([self._stop], wait)

@@ -4,8 +4,9 @@ The relay and consumer suites (test_relay_*, test_consumer_*) prove the pipeline
 everything in order through them; these prove each piece keeps its own promise: one encoding
 serves every sink and is never stale, pacing never holds a sink back for long, the bulk histogram
 observation counts exactly what per-value observations would, the Kafka partition is the one the
-Java client and aiokafka's default partitioner choose, and the packed XADD is the command
-redis-py would send.
+Java client and aiokafka's default partitioner choose, the packed XADD is the command
+redis-py would send, and the relay's side work (gauges, partitions) takes at most a tenth of the
+time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.kafka_sink import key_hash
 from flowproof.publisher.pacing import Pacing
 from flowproof.publisher.redis_sink import xadd_command
+from flowproof.publisher.relay import SIDE_WORK_SHARE, side_work_wait
 from flowproof.publisher.rows import OutboxRow
 from flowproof.schemas.envelope import PAYLOAD_FIELD
 from flowproof.schemas.registry import load_registry
@@ -173,3 +175,14 @@ def test_the_packed_xadd_is_the_command_redis_py_sends(maxlen: int | None) -> No
         args += [name, value]
     args += [PAYLOAD_FIELD, message.value]
     assert xadd_command(message, maxlen) == b"".join(Connection().pack_command(*args))
+
+
+@pytest.mark.parametrize(
+    ("interval", "took", "wait"),
+    [(5.0, 0.01, 5.0), (5.0, 0.5, 5.0), (5.0, 1.0, 9.0), (5.0, 2.0, 18.0), (60.0, 3.0, 60.0)],
+)
+def test_side_work_takes_at_most_a_tenth_of_the_time(
+    interval: float, took: float, wait: float
+) -> None:
+    assert side_work_wait(interval, took) == pytest.approx(wait)
+    assert took / (took + side_work_wait(interval, took)) <= SIDE_WORK_SHARE + 1e-9
