@@ -18,16 +18,16 @@ from collections.abc import Sequence
 from bench.payloads import Pool, fill_outbox
 from bench.scratch import OUTBOX, Scratch, Services
 from flowproof.core.sqltext import render
+from flowproof.publisher.slots import SLOTS
 
 # Claims `claims` batches of `batch` rows of the round, each past the last, and returns the
 # server's seconds and the rows claimed. `flowproof_outbox_claim` is what the relay's claim calls.
 LOOP = """
-CREATE FUNCTION pg_temp.claim_loop(claims integer, batch integer, OUT seconds float8,
-                                   OUT claimed bigint)
+CREATE FUNCTION pg_temp.claim_loop(slots smallint[], claims integer, batch integer,
+                                   OUT seconds float8, OUT claimed bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     started timestamptz := clock_timestamp();
-    slots smallint[] := (SELECT array_agg(s::smallint) FROM generate_series(0, 63) AS s);
     past bigint := 0;
     got bigint;
 BEGIN
@@ -52,14 +52,13 @@ async def measure(rows: int, claims: int, batch: int) -> list[float]:
         try:
             await fill_outbox(conn, Pool.generate(min(rows, 30_000)), rows)
             await conn.execute(render(LOOP, OUTBOX))
-            await conn.fetch(  # begins the round of every slot
-                f"SELECT * FROM {OUTBOX}_claim('redis', "
-                "(SELECT array_agg(s::smallint) FROM generate_series(0, 63) AS s), 1, 0, 0, true)"
-            )
+            slots = list(range(SLOTS))
+            # Begins the round of every slot.
+            await conn.fetch(f"SELECT * FROM {OUTBOX}_claim('redis', $1, 1, 0, 0, true)", slots)
             found = []
             for _ in range(3):
                 seconds, claimed = await conn.fetchrow(
-                    "SELECT * FROM pg_temp.claim_loop($1, $2)", claims, batch
+                    "SELECT * FROM pg_temp.claim_loop($1, $2, $3)", slots, claims, batch
                 )
                 found.append(seconds / claimed * 1e6)
             return found

@@ -78,8 +78,8 @@ def measure(count: int, repeat: int) -> list[tuple[str, float]]:
         for s, d, i in zip(schemas, data, schema_ids, strict=True):
             framing.encode(s, d, i)
 
-    def whole(batch: Sequence[OutboxRow] = rows) -> None:
-        for r in batch:
+    def whole() -> None:
+        for r in rows:
             encode_row(registry, ids, r)
 
     stages: list[tuple[str, Callable[[], object]]] = [
