@@ -10,6 +10,7 @@ fail "not evaluated", never pass without having looked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import enum
 import time
@@ -121,14 +122,18 @@ class PipelineReader:
         self._schema_registry = RegistryClient.from_settings(settings)
 
     async def close(self) -> None:
-        """Close what this reader opened."""
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-        for sink in self.sinks.values():
-            await sink.close()
-        if self._schema_registry is not None:
-            await self._schema_registry.aclose()
+        """Close what this reader opened: every part, even when closing one of them fails or is
+        cancelled (an evaluation cancelled while closing its PostgreSQL pool left its Redis
+        connection open); an error is raised once every part was closed."""
+        async with contextlib.AsyncExitStack() as stack:
+            # Callbacks run last-pushed first: the pool, then the sinks, then the registry.
+            if self._schema_registry is not None:
+                stack.push_async_callback(self._schema_registry.aclose)
+            for sink in self.sinks.values():
+                stack.push_async_callback(sink.close)
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                stack.push_async_callback(pool.close)
 
     async def read(self, sources: Collection[Source]) -> Readings:
         """Read `sources` (and every component's reachability) at once."""
