@@ -16,6 +16,7 @@ from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import Processor
 from flowproof.consumers.readers import reader
 from flowproof.consumers.receipts import ReceiptWriter
+from flowproof.core import heap
 from flowproof.core.config import Settings, Sink
 from flowproof.core.connect import create_postgres_pool
 from flowproof.core.errors import ConfigError
@@ -102,6 +103,7 @@ async def serve(
             f"FLOWPROOF_METRICS_HOST/PORT: cannot serve /metrics on "
             f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror}"
         ) from None
+    heap.settle()  # a long-running process, its start-up done
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

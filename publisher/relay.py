@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import asyncpg
 
+from flowproof.core import heap
 from flowproof.core.aio import wait_any
 from flowproof.core.config import Settings
 from flowproof.core.errors import ComponentUnreachable, ConfigError
@@ -306,6 +307,7 @@ async def serve(settings: Settings) -> None:
             f"{settings.metrics_host}:{settings.metrics_port}: {exc.strerror}"
         ) from None
     server.start()
+    heap.settle()  # a long-running process, its start-up done
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, relay.stop)

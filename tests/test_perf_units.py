@@ -5,15 +5,17 @@ everything in order through them; these prove each piece keeps its own promise: 
 serves every sink and is never stale, pacing never holds a sink back for long, the bulk histogram
 observation counts exactly what per-value observations would, the Kafka partition is the one the
 Java client and aiokafka's default partitioner choose, the packed XADD is the command
-redis-py would send, and the relay's side work (gauges, partitions) takes at most a tenth of the
-time.
+redis-py would send, the relay's side work (gauges, partitions) takes at most a tenth of the
+time, and a long-running process's garbage collector leaves its start-up heap alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import uuid
+import weakref
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -22,6 +24,7 @@ from redis.asyncio.connection import Connection
 from structlog.testing import capture_logs
 
 from flowproof.consumers.processing import observe_all
+from flowproof.core import heap
 from flowproof.publisher.encode_cache import EncodeCache
 from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.kafka_sink import key_hash
@@ -186,3 +189,25 @@ def test_side_work_takes_at_most_a_tenth_of_the_time(
 ) -> None:
     assert side_work_wait(interval, took) == pytest.approx(wait)
     assert took / (took + side_work_wait(interval, took)) <= SIDE_WORK_SHARE + 1e-9
+
+
+class _Node:
+    me: _Node | None = None
+
+
+def test_settle_freezes_the_start_up_heap_and_still_collects_cycles() -> None:
+    before = gc.get_threshold()
+    try:
+        heap.settle()
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 10_000  # the modules imported so far, never walked again
+        node = _Node()
+        node.me = node  # a reference cycle made afterwards: only the collector frees it
+        gone = weakref.ref(node)
+        del node
+        assert gone() is not None
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
