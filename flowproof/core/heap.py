@@ -5,7 +5,7 @@ container objects, and the oldest whenever it has grown by a quarter. A relay ba
 thousand objects alive at once (rows, messages, their tuples), so with the defaults each batch
 triggers young collections that walk it, move it to the older generations, and every few batches
 a full collection walks the whole heap: the modules, the compiled schemas, the clients, some
-80,000 objects at start-up, 40 to 60 ms each (measured in the relay with `gc.callbacks`).
+80,000 objects after start-up, 40 to 77 ms each (measured in the relay with `gc.callbacks`).
 
 `settle()`, called once when a long-running command starts, moves everything alive then into
 the permanent generation (`gc.freeze()`: the imports never get walked again) and raises the
