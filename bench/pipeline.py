@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import math
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.payloads import Pool, Row
 from bench.procs import Flowproof, service_cpu
 from bench.scratch import OUTBOX, ROOT, Scratch, Services
+from flowproof.core.http import free_port
 
 AGGREGATE_TYPE = "order"
 PARTITIONS = 3  # the devstack broker's num.partitions; what auto-creation would give
@@ -93,14 +93,6 @@ async def _nothing_pending(conn: asyncpg.Connection, sink: str, rows: int) -> bo
         "SELECT count(DISTINCT seq) FROM flowproof_outbox_deliveries WHERE sink = $1", sink
     )
     return bool(published >= rows)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now (for a relay's /metrics)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def published_counts(
@@ -175,15 +167,15 @@ async def relay_throughput(
     sinks = mode.split(",")
     if "kafka" in sinks:
         await create_topic(scratch.services, scratch.prefix)
-    env = scratch.env(FLOWPROOF_SINKS=mode, **(extra_env or {}))
-    ports = [free_port() for _ in range(processes)]
+    ports = [free_port() for _ in range(processes)]  # each relay's /metrics, read below
+
+    def env(port: int) -> dict[str, str]:
+        # The bench chooses the sinks and the port, whatever --set says.
+        chosen = {"FLOWPROOF_SINKS": mode, "FLOWPROOF_METRICS_PORT": str(port)}
+        return scratch.env(**{**(extra_env or {}), **chosen})
+
     relays = [
-        Flowproof(
-            f"relay-{mode}-{n}",
-            ["relay"],
-            {**env, "FLOWPROOF_METRICS_HOST": "127.0.0.1", "FLOWPROOF_METRICS_PORT": str(port)},
-            profile=profile if n == 0 else None,
-        )
+        Flowproof(f"relay-{mode}-{n}", ["relay"], env(port), profile=profile if n == 0 else None)
         for n, port in enumerate(ports)
     ]
     conn = await scratch.connect()
