@@ -79,6 +79,16 @@ _WRITE_FAILED = (
 )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The reset of the receipts pool's connections when given back: none.
+
+    They only run COPY and the table check, which leave no session state (settings, listeners,
+    advisory locks, cursors) behind, and asyncpg still rolls back an open transaction first.
+    asyncpg's default reset is one more round trip per batch: about a tenth of a consumer's
+    PostgreSQL statements at 1,000 events/s.
+    """
+
+
 class ReceiptWriter:
     """Writes receipts with one COPY per batch on a pool it is given (and does not close)."""
 

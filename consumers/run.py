@@ -15,7 +15,7 @@ from flowproof.consumers.commit import ConsumerStats
 from flowproof.consumers.options import ConsumerOptions
 from flowproof.consumers.processing import Processor
 from flowproof.consumers.readers import reader
-from flowproof.consumers.receipts import ReceiptWriter
+from flowproof.consumers.receipts import ReceiptWriter, keep_session
 from flowproof.core import heap
 from flowproof.core.config import Settings, Sink
 from flowproof.core.connect import create_postgres_pool
@@ -64,7 +64,7 @@ async def _consume(
     stop: asyncio.Event,
     drain: bool,
 ) -> ConsumerStats:
-    pool = await create_postgres_pool(settings, min_size=1, max_size=2)
+    pool = await create_postgres_pool(settings, min_size=1, max_size=2, reset=keep_session)
     processor = Processor(app, options, ids)
     try:
         writer = ReceiptWriter(pool)

@@ -38,6 +38,13 @@ def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 async def claim_plans(conn: asyncpg.Connection, sink: str) -> tuple[list[Any], list[int]]:
     """The plans of the statements one claim of every slot runs, and the seqs it claims."""
+    explained, seqs = await claim_explained(conn, sink)
+    return [e["Plan"] for e in explained], seqs
+
+
+async def claim_explained(conn: asyncpg.Connection, sink: str) -> tuple[list[Any], list[int]]:
+    """What auto_explain says of each statement one claim of every slot runs (its plan, and
+    its "JIT" when the server compiled it), and the seqs the claim returns."""
     messages: list[str] = []
     conn.add_log_listener(lambda _conn, message: messages.append(message.message))
     await conn.execute(
@@ -51,12 +58,12 @@ async def claim_plans(conn: asyncpg.Connection, sink: str) -> tuple[list[Any], l
         )
     finally:
         await conn.execute("RESET client_min_messages; SET auto_explain.log_min_duration = -1")
-    plans = []
+    explained = []
     for message in messages:
         _, _, text = message.partition("plan:")
         if text.strip():
-            plans.append(json.loads(text)["Plan"])
-    return plans, [r["seq"] for r in rows]
+            explained.append(json.loads(text))
+    return explained, [r["seq"] for r in rows]
 
 
 @pytest.mark.parametrize(("rows", "published", "random_page_cost"), BACKLOGS)
@@ -111,5 +118,106 @@ async def test_claim_walks_the_primary_key_over_a_backlog(
         assert walks == {p: ("Index Scan", f"{p}_pkey") for p in partitions}, json.dumps(plan)
         assert [n for n in _nodes(plan) if n["Node Type"] == "Merge Append"], json.dumps(plan)
         assert not [n for n in _nodes(plan) if n["Node Type"] == "Sort"], json.dumps(plan)
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("sink", SINK_NAMES)
+async def test_claim_never_jit_compiles(database_url: str, sink: str) -> None:
+    """Migration 0090: the claim's `enable_sort = off` puts a 10^10 penalty on any plan with a
+    sort, which the claim of empty rounds still gets (a one-time-false walk under a sort). Such
+    an estimate is far above `jit_above_cost`, and the server compiled the statement: about
+    200 ms of CPU per claim, and a spike in the relay's latency. The claim runs without JIT
+    whatever the session says; the control shows the same session compiles such a plan."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SET jit = on")
+        control: list[str] = []
+
+        def collect(_conn: object, message: Any) -> None:
+            control.append(message.message)
+
+        conn.add_log_listener(collect)
+        await conn.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; "
+            "SET auto_explain.log_format = json; SET client_min_messages = log; "
+            "SET enable_sort = off"
+        )
+        await conn.fetch("SELECT g FROM generate_series(1, 10) AS g ORDER BY g DESC")
+        await conn.execute(
+            "RESET enable_sort; RESET client_min_messages; SET auto_explain.log_min_duration = -1"
+        )
+        conn.remove_log_listener(collect)
+        assert any('"JIT"' in m for m in control), (
+            "the control statement was not JIT-compiled: is this PostgreSQL built with LLVM "
+            f"(llvmjit.so)? {control}"
+        )
+        for rows in (0, 5):  # empty rounds, then a round with rows
+            if rows:
+                await conn.execute(
+                    "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload) "
+                    "SELECT 'order', 'o-' || g, 'OrderPlaced', '{}' "
+                    "FROM generate_series(1, $1::int) AS g",
+                    rows,
+                )
+            explained, seqs = await claim_explained(conn, sink)
+            assert len(seqs) == rows
+            assert len(explained) > 1, "auto_explain reported none of the claim's statements"
+            compiled = [e for e in explained if "JIT" in e]
+            assert not compiled, json.dumps(compiled, indent=1)
+    finally:
+        await conn.close()
+
+
+async def test_claim_planned_over_an_empty_outbox_still_uses_indexes_after_it_grew(
+    database_url: str,
+) -> None:
+    """Migration 0090: the claim keeps one generic plan per session, and it never scans a table.
+    Before, a plan made over a nearly empty outbox read the whole outbox on every claim until an
+    ANALYZE replaced it: 0.6 ms a claim at first, 14.6 ms after 170,000 rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = await conn.fetch(
+            "SELECT c.oid::regclass::text AS name FROM pg_class AS c "
+            "WHERE c.relkind = 'r' AND c.relname LIKE 'flowproof_outbox%'"
+        )
+        for table in tables:  # no ANALYZE may come and replace the plan
+            await conn.execute(f"ALTER TABLE {table['name']} SET (autovacuum_enabled = false)")
+        claim, record = (query(name, "flowproof_outbox", "redis") for name in ("claim", "record"))
+
+        async def publish(rows: int) -> None:
+            await conn.execute(
+                "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload) "
+                "SELECT 'order', 'o-' || g, 'OrderPlaced', '{}' "
+                "FROM generate_series(1, $1::int) AS g",
+                rows,
+            )
+            while batch := await conn.fetch(claim, ALL_SLOTS, 1000, 0, 0, True):
+                seqs = [r["seq"] for r in batch]
+                done = len(seqs) < 1000
+                await conn.execute(
+                    record, seqs, ["flowproof.order"] * len(seqs), [None] * len(seqs),
+                    [f"1-{n}" for n in range(len(seqs))], [r["created_at"] for r in batch],
+                    [], [], [], [], [], [], [], [], ALL_SLOTS, seqs[-1], done, False,
+                )  # fmt: skip
+                if done:
+                    break
+
+        for _ in range(8):  # the session's plans are made over an almost empty outbox
+            await publish(5)
+        await publish(20_000)
+        await conn.execute(
+            "INSERT INTO flowproof_outbox (aggregatetype, aggregateid, type, payload) "
+            "VALUES ('order', 'o-last', 'OrderPlaced', '{}')"
+        )
+        plans, seqs = await claim_plans(conn, "redis")
+        assert len(seqs) == 1
+        scanned = {
+            n["Relation Name"]
+            for plan in plans
+            for n in _nodes(plan)
+            if n["Node Type"] == "Seq Scan" and n.get("Relation Name", "").startswith("flowproof")
+        }
+        assert not scanned, json.dumps(plans, indent=1)
     finally:
         await conn.close()
