@@ -8,6 +8,7 @@ framed Avro bytes in its `payload` field.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -77,10 +78,11 @@ class Envelope(BaseModel):
     def from_wire(cls, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> Envelope:
         """Parse Kafka headers or Redis fields; raise FrameError(envelope) naming the field."""
         items = fields.items() if isinstance(fields, Mapping) else fields
+        names = _field_names(cls)
         values: dict[str, Any] = {}
         for key, raw in items:
             name = key.decode("utf-8", "surrogateescape") if isinstance(key, bytes) else key
-            if name not in cls.model_fields or name in values:
+            if name not in names or name in values:
                 # Other headers are not the envelope's (their values may be binary); the first
                 # header of a name wins, as Kafka clients read them.
                 continue
@@ -95,3 +97,10 @@ class Envelope(BaseModel):
             name = ".".join(str(p) for p in first["loc"]) or "<envelope>"
             message = str(first["msg"]).removeprefix("Value error, ")
             raise FrameError(ENVELOPE, f"envelope field {name!r}: {message}") from None
+
+
+@functools.cache
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The field names of `model`, read once: pydantic's `model_fields` is a descriptor that
+    costs about 0.25 µs a read, six reads per message a consumer receives."""
+    return frozenset(model.model_fields)
