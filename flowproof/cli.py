@@ -19,7 +19,6 @@ import typer
 
 from flowproof import __version__
 from flowproof.consumers import run as consumers_run
-from flowproof.core import heap
 from flowproof.core.config import Settings, load_settings
 from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import (
@@ -314,7 +313,6 @@ def consume(
 def verify(ctx: typer.Context) -> None:
     """Long-running verifier serving /metrics, /healthz and /readyz (stops on SIGTERM)."""
 
-    heap.settle()  # a long-running process, its imports done (see flowproof.core.heap)
     run(ctx, run_verifier)
 
 

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from flowproof.core import metrics
+from flowproof.core import heap, metrics
 from flowproof.core.config import Settings
 from flowproof.core.http import MetricsServer, Route
 from flowproof.core.logging import get_logger
@@ -90,6 +90,7 @@ async def run_verifier(settings: Settings, stop: asyncio.Event | None = None) ->
                 "/readyz": readiness.answer,
             }
             server = MetricsServer(settings.metrics_host, settings.metrics_port, routes).start()
+            heap.settle()  # a long-running process, its start-up done (as relay and consume)
             log.info("verify.started", interval_seconds=interval, port=server.port)
             try:
                 await _loop(evaluator, (readiness.record, page.record), stop, interval)
