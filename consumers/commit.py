@@ -4,7 +4,12 @@ The order is what makes "XACK only after the receipts are durably written" true:
 point leaves the batch unacknowledged, so it is delivered again (a duplicate receipt or dead
 letter, never a missing one). Each step is retried with backoff until it succeeds; when a stop
 is requested while a step keeps failing, the batch is abandoned unacknowledged, for another
-delivery.
+delivery, and so is every batch after it (a Kafka offset commit past it would skip it).
+
+A consumer reads and processes its next batch while the one before is in its durable end
+(`CommitLane`): one batch at a time in the durable end, in the order read, so acknowledgements
+and offset commits keep their order and a crash still duplicates at most the receipts of one
+batch (those of the batch in hand are not written before the batch ahead of it is done).
 """
 
 from __future__ import annotations
@@ -62,10 +67,21 @@ class BatchCommitter:
         self._dead_letters = dead_letters
         self._stop = stop
         self._retry = RetryPolicy(base=0.2, cap=5.0)
+        self._abandoned = False
         self.stats = ConsumerStats()
 
     async def commit(self, outcome: BatchOutcome, ack: Callable[[], Awaitable[None]]) -> bool:
-        """Dead letters, receipts, ack; True when all three were done."""
+        """Dead letters, receipts, ack; True when all three were done. Once a batch was
+        abandoned, every later one is too, untouched."""
+        if self._abandoned:
+            self.stats.abandoned_batches += 1
+            log.warning(
+                "consumer.batch_abandoned",
+                step="none",
+                messages=outcome.deliveries,
+                detail="a batch before it was abandoned; it will be delivered again",
+            )
+            return False
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("dead_letter", lambda: self._send_dead_letters(outcome)),
             ("receipts", lambda: self._receipts.write(outcome.receipts)),
@@ -73,6 +89,7 @@ class BatchCommitter:
         ]
         for operation, step in steps:
             if not await self._until_done(operation, step):
+                self._abandoned = True
                 self.stats.abandoned_batches += 1
                 log.warning(
                     "consumer.batch_abandoned",
@@ -135,3 +152,35 @@ class BatchCommitter:
                 if self._stop.is_set():
                     return False
                 await sleep_unless_stopped(self._stop, delay)
+
+
+class CommitLane:
+    """Runs the durable end of one batch at a time in the background, in hand-off order.
+
+    `hand_off` waits for the batch before to be done, then starts this one's and returns: the
+    consumer reads and processes its next batch meanwhile. `settle` waits for the one in flight;
+    a consumer settles before it stops, before partitions are revoked, and before anything that
+    must not see its own unacknowledged entries (XAUTOCLAIM).
+    """
+
+    def __init__(self, committer: BatchCommitter) -> None:
+        self._committer = committer
+        self._task: asyncio.Task[bool] | None = None
+
+    async def hand_off(self, outcome: BatchOutcome, ack: Callable[[], Awaitable[None]]) -> None:
+        """Start the durable end of `outcome` once the one before it is done."""
+        await self.settle()
+        self._task = asyncio.create_task(
+            self._committer.commit(outcome, ack), name="consumer.commit"
+        )
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight, if any (its error, if it raised, is raised here)."""
+        task = self._task
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._task = None

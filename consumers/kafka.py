@@ -3,9 +3,10 @@
 Topics are `<topic_prefix><aggregatetype>`: the configured aggregate types, or a pattern
 subscription to every topic under the prefix except `.dlq` ones (new topics are found at each
 metadata refresh, every discovery interval). Offsets are committed by hand, only after a batch's
-dead letters and receipts are written (consumers.commit). A rebalance listener makes the
-revocation of partitions wait until the batch in hand is receipted and committed, so a rebalance
-costs at most the duplicates of a batch whose commit the group refused, never a lost receipt.
+dead letters and receipts are written (consumers.commit), while the next batch is processed. A
+rebalance listener makes the revocation of partitions wait until the batch in hand is processed
+and every batch before it receipted and committed, so a rebalance costs at most the duplicates of
+a batch whose commit the group refused, never a lost receipt.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import TopicPartition
 
-from flowproof.consumers.commit import BatchCommitter, ConsumerStats, DeadLetterSink
+from flowproof.consumers.commit import BatchCommitter, CommitLane, ConsumerStats, DeadLetterSink
 from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from flowproof.consumers.delivery import Delivery
 from flowproof.consumers.errors import AckFailed, DeadLetterFailed
@@ -108,14 +109,15 @@ class KafkaDeadLetters:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Holds a revocation until the batch in hand is receipted and committed."""
+    """Holds a revocation until the batches in hand are receipted and committed."""
 
     def __init__(self, owner: KafkaConsumer) -> None:
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._owner.batch_lock:
-            pass  # the batch in hand has committed (or given up) before the partitions go
+            # The batches in hand have committed (or given up) before the partitions go.
+            await self._owner.lane.settle()
         log.info("consumer.partitions_revoked", partitions=_describe(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -143,6 +145,7 @@ class KafkaConsumer:
         self._consumer = consumer
         self._processor = processor
         self._committer = committer
+        self.lane = CommitLane(committer)
         self._options = options
         self.batch_lock = asyncio.Lock()
 
@@ -159,14 +162,17 @@ class KafkaConsumer:
         """Consume until `stop` is set (or, when draining, until every partition is read)."""
         self.subscribe()
         started = time.monotonic()
-        while not stop.is_set():
-            records = await self._consumer.getmany(
-                timeout_ms=POLL_TIMEOUT_MS, max_records=self._options.batch_size
-            )
-            if records:
-                await asyncio.shield(self._finish(records))
-            elif drain and await self._drained(started):
-                break
+        try:
+            while not stop.is_set():
+                records = await self._consumer.getmany(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=self._options.batch_size
+                )
+                if records:
+                    await asyncio.shield(self._finish(records))
+                elif drain and await self._drained(started):
+                    break
+        finally:
+            await self.lane.settle()
 
     async def _finish(self, records: dict[TopicPartition, list[Any]]) -> None:
         async with self.batch_lock:
@@ -186,7 +192,7 @@ class KafkaConsumer:
             offsets = {tp: messages[-1].offset + 1 for tp, messages in records.items()}
             outcome = await self._processor.process(batch)
             self._processor.observe(outcome)
-            await self._committer.commit(outcome, lambda: self._commit(offsets))
+            await self.lane.hand_off(outcome, lambda: self._commit(offsets))
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         try:

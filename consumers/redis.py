@@ -12,7 +12,9 @@ Each turn of the loop takes one batch, in this order of preference:
 
 Delivery counts come from XPENDING; an entry delivered more than the allowed number of times
 goes to `<stream>.dlq` (max_deliveries). A batch is acknowledged (XACK) only after its dead
-letters and receipts are written (consumers.commit).
+letters and receipts are written (consumers.commit); the next batch is read and processed
+meanwhile, and that durable end is waited for before a claim (XAUTOCLAIM must not take this
+consumer's own entries in flight) and before the consumer stops.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from flowproof.consumers.commit import BatchCommitter, ConsumerStats
+from flowproof.consumers.commit import BatchCommitter, CommitLane, ConsumerStats
 from flowproof.consumers.deadletter import VALUE_DROPPED, DeadLetter, Unwritable
 from flowproof.consumers.delivery import Delivery
 from flowproof.consumers.errors import AckFailed, DeadLetterFailed
@@ -146,6 +148,7 @@ class RedisConsumer:
         self._client = client
         self._processor = processor
         self._committer = committer
+        self._lane = CommitLane(committer)
         self._options = options
         self._streams: list[str] = []
         self._groups_ready: set[str] = set()
@@ -166,21 +169,24 @@ class RedisConsumer:
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Consume until `stop` is set (or, when draining, until nothing is left)."""
         failures = 0
-        while not stop.is_set():
-            try:
-                batch = await self._next_batch(stop, drain=drain)
-                failures = 0
-            except (RedisError, RedisClusterException, OSError) as exc:
-                failures += 1
-                metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation="read").inc()
-                delay = self._retry.delay(failures) or self._retry.cap
-                log.error("consumer.read_failed", error=str(exc), retry_in=round(delay, 2))
-                await sleep_unless_stopped(stop, delay)
-                continue
-            if batch:
-                await asyncio.shield(self._finish(batch))
-            elif drain:
-                break
+        try:
+            while not stop.is_set():
+                try:
+                    batch = await self._next_batch(stop, drain=drain)
+                    failures = 0
+                except (RedisError, RedisClusterException, OSError) as exc:
+                    failures += 1
+                    metrics.CONSUMER_ERRORS.labels(**self._options.labels, operation="read").inc()
+                    delay = self._retry.delay(failures) or self._retry.cap
+                    log.error("consumer.read_failed", error=str(exc), retry_in=round(delay, 2))
+                    await sleep_unless_stopped(stop, delay)
+                    continue
+                if batch:
+                    await asyncio.shield(self._finish(batch))
+                elif drain:
+                    break
+        finally:
+            await self._lane.settle()
         await self._leave()
 
     # --- where batches come from ----------------------------------------------------------------
@@ -200,6 +206,7 @@ class RedisConsumer:
                 return batch
             self._own_pending = False
         if drain or now >= self._next_claim:
+            await self._lane.settle()  # its entries are pending, and idle for a while
             batch = await self._claim()
             if batch:
                 return batch
@@ -383,7 +390,7 @@ class RedisConsumer:
     async def _finish(self, batch: list[Delivery]) -> None:
         outcome = await self._processor.process(batch)
         self._processor.observe(outcome)
-        await self._committer.commit(outcome, lambda: self._ack(batch))
+        await self._lane.hand_off(outcome, lambda: self._ack(batch))
 
     async def _ack(self, batch: Sequence[Delivery]) -> None:
         by_stream: dict[str, list[str]] = {}

@@ -92,8 +92,8 @@ async def serve(
 ) -> ConsumerStats | None:
     """`flowproof consume`: the consumer with /metrics, stopped gracefully by SIGTERM/SIGINT.
 
-    On a signal the batch in hand is finished (receipts written, acknowledged) within
-    FLOWPROOF_CONSUMER_SHUTDOWN_TIMEOUT_SECONDS; after that it is abandoned unacknowledged and
+    On a signal the batches in hand are finished (receipts written, acknowledged) within
+    FLOWPROOF_CONSUMER_SHUTDOWN_TIMEOUT_SECONDS; after that they are abandoned unacknowledged and
     will be delivered again, and None is returned.
     """
     try:
@@ -118,7 +118,7 @@ async def serve(
             log.info("consumer.stopping", timeout=settings.consumer_shutdown_timeout_seconds)
             done, _ = await asyncio.wait({task}, timeout=settings.consumer_shutdown_timeout_seconds)
             if not done:
-                log.warning("consumer.shutdown_timeout", detail="abandoning the batch in hand")
+                log.warning("consumer.shutdown_timeout", detail="abandoning the batches in hand")
                 task.cancel()
                 await asyncio.wait({task})
                 return None

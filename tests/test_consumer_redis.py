@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
 from flowproof.consumers.run import consume
@@ -229,3 +231,56 @@ async def test_a_nul_in_a_valid_envelope_does_not_block_the_receipts(
     rows = {r["event_id"]: r for r in await receipts(database_url)}
     assert stats.abandoned_batches == 0 and len(rows) == 2
     assert rows[odd.id]["aggregateid"] == "a\ufffdb"
+
+
+async def test_the_next_batch_is_read_while_the_receipts_are_written(
+    settings: Settings, database_url: str, redis_client: aioredis.Redis, name_prefix: str
+) -> None:
+    # While PostgreSQL holds the first batch's receipts (a lock on the table), the consumer reads
+    # and processes the next batch; it acknowledges neither, and reads no third (one batch at a
+    # time in the durable end). Once the lock goes, everything is receipted once and acked.
+    stream = f"{name_prefix}orders"
+    messages = [event(i) for i in range(12)]
+    await xadd_all(redis_client, stream, messages)
+    group = group_name()
+
+    async def pending() -> int:
+        try:
+            return int((await redis_client.xpending(stream, group))["pending"])
+        except ResponseError:  # NOGROUP: the consumer has not created it yet
+            return 0
+
+    stop = asyncio.Event()
+    locker = await asyncpg.connect(database_url)
+    task: asyncio.Task[object] | None = None
+    try:
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("LOCK TABLE flowproof_receipts IN SHARE MODE")
+        task = asyncio.create_task(
+            consume(settings, sink="redis", group=group, stop=stop, batch_size=4)
+        )
+
+        async def two_batches_in_hand() -> bool:
+            assert task is not None
+            if task.done():
+                raise AssertionError(f"the consumer stopped: {task.result()}")
+            return await pending() == 8
+
+        await wait_until(two_batches_in_hand, within=20)
+        await asyncio.sleep(0.5)
+        assert await pending() == 8 and not task.done()
+        assert await receipts(database_url) == []
+        await lock.rollback()
+
+        async def all_done() -> bool:
+            return len(await receipts(database_url)) == 12 and await pending() == 0
+
+        await wait_until(all_done, within=20)
+    finally:
+        stop.set()
+        await locker.close()
+        stats = await task if task is not None else None
+    rows = await receipts(database_url)
+    assert sorted(str(r["event_id"]) for r in rows) == sorted(str(m.id) for m in messages)
+    assert stats is not None and stats.abandoned_batches == 0  # type: ignore[attr-defined]

@@ -387,8 +387,8 @@ class Settings(BaseSettings):
     consumer_shutdown_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
-        description="time to finish the batch in hand after SIGTERM; after it the batch is left "
-        "for redelivery",
+        description="time to finish the batches in hand after SIGTERM (the one being processed and "
+        "the one being receipted); after it they are left for redelivery",
     )
 
     @field_validator("consumer_name")
