@@ -13,8 +13,8 @@ Each turn of the loop takes one batch, in this order of preference:
 Delivery counts come from XPENDING; an entry delivered more than the allowed number of times
 goes to `<stream>.dlq` (max_deliveries). A batch is acknowledged (XACK) only after its dead
 letters and receipts are written (consumers.commit); the next batch is read and processed
-meanwhile, and that durable end is waited for before a claim (XAUTOCLAIM must not take this
-consumer's own entries in flight) and before the consumer stops.
+meanwhile. That durable end is waited for before the consumer reads its own pending entries (1)
+or claims (2), which would take the entries in flight again, and before it stops.
 """
 
 from __future__ import annotations
@@ -201,6 +201,7 @@ class RedisConsumer:
                 await sleep_unless_stopped(stop, self._options.discovery_interval)
             return []
         if self._own_pending:
+            await self._lane.settle()  # the entries in flight are still this consumer's pending
             batch = await self._read("0")
             if batch:
                 return batch

@@ -29,9 +29,11 @@ class Writer:
         self.gate = asyncio.Event()
         self.gate.set()
         self.failing = False
+        self.tried = asyncio.Event()  # set by each write
         self.written: list[int] = []  # batch sizes, in the order written
 
     async def write(self, receipts: Sequence[Receipt]) -> None:
+        self.tried.set()
         await self.gate.wait()
         if self.failing:
             raise ReceiptWriteFailed("PostgreSQL is down (a test)")
@@ -90,6 +92,7 @@ async def test_after_an_abandoned_batch_no_later_batch_is_acknowledged() -> None
     writer.failing = True
     stop.set()  # stopping while PostgreSQL fails: the batch is given up after one try
     await lane.hand_off(outcome(3), ack(1))
+    await asyncio.wait_for(writer.tried.wait(), 1)
     writer.failing = False  # PostgreSQL is back just as the next batch comes
     await lane.hand_off(outcome(4), ack(2))
     await lane.settle()
