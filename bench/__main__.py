@@ -301,11 +301,15 @@ class Bench:
         self.results.details["outbox_fill"] = {"rows": rows, "seconds": round(seconds, 1)}
         print(f"  outbox pre-filled with {rows:,} rows in {seconds:.1f} s", flush=True)
         # Then "both" with N relay processes sharing the slots (--relays; one Python process
-        # uses one core: this shows what each more adds on this machine).
+        # uses one core: this shows what each more adds on this machine), and with one relay
+        # process per sink (each encodes for itself: no encoding shared between the sinks).
         runs = [("redis", "Redis only", 1), ("kafka", "Kafka only", 1), ("redis,kafka", "both", 1)]
         runs += [("redis,kafka", f"both, {n} relay processes", n) for n in self.relays if n > 1]
-        for mode, label, processes in runs:
-            key = mode if processes == 1 else f"{mode} x{processes}"
+        runs += [("redis,kafka", "both, one relay process per sink", 0)]
+        for mode, label, asked in runs:
+            per_sink = asked == 0
+            key = mode if asked == 1 else f"{mode} x{asked}"
+            key = f"{mode} per sink" if per_sink else key
             scratch = await self.scratch("relay", template=template.db_name)
             run = await relay_throughput(
                 scratch,
@@ -313,8 +317,10 @@ class Bench:
                 within=self.plan.relay_timeout,
                 extra_env=self.overrides,
                 profile=self._profile(f"relay-{key.replace(',', '+').replace(' ', '')}"),
-                processes=processes,
+                processes=max(asked, 1),
+                per_sink=per_sink,
             )
+            processes = run.processes
             self.relay[key] = run
             raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
             target = ">= 20000; ratio >= 0.5" if key == "redis,kafka" else None
@@ -334,7 +340,7 @@ class Bench:
             )
             self.results.details[f"relay_{key}"] = as_dict(run)
             one = self.relay.get("redis,kafka")
-            if processes > 1 and one is not None and one.rate:
+            if processes > 1 and not per_sink and one is not None and one.rate:
                 self.add(
                     Figure(
                         "relay",

@@ -159,24 +159,32 @@ async def relay_throughput(
     extra_env: dict[str, str] | None = None,
     profile: Path | None = None,
     processes: int = 1,
+    per_sink: bool = False,
 ) -> RelayRun:
     """Run `flowproof relay` (`processes` of them, sharing the slots) with FLOWPROOF_SINKS=`mode`
-    over the pre-filled outbox until it is drained; the rate is
+    over the pre-filled outbox until it is drained; with `per_sink`, one relay per sink of `mode`
+    instead (FLOWPROOF_SINKS=<that sink>). The rate is
     events / (last published_at - first published_at) over the mode's sinks. CPU is the sum over
     the relays, peak RSS the largest one's."""
     sinks = mode.split(",")
     if "kafka" in sinks:
         await create_topic(scratch.services, scratch.prefix)
-    ports = [free_port() for _ in range(processes)]  # each relay's /metrics, read below
+    modes = sinks if per_sink else [mode] * processes  # each relay's FLOWPROOF_SINKS
+    ports = [free_port() for _ in modes]  # each relay's /metrics, read below
 
-    def env(port: int) -> dict[str, str]:
+    def env(port: int, relayed: str) -> dict[str, str]:
         # The bench chooses the sinks and the port, whatever --set says.
-        chosen = {"FLOWPROOF_SINKS": mode, "FLOWPROOF_METRICS_PORT": str(port)}
+        chosen = {"FLOWPROOF_SINKS": relayed, "FLOWPROOF_METRICS_PORT": str(port)}
         return scratch.env(**{**(extra_env or {}), **chosen})
 
     relays = [
-        Flowproof(f"relay-{mode}-{n}", ["relay"], env(port), profile=profile if n == 0 else None)
-        for n, port in enumerate(ports)
+        Flowproof(
+            f"relay-{relayed}-{n}",
+            ["relay"],
+            env(port, relayed),
+            profile=profile if n == 0 else None,
+        )
+        for n, (relayed, port) in enumerate(zip(modes, ports, strict=True))
     ]
     conn = await scratch.connect()
     load_before = load()
@@ -218,7 +226,7 @@ async def relay_throughput(
             peak_rss=max(relay.peak_rss for relay in relays),
             load=max(load_before, load()),
             cpu_seconds=sum(relay.cpu for relay in relays),
-            processes=processes,
+            processes=len(relays),
             cores={name: round(value, 2) for name, value in cores.items()},
         )
     finally:
