@@ -52,6 +52,8 @@ from urllib.parse import quote
 
 import redis
 
+from flowproof.core.http import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = Path(os.environ.get("DEVSTACK_DIR", ROOT / ".devstack"))
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
@@ -60,13 +62,6 @@ WRONG_HOST = "flowproof-wrong-host.invalid"  # what a misnamed test certificate 
 
 class ServiceFailed(RuntimeError):
     """A private service did not start (the message ends with its log's last lines)."""
-
-
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 40) -> str:

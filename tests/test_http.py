@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from flowproof.core import http
 from flowproof.core.http import MetricsServer
 
 
@@ -28,3 +30,14 @@ def test_serves_metrics_and_routes_on_a_free_port() -> None:
         info.value.close()
     finally:
         server.stop()
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    # A port from the ephemeral range can be taken by an outgoing connection's own end before
+    # the child process binds it (a private Kafka broker once failed so: "Address already in use").
+    low = int(http.EPHEMERAL_RANGE.read_text().split()[0])
+    ports = [http.free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 <= port < low for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))

@@ -6,10 +6,12 @@ It runs in a daemon thread so a busy event loop never delays a scrape.
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -33,11 +35,34 @@ Route = Callable[[], tuple[int, str] | Reply]
 log = get_logger(__name__)
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on now (bound, then released), for a child process."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on now (bound, then released), for a child process.
+
+    Taken below the kernel's ephemeral range, never twice by this process: a port the kernel
+    hands out for port 0 can become the local end of some outgoing connection before the child
+    binds it ("Address already in use"); one below that range cannot.
+    """
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    ports = list(range(max(1024, low - 12000), low))
+    random.shuffle(ports)
+    for port in ports:
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port below the ephemeral range (from {low})")
 
 
 class MetricsServer:
