@@ -131,7 +131,7 @@ def _describe(partitions: set[TopicPartition]) -> list[str]:
 class KafkaConsumer:
     """Consumes with an AIOKafkaConsumer it is given, started, in `options.group`.
 
-    `run(stop)` returns when `stop` is set (after the batch in hand is committed), or with
+    `run(stop)` returns when `stop` is set (after the batches in hand are committed), or with
     `drain=True` once every assigned partition is read to its end.
     """
 

@@ -134,7 +134,7 @@ class RedisDeadLetters:
 class RedisConsumer:
     """Consumes the streams of one consumer group with a client it is given (and does not close).
 
-    `run(stop)` returns when `stop` is set (after the batch in hand is committed), or with
+    `run(stop)` returns when `stop` is set (after the batches in hand are committed), or with
     `drain=True` as soon as nothing is left to read or claim.
     """
 
