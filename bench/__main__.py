@@ -303,12 +303,18 @@ class Bench:
         # Then "both" with N relay processes sharing the slots (--relays; one Python process
         # uses one core: this shows what each more adds on this machine), and with one relay
         # process per sink (each encodes for itself: no encoding shared between the sinks).
-        runs = [("redis", "Redis only", 1), ("kafka", "Kafka only", 1), ("redis,kafka", "both", 1)]
-        runs += [("redis,kafka", f"both, {n} relay processes", n) for n in self.relays if n > 1]
-        runs += [("redis,kafka", "both, one relay process per sink", 0)]
-        for mode, label, asked in runs:
-            per_sink = asked == 0
-            key = mode if asked == 1 else f"{mode} x{asked}"
+        # (mode, label, relay processes, one per sink instead)
+        runs = [
+            ("redis", "Redis only", 1, False),
+            ("kafka", "Kafka only", 1, False),
+            ("redis,kafka", "both", 1, False),
+        ]
+        runs += [
+            ("redis,kafka", f"both, {n} relay processes", n, False) for n in self.relays if n > 1
+        ]
+        runs += [("redis,kafka", "both, one relay process per sink", 2, True)]
+        for mode, label, processes, per_sink in runs:
+            key = mode if processes == 1 else f"{mode} x{processes}"
             key = f"{mode} per sink" if per_sink else key
             scratch = await self.scratch("relay", template=template.db_name)
             run = await relay_throughput(
@@ -317,10 +323,9 @@ class Bench:
                 within=self.plan.relay_timeout,
                 extra_env=self.overrides,
                 profile=self._profile(f"relay-{key.replace(',', '+').replace(' ', '')}"),
-                processes=max(asked, 1),
+                processes=processes,
                 per_sink=per_sink,
             )
-            processes = run.processes
             self.relay[key] = run
             raw_key = {"redis": "redis", "kafka": "kafka", "redis,kafka": "both"}[mode]
             target = ">= 20000; ratio >= 0.5" if key == "redis,kafka" else None

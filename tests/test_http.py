@@ -35,7 +35,7 @@ def test_serves_metrics_and_routes_on_a_free_port() -> None:
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
     # A port from the ephemeral range can be taken by an outgoing connection's own end before
     # the child process binds it (a private Kafka broker once failed so: "Address already in use").
-    low = int(http.EPHEMERAL_RANGE.read_text().split()[0])
+    low = http.ephemeral_floor()
     ports = [http.free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     assert all(1024 <= port < low for port in ports)

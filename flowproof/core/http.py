@@ -39,6 +39,14 @@ EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 
 
+def ephemeral_floor() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (bound, then released), for a child process.
 
@@ -46,13 +54,10 @@ def free_port() -> int:
     hands out for port 0 can become the local end of some outgoing connection before the child
     binds it ("Address already in use"); one below that range cannot.
     """
-    try:
-        low = int(EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
-    ports = list(range(max(1024, low - 12000), low))
-    random.shuffle(ports)
-    for port in ports:
+    high = ephemeral_floor()
+    low = max(1024, high - 12000)
+    for _ in range(1000):
+        port = random.randrange(low, high)
         if port in _handed_out:
             continue
         with socket.socket() as sock:
@@ -62,7 +67,7 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise RuntimeError(f"no free loopback port below the ephemeral range (from {low})")
+    raise RuntimeError(f"no free loopback port found in {low}-{high - 1}")
 
 
 class MetricsServer:
