@@ -159,6 +159,7 @@ class RedisSink:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: RedisClient | None = None
+        self._answered = False  # the client answered a PING since it was made
         self._wait = wait_command(
             settings.relay_redis_min_replicas, settings.relay_redis_replica_timeout_seconds
         )
@@ -174,11 +175,17 @@ class RedisSink:
         return self._client
 
     async def start(self) -> None:
+        """Connect and PING, once: a no-op while the client that answered is kept (a failed
+        batch resets it, and the next start PINGs again). Not one PING per batch: that is a
+        round trip more than the batch itself needs."""
+        if self._answered and self._client is not None:
+            return
         client = self._connect()
         try:
             await client.ping()
         except (*_FAILURES, RedisClusterException) as exc:
             raise _error(exc) from None
+        self._answered = True
 
     async def publish(self, messages: Sequence[Message]) -> Outcomes:
         maxlen = self._settings.relay_redis_maxlen
@@ -283,5 +290,6 @@ class RedisSink:
 
     async def close(self) -> None:
         client, self._client = self._client, None
+        self._answered = False
         if client is not None:
             await client.aclose()
