@@ -23,7 +23,7 @@ import httpx
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.payloads import Pool, Row
+from bench.payloads import FILL_REPEATED, Pool, Row
 from bench.procs import Flowproof, service_cpu
 from bench.scratch import OUTBOX, ROOT, Scratch, Services
 from flowproof.core.http import free_port
@@ -321,6 +321,24 @@ class LatencyRun:
 
 
 @dataclass
+class DrainRun:
+    """The whole pipeline's maximum: a backlog committed at once, relay and consumers running."""
+
+    events: int
+    seconds: float  # commit to the last receipt of the slower sink
+    per_sink: dict[str, float]  # sink -> events/s, commit to its last receipt
+    rate: float  # the slower sink's
+    load: float
+
+
+# Receipts per sink since the backlog's commit (the received_at index), and the last one.
+_RECEIVED_SINCE = """
+SELECT sink, count(*) AS receipts, extract(epoch FROM max(received_at))::float8 AS last
+FROM flowproof_receipts WHERE received_at >= to_timestamp($1) GROUP BY sink
+"""
+
+
+@dataclass
 class Emitter:
     """Inserts the pool's events at a steady rate by plain SQL, remembering each commit time."""
 
@@ -427,6 +445,37 @@ class Pipeline:
             if time.monotonic() > deadline:
                 return  # the missing ones are reported as missing
             await asyncio.sleep(0.5)
+
+    async def drain(self, pool: Pool, events: int, within: float) -> DrainRun:
+        """Commit a backlog of about `events` rows in one statement while the relay and both
+        consumers run, and time it from the commit to its last receipt in each sink: the rate
+        of the pipeline as a whole, every process sharing the machine (each stage measured
+        alone has the machine to itself, and the slowest of those overstates the whole)."""
+        assert self.conn is not None
+        load_before = load()
+        repetitions = max(1, round(events / len(pool.rows)))
+        events = repetitions * len(pool.rows)
+        await self.conn.execute(FILL_REPEATED, *pool.columns(), repetitions)
+        committed = time.time()  # autocommit: the statement committed when it returned
+        deadline = time.monotonic() + within
+        while True:
+            await asyncio.sleep(1.0)
+            rows = {r["sink"]: r for r in await self.conn.fetch(_RECEIVED_SINCE, committed)}
+            if all(s in rows and rows[s]["receipts"] >= events for s in ("redis", "kafka")):
+                break
+            self.check_alive()
+            if time.monotonic() > deadline:
+                got = {s: rows[s]["receipts"] if s in rows else 0 for s in ("redis", "kafka")}
+                raise RuntimeError(f"backlog of {events:,} not received in {within:.0f} s: {got}")
+        per_sink = {s: events / max(rows[s]["last"] - committed, 1e-6) for s in rows}
+        slower = min(per_sink.values())
+        return DrainRun(
+            events=events,
+            seconds=events / slower,
+            per_sink=per_sink,
+            rate=slower,
+            load=max(load_before, load()),
+        )
 
     async def latency(self, rate: float, seconds: float) -> LatencyRun:
         """Emit at `rate` for `seconds`; commit-to-receipt latency per sink."""

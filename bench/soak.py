@@ -4,8 +4,9 @@ reporting memory and latency over time. Not part of CI.
     make stack-up && make soak                        # 10 minutes at half the measured maximum
     make soak ARGS="--minutes 3 --rate 2000"
 
-The rate defaults to half the pipeline's maximum from bench/results/latest.json (the lowest of
-relay-to-both and each consumer); without that file a short measurement is made first. Relay, one
+The rate defaults to half the pipeline's maximum from bench/results/latest.json (a backlog drained
+by the relay and both consumers together, the latency section's first figure); without that file
+a short measurement is made first. Relay, one
 consumer per sink and the verifier run as `flowproof` processes on a scratch database and
 stream/topic prefix; the relay drops time partitions of a minute once they are three minutes
 old (the outbox, its delivery records and the receipts stay the size of a few minutes), so what
@@ -73,11 +74,15 @@ PENDING = {sink: query("sink_stats", "flowproof_outbox", sink) for sink in ("red
 
 
 def measured_maximum() -> float | None:
-    """Half of this is the soak rate: the pipeline's maximum from the last full bench."""
+    """Half of this is the soak rate: the pipeline's maximum from the last full bench (the
+    latency section's backlog drained by relay and consumers together; in results from before
+    that measurement, the slowest of relay-to-both and the consumers, each measured alone)."""
     path = RESULTS / "latest.json"
     if not path.is_file():
         return None
     details = json.loads(path.read_text()).get("details", {})
+    if "latency pipeline max" in details:
+        return float(details["latency pipeline max"]["rate"])
     rates = [
         details[key]["rate"]
         for key in ("relay_redis,kafka", "consumer_redis", "consumer_kafka")
@@ -87,16 +92,19 @@ def measured_maximum() -> float | None:
 
 
 async def measure_maximum() -> float:
-    """No bench results: the quick relay and consumer benchmarks, run now."""
+    """No bench results: the quick latency section's backlog, drained by relay and consumers
+    together, run now."""
     from bench.__main__ import Bench  # noqa: PLC0415 - only when there are no results
 
-    args = argparse.Namespace(quick=True, only="relay,consumers", set=None, profile=None)
+    args = argparse.Namespace(
+        quick=True, only="latency", set=None, profile=None, relays=[1], rates=[]
+    )
     bench = Bench(args)
     await bench.run()
-    maximum = bench.pipeline_max()
-    if maximum is None:
+    drained = bench.results.details.get("latency pipeline max")
+    if drained is None:
         raise SystemExit("could not measure the pipeline's maximum rate")
-    return maximum
+    return float(drained["rate"])
 
 
 class Soak:
