@@ -178,7 +178,7 @@ class RedisSink:
         """Connect and PING, once: a no-op while the client that answered is kept (a failed
         batch resets it, and the next start PINGs again). Not one PING per batch: that is a
         round trip more than the batch itself needs."""
-        if self._answered and self._client is not None:
+        if self._answered:  # close() (and so reset()) clears it with the client
             return
         client = self._connect()
         try:
