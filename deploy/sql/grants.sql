@@ -77,7 +77,7 @@ GRANT EXECUTE ON FUNCTION :"owed"(text) TO flowproof_relay, flowproof_verifier;
 GRANT EXECUTE ON FUNCTION flowproof_cursor_passed(xid8, bigint, pg_snapshot, pg_snapshot, bigint)
     TO flowproof_relay, flowproof_verifier;
 GRANT EXECUTE ON FUNCTION flowproof_position_order(text, text)
-    TO flowproof_relay, flowproof_consumer;
+    TO flowproof_consumer, flowproof_verifier;
 -- With its owner's rights: revoked from PUBLIC by the migration, granted to the relay only.
 REVOKE ALL ON FUNCTION :"maintain"(text, text, float8, float8, integer)
     FROM PUBLIC, flowproof_writer, flowproof_consumer, flowproof_verifier, flowproof_smoke;

@@ -6,4 +6,4 @@ SELECT o.id, d.destination, d.partition, d.position,
 FROM {{outbox}} o
 JOIN {{outbox}}_deliveries d ON d.seq = o.seq AND d.sink = '{{sink}}'
 WHERE o.id = ANY($1::uuid[])
-ORDER BY d.destination, d.partition, d.position_order
+ORDER BY d.destination, d.partition, flowproof_position_order(d.sink, d.position)
