@@ -43,10 +43,10 @@ faults: stack-up ## every fault scenario (tests/faults; `make test` runs the fas
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/pytest -m "" tests/faults $(PYTEST_ARGS)
 
 bench: stack-kafka-cluster ## benchmarks beside the raw limits of this machine (with a 3-broker Kafka): a table and bench/results/latest.json
-	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench $(ARGS)
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --stop-kafka-cluster $(ARGS)
 
 bench-quick: stack-kafka-cluster ## make bench ARGS=--quick: the same benchmarks, smaller
-	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --quick $(ARGS)
+	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench --quick --stop-kafka-cluster $(ARGS)
 
 soak: stack-up ## the whole pipeline 10 min at half the measured maximum: RSS and latency over time (not CI)
 	set -a && . ./$(STACK_ENV) && set +a && $(BIN)/python -m bench.soak $(ARGS)

@@ -44,6 +44,8 @@ from flowproof.core.logging import configure_logging
 from flowproof.schemas.registry import load_registry
 
 SECTIONS = ("raw", "relay", "consumers", "latency", "verifier", "cluster")
+# The sections with 3-broker Kafka cluster lines; --stop-kafka-cluster stops it after them.
+KAFKA_CLUSTER_SECTIONS = ("raw", "relay")
 CLUSTER = "3 brokers, RF 3, min ISR 2"
 NO_CLUSTER = (
     "no Kafka cluster (DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS): the 3-broker lines are not "
@@ -84,6 +86,7 @@ class Bench:
                 raise SystemExit(f"--set {name}: only FLOWPROOF_* settings")
         self.profile: Path | None = args.profile
         self.relays: list[int] = args.relays
+        self.stop_kafka_cluster: bool = args.stop_kafka_cluster
         self.rates: list[float] = args.rates
         self.services = Services.from_env()
         self.results = Results(mode="quick" if args.quick else "full")
@@ -144,6 +147,8 @@ class Bench:
             }
             for name, section in sections.items():
                 if name in self.only:
+                    if name not in KAFKA_CLUSTER_SECTIONS:
+                        await self.kafka_cluster_down(before=name)
                     print(f"{name} ...", flush=True)
                     await section()
         finally:
@@ -151,6 +156,21 @@ class Bench:
                 await self.release(scratch)
             self.results.seconds = time.monotonic() - started
             self.results.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    async def kafka_cluster_down(self, before: str) -> None:
+        """With --stop-kafka-cluster, stop the devstack's 3-broker Kafka cluster once the
+        sections that measure it are done: its three JVMs, idle, take about a tenth of a core
+        and wake every few milliseconds, on a machine the later sections keep busy."""
+        if not self.stop_kafka_cluster or self.services.kafka_cluster is None:
+            return
+        print(f"stopping the 3-broker Kafka cluster (its lines are measured) before {before}")
+        stack = await asyncio.create_subprocess_exec(
+            str(ROOT / "devstack" / "stack.sh"), "down", "--kafka-cluster"
+        )
+        if await stack.wait() != 0:
+            raise SystemExit("devstack/stack.sh down --kafka-cluster failed")
+        self.services = replace(self.services, kafka_cluster=None)
+        self.results.details["kafka_cluster_stopped_before"] = before
 
     def settings_record(self) -> dict[str, Any]:
         s = self.settings
@@ -628,6 +648,12 @@ async def main() -> None:
     )
     parser.add_argument(
         "--output", type=Path, help="JSON results (default bench/results/latest.json)"
+    )
+    parser.add_argument(
+        "--stop-kafka-cluster",
+        action="store_true",
+        help="stop the devstack's 3-broker Kafka cluster once its lines are measured (after the "
+        "raw and relay sections), so that the later sections run without it (make bench does)",
     )
     args = parser.parse_args()
     configure_logging("warning", "console")

@@ -97,7 +97,13 @@ async def measure_maximum() -> float:
     from bench.__main__ import Bench  # noqa: PLC0415 - only when there are no results
 
     args = argparse.Namespace(
-        quick=True, only="latency", set=None, profile=None, relays=[1], rates=[]
+        quick=True,
+        only="latency",
+        set=None,
+        profile=None,
+        relays=[1],
+        rates=[],
+        stop_kafka_cluster=False,
     )
     bench = Bench(args)
     await bench.run()

@@ -9,6 +9,8 @@
 #                              (replication factor 3, min.insync.replicas 2); its bootstrap list
 #                              is DEVSTACK_KAFKA_CLUSTER_BOOTSTRAP_SERVERS in .devstack/env
 #   devstack/stack.sh down     stop exactly the processes `up` started (pid files), nothing else
+#   devstack/stack.sh down --kafka-cluster
+#                              stop the 3-node Kafka cluster only (and drop it from .devstack/env)
 #   devstack/stack.sh status   say what runs where
 #
 # Beside the single Redis server, a primary with a replica and a Sentinel, and a 3-primary Redis
@@ -580,6 +582,18 @@ cmd_up() {
 }
 
 cmd_down() {
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --kafka-cluster)
+        # The 3-broker cluster alone (make bench stops it once its lines are measured).
+        stop_kafka_cluster
+        [[ -f $STACK/env ]] && write_env
+        say "kafka cluster down"
+        return ;;
+      *) die "down: unknown option $arg (known: --kafka-cluster)" ;;
+    esac
+  done
   stop_registry
   stop_kafka_cluster
   stop_kafka
@@ -591,7 +605,7 @@ cmd_down() {
 
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
-  down) cmd_down ;;
+  down) shift; cmd_down "$@" ;;
   status) cmd_status ;;
   *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
 esac
