@@ -83,14 +83,18 @@ async def test_a_frozen_consumer_is_taken_over(
     """A consumer of each sink is frozen (SIGSTOP) in turn; while it is frozen, the other member
     of its group must deliver everything written before the freeze: its Redis pending entries
     claimed (XAUTOCLAIM after the claim idle time), its Kafka partitions rebalanced (after the
-    session timeout). Then it is thawed (SIGCONT) and finishes the batch it held: duplicates of
-    that batch, whose late commit the group refuses, nothing else (in Kafka, a batch the client
-    had fetched ahead may still be handed out before it learns it lost its partitions)."""
+    session timeout). Then it is thawed (SIGCONT) and finishes the batches it held: duplicates of
+    those, whose late commits the group refuses, nothing else. In Redis that is one batch. In
+    Kafka it is up to three: the batch in its durable end (receipts written, commit refused), the
+    one it was processing meanwhile (consumers.commit's lane: its receipts are written once the
+    commit before it has answered, refused or not), and one the client had fetched ahead and may
+    still hand out before it learns it lost its partitions (seen: 548 duplicates, over two
+    batches of 256)."""
     plan = Plan(
         "consumer SIGSTOP/SIGCONT (each sink)",
         redis_consumers=2,
         kafka_consumers=2,
-        max_duplicates={"redis": CONSUMER_BATCH, "kafka": 2 * CONSUMER_BATCH},
+        max_duplicates={"redis": CONSUMER_BATCH, "kafka": 3 * CONSUMER_BATCH},
         seed=31,
     )
 
@@ -137,7 +141,7 @@ async def test_consumers_stopped_for_five_minutes_are_late_never_lost(
     the batch each consumer held is received twice."""
     plan = Plan(
         "every consumer stopped 5 minutes (late, not lost)",
-        max_duplicates={"redis": CONSUMER_BATCH, "kafka": 2 * CONSUMER_BATCH},
+        max_duplicates={"redis": CONSUMER_BATCH, "kafka": 3 * CONSUMER_BATCH},
         drain_timeout=300.0,
         recover_timeout=300.0,
         seed=53,
