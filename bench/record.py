@@ -16,21 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.procs import cpu_seconds
 from bench.scratch import OUTBOX, Scratch, Services
 from flowproof.publisher.queries import query
+from flowproof.publisher.slots import SLOTS
 
 LOOPS = 3
-
-
-def backend_cpu_seconds(pid: int) -> float:
-    """User and system CPU of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def is_local_backend(pid: int) -> bool:
@@ -53,7 +48,7 @@ def record_arguments(batch: int, first_seq: int) -> tuple[object, ...]:
         [now] * batch,
         *nothing_aside,
         [],  # no queued row taken
-        list(range(64)),  # the owned slots: none has a round, no cursor moves
+        list(range(SLOTS)),  # the owned slots: none has a round, no cursor moves
         seqs[-1],
         True,
         False,
@@ -81,10 +76,10 @@ async def measure(batches: Sequence[int], statements: int) -> dict[int, list[flo
                 for _ in range(LOOPS):
                     arguments = [record_arguments(batch, seq + i * batch) for i in range(count)]
                     seq += count * batch
-                    started = backend_cpu_seconds(pid)
+                    started = cpu_seconds(pid)
                     for args in arguments:
                         await conn.execute(record, *args)
-                    found[batch].append((backend_cpu_seconds(pid) - started) / count * 1e6)
+                    found[batch].append((cpu_seconds(pid) - started) / count * 1e6)
         finally:
             await conn.close()
     finally:
