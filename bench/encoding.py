@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.payloads import Pool
-from flowproof.publisher.encoding import encode_row, envelope_of
+from flowproof.publisher.encoding import encode_row, envelope_fields
 from flowproof.publisher.rows import OutboxRow
 from flowproof.schemas import framing
 from flowproof.schemas.ids import SchemaIds
@@ -65,14 +65,14 @@ def measure(count: int, repeat: int) -> list[tuple[str, float]]:
 
     def envelope() -> None:
         for r in rows:
-            envelope_of(
+            envelope_fields(
                 event_id=r.id,
                 event_type=r.type,
                 aggregatetype=r.aggregatetype,
                 aggregateid=r.aggregateid,
                 created_at=r.created_at,
                 headers=None,
-            ).wire_fields()
+            )
 
     def write() -> None:
         for s, d, i in zip(schemas, data, schema_ids, strict=True):

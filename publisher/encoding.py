@@ -31,7 +31,7 @@ from flowproof.publisher.encode_cache import EncodeCache
 from flowproof.publisher.errors import EnvelopeInvalid, Oversized
 from flowproof.publisher.rows import Aggregate, Encoded, Message, OutboxRow, Parked
 from flowproof.schemas import framing
-from flowproof.schemas.envelope import Envelope
+from flowproof.schemas.envelope import Envelope, plain_wire_fields
 from flowproof.schemas.errors import ContractError, PayloadInvalid
 from flowproof.schemas.ids import SchemaIds
 from flowproof.schemas.registry import SchemaRegistry, SchemaVersion
@@ -71,7 +71,7 @@ def _json(text: str, event_type: str | None) -> Any:
         raise PayloadInvalid(event_type, "<payload>", problem) from None
 
 
-def envelope_of(
+def envelope_fields(
     *,
     event_id: uuid.UUID,
     event_type: str,
@@ -79,15 +79,26 @@ def envelope_of(
     aggregateid: str,
     created_at: dt.datetime | None,
     headers: Mapping[str, Any] | None,
-) -> Envelope:
-    """The validated envelope of an event, or EnvelopeInvalid naming the field."""
+) -> dict[str, bytes]:
+    """The wire fields of the event's validated envelope, or EnvelopeInvalid naming the field.
+    Plain values skip building the model (`plain_wire_fields`); the model judges the rest."""
     traceparent = (headers or {}).get("traceparent")
+    fields = plain_wire_fields(
+        event_id=event_id,
+        event_type=event_type,
+        aggregatetype=aggregatetype,
+        aggregateid=aggregateid,
+        created_at=created_at,
+        traceparent=traceparent,
+    )
+    if fields is not None:
+        return fields
     if traceparent is not None and not isinstance(traceparent, str):
         raise EnvelopeInvalid("traceparent", "must be a string")
     if created_at is None:
         raise EnvelopeInvalid("created_at", "is infinity, BC or after 9999: no reader can hold it")
     try:
-        return Envelope(
+        envelope = Envelope(
             id=event_id,
             type=event_type,
             aggregatetype=aggregatetype,
@@ -99,6 +110,7 @@ def envelope_of(
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "<envelope>"
         raise EnvelopeInvalid(name, str(first["msg"]).removeprefix("Value error, ")) from None
+    return envelope.wire_fields()
 
 
 def encode_row(registry: SchemaRegistry, ids: SchemaIds, row: OutboxRow) -> Encoded:
@@ -107,7 +119,7 @@ def encode_row(registry: SchemaRegistry, ids: SchemaIds, row: OutboxRow) -> Enco
     schema = registry.latest(row.type)
     datum = schema.validate(_json(row.payload, schema.event_type))
     headers = _json(row.headers, None) if row.headers is not None else None
-    envelope = envelope_of(
+    fields = envelope_fields(
         event_id=row.id,
         event_type=row.type,
         aggregatetype=row.aggregatetype,
@@ -117,7 +129,6 @@ def encode_row(registry: SchemaRegistry, ids: SchemaIds, row: OutboxRow) -> Enco
     )
     key = row.aggregateid.encode()
     value = _frame(schema, datum, ids.writer_id(row.aggregatetype, schema))
-    fields = envelope.wire_fields()
     size = len(value) + len(key) + sum(len(k) + len(v) for k, v in fields.items())
     return Encoded(row, key, value, fields, size)
 

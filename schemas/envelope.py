@@ -21,6 +21,10 @@ from flowproof.schemas.errors import ENVELOPE, FrameError
 PAYLOAD_FIELD = "payload"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _EVENT_TYPE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+_EVENT_TYPE_RE = re.compile(_EVENT_TYPE)
+_TYPE_MAX = 512
+_AGGREGATETYPE_MAX = 255
+_AGGREGATEID_MAX = 1024
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -52,9 +56,9 @@ class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     id: uuid.UUID
-    type: str = Field(pattern=_EVENT_TYPE, max_length=512)
-    aggregatetype: str = Field(min_length=1, max_length=255)
-    aggregateid: str = Field(min_length=1, max_length=1024)
+    type: str = Field(pattern=_EVENT_TYPE, max_length=_TYPE_MAX)
+    aggregatetype: str = Field(min_length=1, max_length=_AGGREGATETYPE_MAX)
+    aggregateid: str = Field(min_length=1, max_length=_AGGREGATEID_MAX)
     created_at: Annotated[dt.datetime, AfterValidator(_must_be_utc_aware)]
     traceparent: Annotated[str | None, AfterValidator(_check_traceparent)] = None
 
@@ -97,6 +101,61 @@ class Envelope(BaseModel):
             name = ".".join(str(p) for p in first["loc"]) or "<envelope>"
             message = str(first["msg"]).removeprefix("Value error, ")
             raise FrameError(ENVELOPE, f"envelope field {name!r}: {message}") from None
+
+
+def plain_wire_fields(
+    *,
+    event_id: object,
+    event_type: object,
+    aggregatetype: object,
+    aggregateid: object,
+    created_at: object,
+    traceparent: object,
+) -> dict[str, bytes] | None:
+    """`Envelope(...).wire_fields()` for values that plainly pass the model, without building it;
+    None when any value needs the model's judgement (it then says what is wrong).
+
+    The relay builds an envelope per row and a row's values are nearly always of this plain kind:
+    the type and aggregate type, few and repeated, are checked once each (`_plain_names`), the
+    rest with a few comparisons. Never more permissive than the model, nor different in what it
+    returns (tests/test_schemas_core.py compares the two on generated values).
+    """
+    if not (
+        type(event_id) is uuid.UUID
+        and type(event_type) is str
+        and type(aggregatetype) is str
+        and _plain_names(event_type, aggregatetype)
+        and type(aggregateid) is str
+        and 0 < len(aggregateid) <= _AGGREGATEID_MAX
+        and type(created_at) is dt.datetime
+        and created_at.tzinfo is dt.UTC
+    ):
+        return None
+    try:
+        fields = {
+            "id": str(event_id).encode(),
+            "type": event_type.encode(),
+            "aggregatetype": aggregatetype.encode(),
+            "aggregateid": aggregateid.encode(),
+            "created_at": format_timestamp(created_at).encode(),
+        }
+    except UnicodeEncodeError:  # a lone surrogate, which the model refuses
+        return None
+    if traceparent is not None:
+        if type(traceparent) is not str or not _TRACEPARENT.fullmatch(traceparent):
+            return None
+        fields["traceparent"] = traceparent.encode()
+    return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_names(event_type: str, aggregatetype: str) -> bool:
+    """Whether the model takes this type and aggregate type (checked once per pair)."""
+    return (
+        len(event_type) <= _TYPE_MAX
+        and _EVENT_TYPE_RE.fullmatch(event_type) is not None
+        and 0 < len(aggregatetype) <= _AGGREGATETYPE_MAX
+    )
 
 
 @functools.cache

@@ -7,9 +7,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from flowproof.schemas import framing
-from flowproof.schemas.envelope import Envelope, format_timestamp
+from flowproof.schemas.envelope import Envelope, format_timestamp, plain_wire_fields
 from flowproof.schemas.errors import FrameError, PayloadInvalid, SchemaFileError, UnknownEventType
 from flowproof.schemas.registry import CANARY_TYPE, SchemaRegistry
 
@@ -164,3 +167,91 @@ def test_schema_file_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(SchemaFileError, match="not a valid Avro schema"):
         SchemaRegistry.load(tmp_path)
+
+
+# --- the envelope's plain path agrees with the model ------------------------------------------
+_NAMES = st.one_of(
+    st.sampled_from(["orders.OrderPlaced", "order", "a", "_x.y_1", "a.", ".a", "a..b", "1a", ""]),
+    st.sampled_from(["x" * 255, "x" * 256, "y" * 512, "y" * 513, "x" * 1024, "x" * 1025]),
+    st.sampled_from(["\ud800", "a\udfff", "é", "a\n", "\x00"]),
+    st.text(max_size=20),
+)
+_TIMES = st.one_of(
+    st.datetimes(timezones=st.just(dt.UTC)),
+    st.datetimes(timezones=st.sampled_from([dt.timezone(dt.timedelta(hours=2)), None])),
+)
+_TRACEPARENTS = st.one_of(
+    st.none(),
+    st.just("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    st.just("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n"),
+    st.text(max_size=60),
+    st.integers(),
+)
+
+
+@given(
+    event_id=st.one_of(st.uuids(), st.uuids().map(str)),
+    event_type=_NAMES,
+    aggregatetype=_NAMES,
+    aggregateid=_NAMES,
+    created_at=_TIMES,
+    traceparent=_TRACEPARENTS,
+)
+def test_plain_wire_fields_are_the_models_whenever_given(
+    *,
+    event_id: object,
+    event_type: str,
+    aggregatetype: str,
+    aggregateid: str,
+    created_at: dt.datetime,
+    traceparent: object,
+) -> None:
+    plain = plain_wire_fields(
+        event_id=event_id,
+        event_type=event_type,
+        aggregatetype=aggregatetype,
+        aggregateid=aggregateid,
+        created_at=created_at,
+        traceparent=traceparent,
+    )
+    try:
+        model: dict[str, bytes] | None = Envelope(
+            id=event_id,
+            type=event_type,
+            aggregatetype=aggregatetype,
+            aggregateid=aggregateid,
+            created_at=created_at,
+            traceparent=traceparent,
+        ).wire_fields()
+    except ValidationError:
+        model = None
+    if plain is not None:
+        assert plain == model
+    # The plain path must not leave the usual rows to the model: rows as the relay reads them.
+    if (
+        model is not None
+        and isinstance(event_id, uuid.UUID)
+        and created_at.tzinfo is dt.UTC
+        and (traceparent is None or isinstance(traceparent, str))
+    ):
+        assert plain == model
+
+
+def test_plain_wire_fields_cover_a_row_as_the_relay_reads_it() -> None:
+    event_id = uuid.uuid4()
+    created = dt.datetime(2026, 12, 2, 23, 0, 0, 5, tzinfo=dt.UTC)
+    fields = plain_wire_fields(
+        event_id=event_id,
+        event_type="orders.OrderPlaced",
+        aggregatetype="order",
+        aggregateid="o-1",
+        created_at=created,
+        traceparent=None,
+    )
+    assert fields == {
+        "id": str(event_id).encode(),
+        "type": b"orders.OrderPlaced",
+        "aggregatetype": b"order",
+        "aggregateid": b"o-1",
+        "created_at": b"2026-12-02T23:00:00.000005Z",
+    }
