@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,6 @@ def is_local_backend(pid: int) -> bool:
 
 def record_arguments(batch: int, first_seq: int) -> tuple[object, ...]:
     """The record statement's parameters for `batch` Redis deliveries and nothing else."""
-    now = dt.datetime.now(dt.UTC)
     seqs = list(range(first_seq, first_seq + batch))
     positions = [f"{1_764_000_000_000 + seq}-0" for seq in seqs]
     nothing_aside: tuple[list[object], ...] = ([], [], [], [], [], [], [])
@@ -45,7 +43,6 @@ def record_arguments(batch: int, first_seq: int) -> tuple[object, ...]:
         ["flowproof.order"] * batch,
         [None] * batch,
         positions,
-        [now] * batch,
         *nothing_aside,
         [],  # no queued row taken
         list(range(SLOTS)),  # the owned slots: none has a round, no cursor moves

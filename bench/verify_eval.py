@@ -50,17 +50,17 @@ FROM generate_series(1, $2) AS g
 # every row (nothing pending).
 FILL_DELIVERIES = """
 INSERT INTO flowproof_outbox_deliveries (seq, sink, destination, partition, position,
-                                         created_at, published_at)
+                                         published_at)
 SELECT * FROM (
     SELECT o.seq, 'redis', 'flowproof.order', NULL::integer,
            (extract(epoch FROM o.created_at + interval '4 ms') * 1000)::bigint
                || '-' || (o.seq % 7),
-           o.created_at, o.created_at + interval '4 ms' AS published_at
+           o.created_at + interval '4 ms' AS published_at
     FROM flowproof_outbox o
     UNION ALL
     SELECT o.seq, 'kafka', 'flowproof.order', o.p,
            o.p || ':' || row_number() OVER (PARTITION BY o.p ORDER BY o.seq),
-           o.created_at, o.created_at + interval '6 ms'
+           o.created_at + interval '6 ms'
     FROM (SELECT *, abs(hashtext(aggregateid)) % 6 AS p FROM flowproof_outbox) o
 ) AS d
 ORDER BY published_at

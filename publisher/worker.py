@@ -16,7 +16,6 @@ NOTIFY; an idle worker waits for a NOTIFY, the poll interval or a stop.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -354,9 +353,8 @@ class SinkWorker:
             (m.seq for m, o in zip(messages, outcomes, strict=True) if isinstance(o, SinkError)),
             None,
         )
-        created = {row.seq: row.created_at for row in batch.rows}
         async with database_boundary(f"{self.name} worker recording a batch"):
-            await shielded(self._record(conn, batch, result, created, first_failed), "record")
+            await shielded(self._record(conn, batch, result, first_failed), "record")
         if marked:
             self.stats.published += len(marked)
             RELAY_PUBLISHED.labels(self.name).inc(len(marked))
@@ -391,7 +389,6 @@ class SinkWorker:
         conn: asyncpg.Connection,
         batch: Batch,
         result: Acknowledged,
-        created: dict[int, dt.datetime | None],
         first_failed: int | None,
     ) -> None:
         """Record the batch atomically: where the sink put each event (a published event always
@@ -415,7 +412,6 @@ class SinkWorker:
             [placed.destination for _, placed in placements],
             [placed.partition for _, placed in placements],
             [placed.position for _, placed in placements],
-            [created[seq] for seq, _ in placements],
             [a.seq for a in aside],
             [a.slot for a in aside],
             [a.aggregatetype for a in aside],

@@ -116,7 +116,7 @@ async def test_pending_rows_are_published_once_after_the_upgrade(
         }
 
         applied = await migrate(conn, "flowproof_outbox")
-        assert [m.version for m in applied] == [50, 60, 70, 80, 90, 100]
+        assert [m.version for m in applied] == [50, 60, 70, 80, 90, 100, 110]
         states = await conn.fetch(
             "SELECT sink, seq, state FROM flowproof_outbox_parked ORDER BY sink, seq"
         )
@@ -200,7 +200,7 @@ async def test_an_outbox_of_0060_is_partitioned_in_place(
         assert await unpublished(conn, "redis") == await unpublished(conn, "kafka") == 9
 
         applied = await migrate(conn, "flowproof_outbox")
-        assert [m.version for m in applied] == [70, 80, 90, 100]
+        assert [m.version for m in applied] == [70, 80, 90, 100, 110]
 
         kinds = await conn.fetch(
             "SELECT relname, relkind::text FROM pg_class WHERE relname IN "

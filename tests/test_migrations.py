@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from flowproof.core.migrations import MIGRATIONS_TABLE, load_migrations, migrate
+from flowproof.publisher.queries import query
 from tests.conftest import Services
 
 
@@ -78,5 +79,38 @@ async def test_the_first_partitions_have_the_span_of_the_migrating_settings(
                 )
                 == 1
             )
+    finally:
+        await conn.close()
+
+
+async def test_delivery_records_carry_no_created_at_and_old_relays_still_record(
+    empty_database: str,
+) -> None:
+    # Migration 0110: the relay's record statement leaves created_at NULL and its partial index
+    # is gone; a relay of an earlier version, which still writes the column, keeps working.
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await migrate(conn, "flowproof_outbox")
+        indexes = await conn.fetchval(
+            "SELECT array_agg(indexname::text) FROM pg_indexes "
+            "WHERE tablename = 'flowproof_outbox_deliveries'"
+        )
+        assert "flowproof_outbox_deliveries_sink_seq" in indexes
+        assert "flowproof_outbox_deliveries_published_late" not in indexes
+        await conn.execute(
+            query("record", "flowproof_outbox", "redis"),
+            [1, 2], ["flowproof.order"] * 2, [None] * 2, ["1-1", "1-2"],
+            [], [], [], [], [], [], [], [], [0], 2, False, True,
+        )  # fmt: skip
+        await conn.execute(  # as relays before 0110 recorded
+            "INSERT INTO flowproof_outbox_deliveries "
+            "(seq, sink, destination, partition, position, created_at) "
+            "VALUES (3, 'redis', 'flowproof.order', NULL, '1-3', now() - interval '1 hour')"
+        )
+        rows = await conn.fetch(
+            "SELECT seq, position, created_at IS NULL AS no_created_at "
+            "FROM flowproof_outbox_deliveries ORDER BY seq"
+        )
+        assert [tuple(r) for r in rows] == [(1, "1-1", True), (2, "1-2", True), (3, "1-3", False)]
     finally:
         await conn.close()

@@ -197,7 +197,7 @@ async def test_claim_planned_over_an_empty_outbox_still_uses_indexes_after_it_gr
                 done = len(seqs) < 1000
                 await conn.execute(
                     record, seqs, ["flowproof.order"] * len(seqs), [None] * len(seqs),
-                    [f"1-{n}" for n in range(len(seqs))], [r["created_at"] for r in batch],
+                    [f"1-{n}" for n in range(len(seqs))],
                     [], [], [], [], [], [], [], [], ALL_SLOTS, seqs[-1], done, False,
                 )  # fmt: skip
                 if done:

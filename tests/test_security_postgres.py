@@ -494,7 +494,7 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
             parks = sink == "kafka"
             await conn.execute(
                 query("record", table, sink),
-                delivered, ["s"] * 3, [None] * 3, ["1-1", "1-2", "1-3"], [None] * 3,
+                delivered, ["s"] * 3, [None] * 3, ["1-1", "1-2", "1-3"],
                 [to_park] if parks else [], [last["slot"]] if parks else [],
                 [last["aggregatetype"]] if parks else [], [last["aggregateid"]] if parks else [],
                 ["parked"] if parks else [], ["oversized"] if parks else [],

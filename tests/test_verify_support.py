@@ -227,8 +227,8 @@ async def record_delivery(
         )
     await pipeline.execute(
         """INSERT INTO flowproof_outbox_deliveries
-               (seq, sink, destination, partition, position, created_at, published_at)
-           VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $6::timestamptz + interval '5 ms')""",
+               (seq, sink, destination, partition, position, published_at)
+           VALUES ($1, $2, $3, $4, $5, $6::timestamptz + interval '5 ms')""",
         event.seq,
         sink,
         destination,

@@ -13,23 +13,23 @@ FROM {{outbox}}_claim('{{sink}}', $1::smallint[], $2::int, $3::bigint, $4::bigin
 
 -- name: record
 -- What a batch did, in one statement (one transaction, one round trip): where the sink put each
--- event it acknowledged ($1-$5), the rows set aside ($6-$12: parked, held behind a parked row,
+-- event it acknowledged ($1-$4), the rows set aside ($5-$11: parked, held behind a parked row,
 -- queued behind queued rows of their aggregate; a queued row tried again changes its state in
--- place), the queued rows the sink took ($13), and for a batch of the rounds ($17 false) the
--- cursors of the owned slots $14: every row of their rounds up to seq $15 is done, and with $16
+-- place), the queued rows the sink took ($12), and for a batch of the rounds ($16 false) the
+-- cursors of the owned slots $13: every row of their rounds up to seq $14 is done, and with $15
 -- (the claim found fewer rows than it asked for, and none failed) the rounds are.
 WITH delivered AS (
-    INSERT INTO {{outbox}}_deliveries (seq, sink, destination, partition, position, created_at)
-    SELECT d.seq, '{{sink}}', d.destination, d.partition, d.position, d.created_at
-    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::timestamptz[])
-        AS d (seq, destination, partition, position, created_at)
+    INSERT INTO {{outbox}}_deliveries (seq, sink, destination, partition, position)
+    SELECT d.seq, '{{sink}}', d.destination, d.partition, d.position
+    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
+        AS d (seq, destination, partition, position)
 ),
 aside AS (
     INSERT INTO {{outbox}}_parked AS p
         (sink, seq, slot, aggregatetype, aggregateid, state, reason, error)
     SELECT '{{sink}}', r.seq, r.slot, r.aggregatetype, r.aggregateid, r.state, r.reason, r.error
-    FROM unnest($6::bigint[], $7::smallint[], $8::text[], $9::text[], $10::text[],
-                $11::text[], $12::text[])
+    FROM unnest($5::bigint[], $6::smallint[], $7::text[], $8::text[], $9::text[],
+                $10::text[], $11::text[])
         AS r (seq, slot, aggregatetype, aggregateid, state, reason, error)
     ON CONFLICT (sink, seq) DO UPDATE
     SET state = excluded.state, reason = excluded.reason, error = excluded.error,
@@ -37,16 +37,16 @@ aside AS (
 ),
 unqueued AS (
     DELETE FROM {{outbox}}_parked
-    WHERE sink = '{{sink}}' AND seq = ANY($13::bigint[]) AND state = 'queued'
+    WHERE sink = '{{sink}}' AND seq = ANY($12::bigint[]) AND state = 'queued'
 )
 UPDATE {{outbox}}_cursors
-SET snap = CASE WHEN $16::boolean THEN next_snap ELSE snap END,
-    next_snap = CASE WHEN $16::boolean THEN NULL ELSE next_snap END,
-    next_seq = CASE WHEN $16::boolean THEN 0 ELSE greatest(next_seq, $15::bigint) END,
-    last_seq = CASE WHEN $16::boolean THEN NULL ELSE last_seq END,
+SET snap = CASE WHEN $15::boolean THEN next_snap ELSE snap END,
+    next_snap = CASE WHEN $15::boolean THEN NULL ELSE next_snap END,
+    next_seq = CASE WHEN $15::boolean THEN 0 ELSE greatest(next_seq, $14::bigint) END,
+    last_seq = CASE WHEN $15::boolean THEN NULL ELSE last_seq END,
     moved_at = now()
-WHERE NOT $17::boolean
-  AND sink = '{{sink}}' AND slot = ANY($14::smallint[]) AND next_snap IS NOT NULL;
+WHERE NOT $16::boolean
+  AND sink = '{{sink}}' AND slot = ANY($13::smallint[]) AND next_snap IS NOT NULL;
 
 -- name: sink_stats
 -- The outbox gauges of one sink: the rows it still owes (see {{outbox}}_owed in migration 0050)

@@ -80,8 +80,8 @@ async def test_accounting_counts_lost_duplicated_and_reordered_events(
         for seq, position in zip(seqs, positions, strict=True):
             await conn.execute(
                 """INSERT INTO flowproof_outbox_deliveries
-                       (seq, sink, destination, partition, position, created_at)
-                   VALUES ($1, $2, $3, $4, $5, now())""",
+                       (seq, sink, destination, partition, position)
+                   VALUES ($1, $2, $3, $4, $5)""",
                 seq,
                 sink,
                 home,
