@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench.procs import cpu_seconds
 from bench.scratch import OUTBOX, Scratch, Services
+from flowproof.core.sqltext import text_array
 from flowproof.publisher.queries import query
 from flowproof.publisher.slots import SLOTS
 
@@ -40,9 +41,9 @@ def record_arguments(batch: int, first_seq: int) -> tuple[object, ...]:
     nothing_aside: tuple[list[object], ...] = ([], [], [], [], [], [], [])
     return (
         seqs,
-        ["flowproof.order"] * batch,
+        text_array(["flowproof.order"] * batch),
         [None] * batch,
-        positions,
+        text_array(positions),
         *nothing_aside,
         [],  # no queued row taken
         list(range(SLOTS)),  # the owned slots: none has a round, no cursor moves

@@ -27,6 +27,7 @@ from flowproof.core.errors import ComponentUnreachable
 from flowproof.core.logging import get_logger
 from flowproof.core.metrics import RELAY_PARKED, RELAY_PUBLISH_FAILURES, RELAY_PUBLISHED
 from flowproof.core.retry import RetryPolicy
+from flowproof.core.sqltext import text_array
 from flowproof.publisher.db import close_quietly, connect_relay, database_boundary
 from flowproof.publisher.encoding import Encoder
 from flowproof.publisher.errors import DatabaseLost, SinkError
@@ -409,9 +410,9 @@ class SinkWorker:
         await conn.execute(
             self._record_batch,
             [seq for seq, _ in placements],
-            [placed.destination for _, placed in placements],
+            text_array([placed.destination for _, placed in placements]),
             [placed.partition for _, placed in placements],
-            [placed.position for _, placed in placements],
+            text_array([placed.position for _, placed in placements]),
             [a.seq for a in aside],
             [a.slot for a in aside],
             [a.aggregatetype for a in aside],

@@ -1,4 +1,5 @@
-"""Migrations are versioned, idempotent and safe to run from several processes at once."""
+"""Migrations are versioned, idempotent and safe to run from several processes at once; the
+relay's statements read what it passes them."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import uuid
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from flowproof.core.migrations import MIGRATIONS_TABLE, load_migrations, migrate
+from flowproof.core.sqltext import text_array
 from flowproof.publisher.queries import query
 from tests.conftest import Services
 
@@ -99,7 +103,7 @@ async def test_delivery_records_carry_no_created_at_and_old_relays_still_record(
         assert "flowproof_outbox_deliveries_published_late" not in indexes
         await conn.execute(
             query("record", "flowproof_outbox", "redis"),
-            [1, 2], ["flowproof.order"] * 2, [None] * 2, ["1-1", "1-2"],
+            [1, 2], text_array(["flowproof.order"] * 2), [None] * 2, text_array(["1-1", "1-2"]),
             [], [], [], [], [], [], [], [], [0], 2, False, True,
         )  # fmt: skip
         await conn.execute(  # as relays before 0110 recorded
@@ -112,5 +116,23 @@ async def test_delivery_records_carry_no_created_at_and_old_relays_still_record(
             "FROM flowproof_outbox_deliveries ORDER BY seq"
         )
         assert [tuple(r) for r in rows] == [(1, "1-1", True), (2, "1-2", True), (3, "1-3", False)]
+    finally:
+        await conn.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(values=st.lists(st.text(alphabet=st.characters(exclude_characters="\x00")), max_size=8))
+@example(values=[])
+@example(values=["", "NULL", "{}", "a,b", " x "])
+@example(values=['a"b', "c\\d", "\\", '"'])
+async def test_text_array_literals_read_back_as_the_strings_given(
+    services: Services, values: list[str]
+) -> None:
+    # The record statement's destinations and positions travel as one array literal each.
+    conn = await asyncpg.connect(services.database_url)
+    try:
+        assert await conn.fetchval("SELECT $1::text::text[]", text_array(values)) == values
     finally:
         await conn.close()

@@ -21,6 +21,7 @@ import asyncpg
 import pytest
 
 from flowproof.core.sinks import SINK_NAMES
+from flowproof.core.sqltext import text_array
 from flowproof.publisher.queries import query
 
 # Rows, how far the round has published, the server's random_page_cost.
@@ -196,8 +197,8 @@ async def test_claim_planned_over_an_empty_outbox_still_uses_indexes_after_it_gr
                 seqs = [r["seq"] for r in batch]
                 done = len(seqs) < 1000
                 await conn.execute(
-                    record, seqs, ["flowproof.order"] * len(seqs), [None] * len(seqs),
-                    [f"1-{n}" for n in range(len(seqs))],
+                    record, seqs, text_array(["flowproof.order"] * len(seqs)), [None] * len(seqs),
+                    text_array([f"1-{n}" for n in range(len(seqs))]),
                     [], [], [], [], [], [], [], [], ALL_SLOTS, seqs[-1], done, False,
                 )  # fmt: skip
                 if done:

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from flowproof.core.config import Settings
 from flowproof.core.connect import connect_postgres
 from flowproof.core.errors import ComponentUnreachable
+from flowproof.core.sqltext import text_array
 from flowproof.publisher.maintenance import prune, refresh_gauges
 from flowproof.publisher.parked import retry_parked
 from flowproof.publisher.queries import query
@@ -494,7 +495,7 @@ async def test_the_relays_park_prune_and_gauge_statements_run_as_its_role(
             parks = sink == "kafka"
             await conn.execute(
                 query("record", table, sink),
-                delivered, ["s"] * 3, [None] * 3, ["1-1", "1-2", "1-3"],
+                delivered, text_array(["s"] * 3), [None] * 3, text_array(["1-1", "1-2", "1-3"]),
                 [to_park] if parks else [], [last["slot"]] if parks else [],
                 [last["aggregatetype"]] if parks else [], [last["aggregateid"]] if parks else [],
                 ["parked"] if parks else [], ["oversized"] if parks else [],

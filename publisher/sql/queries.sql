@@ -13,7 +13,8 @@ FROM {{outbox}}_claim('{{sink}}', $1::smallint[], $2::int, $3::bigint, $4::bigin
 
 -- name: record
 -- What a batch did, in one statement (one transaction, one round trip): where the sink put each
--- event it acknowledged ($1-$4), the rows set aside ($5-$11: parked, held behind a parked row,
+-- event it acknowledged ($1-$4; destinations and positions as array literals, see
+-- flowproof.core.sqltext.text_array), the rows set aside ($5-$11: parked, held behind a parked row,
 -- queued behind queued rows of their aggregate; a queued row tried again changes its state in
 -- place), the queued rows the sink took ($12), and for a batch of the rounds ($16 false) the
 -- cursors of the owned slots $13: every row of their rounds up to seq $14 is done, and with $15
@@ -21,7 +22,7 @@ FROM {{outbox}}_claim('{{sink}}', $1::smallint[], $2::int, $3::bigint, $4::bigin
 WITH delivered AS (
     INSERT INTO {{outbox}}_deliveries (seq, sink, destination, partition, position)
     SELECT d.seq, '{{sink}}', d.destination, d.partition, d.position
-    FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
+    FROM unnest($1::bigint[], $2::text::text[], $3::int[], $4::text::text[])
         AS d (seq, destination, partition, position)
 ),
 aside AS (
