@@ -167,7 +167,9 @@ ORDER BY n, a.pos;
 
 -- name: published_since
 -- How many events each sink published of those created since $1 (epoch seconds): the demo's count.
-SELECT sink, count(DISTINCT seq) AS n
-FROM {{outbox}}_deliveries
-WHERE created_at >= to_timestamp($1)
-GROUP BY sink;
+-- (Delivery records carry no created_at since migration 0110: it is the outbox row's.)
+SELECT d.sink, count(DISTINCT d.seq) AS n
+FROM {{outbox}}_deliveries AS d
+JOIN {{outbox}} AS o ON o.seq = d.seq
+WHERE d.published_at >= to_timestamp($1) AND o.created_at >= to_timestamp($1)
+GROUP BY d.sink;
