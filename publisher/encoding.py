@@ -83,14 +83,15 @@ def envelope_fields(
     """The wire fields of the event's validated envelope, or EnvelopeInvalid naming the field.
     Plain values skip building the model (`plain_wire_fields`); the model judges the rest."""
     traceparent = (headers or {}).get("traceparent")
-    fields = plain_wire_fields(
-        event_id=event_id,
-        event_type=event_type,
-        aggregatetype=aggregatetype,
-        aggregateid=aggregateid,
-        created_at=created_at,
-        traceparent=traceparent,
-    )
+    values: dict[str, Any] = {
+        "id": event_id,
+        "type": event_type,
+        "aggregatetype": aggregatetype,
+        "aggregateid": aggregateid,
+        "created_at": created_at,
+        "traceparent": traceparent,
+    }
+    fields = plain_wire_fields(values)
     if fields is not None:
         return fields
     if traceparent is not None and not isinstance(traceparent, str):
@@ -98,14 +99,7 @@ def envelope_fields(
     if created_at is None:
         raise EnvelopeInvalid("created_at", "is infinity, BC or after 9999: no reader can hold it")
     try:
-        envelope = Envelope(
-            id=event_id,
-            type=event_type,
-            aggregatetype=aggregatetype,
-            aggregateid=aggregateid,
-            created_at=created_at,
-            traceparent=traceparent,
-        )
+        envelope = Envelope.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(p) for p in first["loc"]) or "<envelope>"

@@ -103,23 +103,18 @@ class Envelope(BaseModel):
             raise FrameError(ENVELOPE, f"envelope field {name!r}: {message}") from None
 
 
-def plain_wire_fields(
-    *,
-    event_id: object,
-    event_type: object,
-    aggregatetype: object,
-    aggregateid: object,
-    created_at: object,
-    traceparent: object,
-) -> dict[str, bytes] | None:
-    """`Envelope(...).wire_fields()` for values that plainly pass the model, without building it;
-    None when any value needs the model's judgement (it then says what is wrong).
+def plain_wire_fields(values: Mapping[str, Any]) -> dict[str, bytes] | None:
+    """`Envelope(**values).wire_fields()` for values that plainly pass the model, without
+    building it; None when any value needs the model's judgement (it then says what is wrong).
 
     The relay builds an envelope per row and a row's values are nearly always of this plain kind:
     the type and aggregate type, few and repeated, are checked once each (`_plain_names`), the
     rest with a few comparisons. Never more permissive than the model, nor different in what it
     returns (tests/test_schemas_core.py compares the two on generated values).
     """
+    event_id, event_type = values["id"], values["type"]
+    aggregatetype, aggregateid = values["aggregatetype"], values["aggregateid"]
+    created_at, traceparent = values["created_at"], values.get("traceparent")
     if not (
         type(event_id) is uuid.UUID
         and type(event_type) is str

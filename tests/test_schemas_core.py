@@ -206,23 +206,17 @@ def test_plain_wire_fields_are_the_models_whenever_given(
     created_at: dt.datetime,
     traceparent: object,
 ) -> None:
-    plain = plain_wire_fields(
-        event_id=event_id,
-        event_type=event_type,
-        aggregatetype=aggregatetype,
-        aggregateid=aggregateid,
-        created_at=created_at,
-        traceparent=traceparent,
-    )
+    values = {
+        "id": event_id,
+        "type": event_type,
+        "aggregatetype": aggregatetype,
+        "aggregateid": aggregateid,
+        "created_at": created_at,
+        "traceparent": traceparent,
+    }
+    plain = plain_wire_fields(values)
     try:
-        model: dict[str, bytes] | None = Envelope(
-            id=event_id,
-            type=event_type,
-            aggregatetype=aggregatetype,
-            aggregateid=aggregateid,
-            created_at=created_at,
-            traceparent=traceparent,
-        ).wire_fields()
+        model: dict[str, bytes] | None = Envelope(**values).wire_fields()
     except ValidationError:
         model = None
     if plain is not None:
@@ -241,12 +235,13 @@ def test_plain_wire_fields_cover_a_row_as_the_relay_reads_it() -> None:
     event_id = uuid.uuid4()
     created = dt.datetime(2026, 12, 2, 23, 0, 0, 5, tzinfo=dt.UTC)
     fields = plain_wire_fields(
-        event_id=event_id,
-        event_type="orders.OrderPlaced",
-        aggregatetype="order",
-        aggregateid="o-1",
-        created_at=created,
-        traceparent=None,
+        {
+            "id": event_id,
+            "type": "orders.OrderPlaced",
+            "aggregatetype": "order",
+            "aggregateid": "o-1",
+            "created_at": created,
+        }
     )
     assert fields == {
         "id": str(event_id).encode(),
