@@ -624,7 +624,13 @@ class PrivateRedis(PrivateService):
             command += ["--aclfile", str(self._aclfile)]
         if self.replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        if self.tls is not None:  # replicas and the cluster bus speak TLS too
+            command += ["--tls-replication", "yes"]
         return [*command, *self.config]
+
+    def ask(self, *command: str) -> Any:
+        """This server's reply to one command (None when it does not answer)."""
+        return redis_ask(self.port, *command, ca=self.tls.ca if self.tls else None)
 
     def _prepare(self) -> None:
         if self.admin is None:
@@ -670,19 +676,35 @@ class PrivateSentinel(PrivateService):
 
     name = "sentinel"
 
-    def __init__(self, workdir: Path, primary: PrivateRedis, *, service: str = "flowproof") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        primary: PrivateRedis,
+        *,
+        service: str = "flowproof",
+        tls: Certificate | None = None,
+    ) -> None:
         super().__init__(workdir, start_timeout=30.0)
         self.port = free_port()
         self.primary = primary
         self.service = service
+        self.tls = tls  # TLS only, to its clients and to the servers it watches
         self._conf = workdir / "sentinel.conf"
 
     def _prepare(self) -> None:
         if self._conf.exists():
             return  # Sentinel rewrites its file with what it learnt: keep it over a restart
         name = self.service
+        tls = ""
+        if self.tls is not None:
+            tls = (
+                f"port 0\ntls-port {self.port}\ntls-cert-file {self.tls.cert}\n"
+                f"tls-key-file {self.tls.key}\ntls-ca-cert-file {self.tls.ca}\n"
+                "tls-auth-clients no\ntls-replication yes\n"
+            )
         self._conf.write_text(
             f"port {self.port}\n"
+            f"{tls}"
             "bind 127.0.0.1\n"
             f"dir {self.workdir / 'data'}\n"
             f"logfile {self.log_path}\n"
@@ -701,8 +723,12 @@ class PrivateSentinel(PrivateService):
 
     def primary_port(self) -> int | None:
         """The port of the primary this Sentinel names now (None when it does not answer)."""
-        reply = redis_ask(self.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        reply = self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return int(reply[1]) if isinstance(reply, list | tuple) and len(reply) == 2 else None
+
+    def ask(self, *command: str) -> Any:
+        """This Sentinel's reply to one command (None when it does not answer)."""
+        return redis_ask(self.port, *command, ca=self.tls.ca if self.tls else None)
 
 
 class ServerGroup:
@@ -737,14 +763,20 @@ class ReplicatedRedis(ServerGroup):
     (the one of the start; `current` follows the promotions). `config` goes to both servers.
     """
 
-    def __init__(self, workdir: Path, *, config: Sequence[str] = ()) -> None:
-        self.primary = PrivateRedis(workdir / "primary", config=config)
-        self.replica = PrivateRedis(workdir / "replica", replica_of=self.primary, config=config)
-        self.sentinel = PrivateSentinel(workdir / "sentinel", self.primary)
+    def __init__(
+        self, workdir: Path, *, config: Sequence[str] = (), tls: Certificate | None = None
+    ) -> None:
+        self.primary = PrivateRedis(workdir / "primary", config=config, tls=tls)
+        self.replica = PrivateRedis(
+            workdir / "replica", replica_of=self.primary, config=config, tls=tls
+        )
+        self.sentinel = PrivateSentinel(workdir / "sentinel", self.primary, tls=tls)
+        self.tls = tls
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.sentinel.service}/0"
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://127.0.0.1:{self.sentinel.port}/{self.sentinel.service}/0"
 
     def current(self) -> PrivateRedis:
         """The server the Sentinel names primary now."""
@@ -786,51 +818,58 @@ class PrivateRedisCluster(ServerGroup):
         replicas: int = 0,
         node_timeout_ms: int = 1000,
         config: Sequence[str] = (),
+        tls: Certificate | None = None,
     ) -> None:
         self.replicas = replicas
+        self.tls = tls
         cluster = [
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms),
             # A replica takes over however long ago it last heard from its primary.
             "--cluster-replica-validity-factor", "0",
+            *(["--tls-cluster", "yes"] if tls else []),
             *config,
         ]  # fmt: skip
         # The cluster bus on a free port of its own (by default it is the port + 10000).
         self.nodes = [
             PrivateRedis(
-                workdir / f"node-{n + 1}", config=[*cluster, "--cluster-port", str(free_port())]
+                workdir / f"node-{n + 1}",
+                config=[*cluster, "--cluster-port", str(free_port())],
+                tls=tls,
             )
             for n in range(primaries * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        return f"{scheme}://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
 
     def primaries(self) -> list[PrivateRedis]:
         """The nodes that are primaries now (those that answer)."""
-        return [n for n in self.nodes if n.running and _role(n.port) == "master"]
+        return [n for n in self.nodes if n.running and _role(n) == "master"]
 
     def start(self) -> Self:
         for node in self.nodes:
             node.start()
-        if not all(_cluster_state(n.port) == "ok" for n in self.nodes):
+        if not all(_cluster_state(n) == "ok" for n in self.nodes):
+            tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
             _run(
                 [
-                    shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+                    shutil.which("redis-cli") or "redis-cli", *tls, "--cluster", "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),
                     "--cluster-replicas", str(self.replicas), "--cluster-yes",
                 ],
                 "redis-cli --cluster create",
             )  # fmt: skip
         _wait_for(
-            lambda: all(_cluster_state(n.port) == "ok" for n in self.nodes),
+            lambda: all(_cluster_state(n) == "ok" for n in self.nodes),
             60.0,
             "every cluster node saying cluster_state:ok",
         )
         _wait_for(
-            lambda: all(_replica_in_sync(n) for n in self.nodes if _role(n.port) == "slave"),
+            lambda: all(_replica_in_sync(n) for n in self.nodes if _role(n) == "slave"),
             60.0,
             "every replica in sync with its primary",
         )
@@ -841,13 +880,13 @@ class PrivateRedisCluster(ServerGroup):
             node.close()
 
 
-def _role(port: int) -> str | None:
-    info = redis_ask(port, "INFO", "replication")
+def _role(server: PrivateRedis) -> str | None:
+    info = server.ask("INFO", "replication")
     return str(info["role"]) if isinstance(info, dict) else None
 
 
-def _cluster_state(port: int) -> str | None:
-    reply = redis_ask(port, "CLUSTER", "INFO")
+def _cluster_state(server: PrivateRedis) -> str | None:
+    reply = server.ask("CLUSTER", "INFO")
     text = reply.decode() if isinstance(reply, bytes) else str(reply or "")
     for line in text.splitlines():
         if line.startswith("cluster_state:"):
@@ -855,9 +894,13 @@ def _cluster_state(port: int) -> str | None:
     return None
 
 
-def redis_ask(port: int, *command: str, timeout: float = 2.0) -> Any:
-    """A loopback Redis's (or Sentinel's) reply to one command; None when it does not answer."""
-    client = redis.Redis(port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+def redis_ask(port: int, *command: str, timeout: float = 2.0, ca: Path | None = None) -> Any:
+    """A loopback Redis's (or Sentinel's) reply to one command; None when it does not answer.
+    With `ca`, over TLS (the certificate checked against it, not the host name: up is up)."""
+    tls: dict[str, Any] = (
+        {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False} if ca else {}
+    )
+    client = redis.Redis(port=port, socket_timeout=timeout, socket_connect_timeout=timeout, **tls)
     try:
         return client.execute_command(*command)
     except (redis.RedisError, OSError):
@@ -867,12 +910,12 @@ def redis_ask(port: int, *command: str, timeout: float = 2.0) -> Any:
 
 
 def _replica_in_sync(replica: PrivateRedis) -> bool:
-    info = redis_ask(replica.port, "INFO", "replication")
+    info = replica.ask("INFO", "replication")
     return isinstance(info, dict) and info.get("master_link_status") == "up"
 
 
 def _sentinel_knows_replica(sentinel: PrivateSentinel) -> bool:
-    return bool(redis_ask(sentinel.port, "SENTINEL", "REPLICAS", sentinel.service))
+    return bool(sentinel.ask("SENTINEL", "REPLICAS", sentinel.service))
 
 
 def _wait_for(condition: Callable[[], bool], within: float, what: str) -> None:

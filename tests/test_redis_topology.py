@@ -4,6 +4,8 @@ replica settings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
@@ -26,6 +28,25 @@ def test_cluster_url_parts() -> None:
     target = parse_cluster_url("redis+cluster://:secret@n1:7000,n2:7001/")
     assert target.nodes == (("n1", 7000), ("n2", 7001))
     assert (target.username, target.password) == (None, "secret")
+    assert not target.tls
+
+
+def test_the_tls_schemes_ask_for_tls() -> None:
+    assert parse_cluster_url("rediss+cluster://n1:7000").tls
+    assert parse_sentinel_url("REDISS+SENTINEL://s1:26379/orders").tls
+    assert not parse_sentinel_url("redis+sentinel://s1:26379/orders").tls
+
+
+def test_a_ca_file_needs_a_tls_url(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here\n")
+    monkeypatch.setenv("FLOWPROOF_REDIS_SSL_CAFILE", str(ca))
+    monkeypatch.setenv("FLOWPROOF_REDIS_URL", "redis+cluster://n1:7000")
+    with pytest.raises(ConfigError, match="FLOWPROOF_REDIS_SSL_CAFILE"):
+        load_settings()
+    for url in ("rediss+cluster://n1:7000", "rediss+sentinel://s1:26379/orders"):
+        monkeypatch.setenv("FLOWPROOF_REDIS_URL", url)
+        assert load_settings().redis_ssl_cafile == ca
 
 
 @pytest.mark.parametrize(
@@ -37,8 +58,9 @@ def test_cluster_url_parts() -> None:
         ("redis+sentinel:///orders", "at least one host:port"),
         ("redis+cluster://n1:7000/3", "only database 0"),
         ("redis+cluster://n1:7000?ssl=true", "no query"),
-        ("rediss+cluster://n1:7000", "not supported"),
-        ("rediss+sentinel://s1:26379/orders", "not supported"),
+        ("rediss+cluster://n1:7000/1", "only database 0"),
+        ("rediss+sentinel://s1:26379", "rediss+sentinel:// URL ends with /<primary name>"),
+        ("redis+clusters://n1:7000", "must be a redis://"),
         ("http://n1:7000", "must be a redis://"),
     ],
 )

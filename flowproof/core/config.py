@@ -44,7 +44,7 @@ from flowproof.core.migrations import (
     PARTITION_SECONDS_MIN,
 )
 from flowproof.core.redact import register_secret
-from flowproof.core.redis_topology import check_redis_url
+from flowproof.core.redis_topology import check_redis_url, uses_tls
 from flowproof.core.routing import InvalidDestination, destination
 from flowproof.core.sinks import SINK_NAMES
 
@@ -101,11 +101,13 @@ class Settings(BaseSettings):
         "check off is refused. `redis+sentinel://[user:password@]host:port[,host:port]/<primary>"
         "[/<db>]` names the Sentinels that know where the primary `<primary>` is: every client "
         "follows it after a failover; `redis+cluster://[user:password@]host:port[,host:port]` "
-        "names nodes of a Redis Cluster (see [Redis topologies](pipeline.md#redis-topologies))",
+        "names nodes of a Redis Cluster; `rediss+sentinel://` and `rediss+cluster://`: the same "
+        "over TLS (see [Redis topologies](pipeline.md#redis-topologies))",
     )
     redis_ssl_cafile: Path | None = Field(
         default=None,
-        description="CA bundle (PEM) a `rediss://` server's certificate must chain to; none means "
+        description="CA bundle (PEM) the certificate of a `rediss://` server (every server of "
+        "a `rediss+sentinel://` or `rediss+cluster://` URL) must chain to; none means "
         "the system's CAs (see [Security](security.md))",
     )
     kafka_bootstrap_servers: str = Field(
@@ -615,8 +617,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         url = info.data.get("redis_url")
-        if value is not None and url and not url.get_secret_value().startswith("rediss://"):
-            raise ValueError("is set but FLOWPROOF_REDIS_URL is not a rediss:// URL")
+        if value is not None and url and not uses_tls(url.get_secret_value()):
+            raise ValueError(
+                "is set but FLOWPROOF_REDIS_URL is not a rediss://, rediss+sentinel:// or "
+                "rediss+cluster:// URL"
+            )
         return _readable_file(value)
 
     @field_validator("schema_registry_url")

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisClusterException, RedisError
 
 from flowproof.core.config import Settings
@@ -68,19 +68,19 @@ async def create_postgres_pool(
 def redis_client(settings: Settings, **kwargs: Any) -> RedisClient:
     """A redis-py asyncio client (connections are made lazily; see `ping_redis`).
 
-    With a rediss:// URL the server's certificate and host name are always verified, against
-    FLOWPROOF_REDIS_SSL_CAFILE when set. With a redis+sentinel:// URL it is a client of the
-    primary the Sentinels name, asked again on every new connection (see
-    `flowproof.core.redis_topology`); with a redis+cluster:// URL, a RedisCluster client that
-    sends each command to the node of its key's hash slot.
+    With a rediss:// URL (or rediss+sentinel://, rediss+cluster://) every server's certificate
+    and host name are verified, against FLOWPROOF_REDIS_SSL_CAFILE when set. With a
+    redis+sentinel:// URL it is a client of the primary the Sentinels name, asked again on
+    every new connection (see `flowproof.core.redis_topology`); with a redis+cluster:// URL, a
+    RedisCluster client that sends each command to the node of its key's hash slot.
     """
     url = settings.redis_url.get_secret_value()
+    if settings.redis_ssl_cafile is not None:
+        kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
     if is_sentinel_url(url):
         return _sentinel_client(url, **kwargs)
     if is_cluster_url(url):
         return _cluster_client(url, **kwargs)
-    if settings.redis_ssl_cafile is not None:
-        kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
     client: aioredis.Redis = aioredis.Redis.from_url(
         url,
         socket_connect_timeout=CONNECT_TIMEOUT,
@@ -100,13 +100,58 @@ class _SentinelPool(SentinelConnectionPool):
             await self.sentinel_manager.aclose()
 
 
+def _tls(enabled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """redis-py's TLS arguments of a rediss+sentinel:// or rediss+cluster:// client: the
+    certificate and the host name always checked (against the CA file in `kwargs`, which they
+    take out, or the system's); none without TLS."""
+    ca = kwargs.pop("ssl_ca_certs", None)
+    if not enabled:
+        return {}
+    return {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True} | (
+        {"ssl_ca_certs": ca} if ca else {}
+    )
+
+
+class _Sentinels(Sentinel):
+    """Sentinels whose "no primary found" says why, Sentinel by Sentinel (redis-py's names the
+    error's class only: a refused certificate and a refused connection read the same)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            address: tuple[str, int] = await super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            raise MasterNotFoundError(await self._why(service_name)) from exc
+        return address
+
+    async def _why(self, service_name: str) -> str:
+        reasons = []
+        for sentinel in self.sentinels:
+            where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisError, OSError) as exc:
+                reasons.append(f"{where}: {exc}")
+                continue
+            # A dict by name (RESP2, what flowproof's clients speak); RESP3 would give a list.
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            flags = ",".join(sorted(state.get("flags") or ())) if state else ""
+            reasons.append(
+                f"{where}: monitors no primary named {service_name!r}"
+                if state is None
+                else f"{where}: names {service_name!r} but flags it {flags or 'unusable'}"
+            )
+        return f"no Sentinel names a primary {service_name!r}: " + "; ".join(reasons)
+
+
 def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
     target = parse_sentinel_url(url)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    tls = _tls(target.tls, kwargs)
+    sentinels = _Sentinels(  # type: ignore[no-untyped-call]
         list(target.sentinels),
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": CONNECT_TIMEOUT,
+            **tls,
         },
     )
     client: aioredis.Redis = sentinels.master_for(
@@ -117,6 +162,7 @@ def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
         password=target.password,
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=30,
+        **tls,
         **kwargs,
     )
     return client
@@ -135,6 +181,7 @@ class _ClusterClient(RedisCluster):
 
 def _cluster_client(url: str, **kwargs: Any) -> RedisCluster:
     target = parse_cluster_url(url)
+    tls = _tls(target.tls, kwargs)
     # redis-py's own retries stay as the caller asked (the relay: none); a Cluster client takes
     # them as `retry` too.
     return _ClusterClient(
@@ -143,6 +190,7 @@ def _cluster_client(url: str, **kwargs: Any) -> RedisCluster:
         password=target.password,
         socket_connect_timeout=CONNECT_TIMEOUT,
         health_check_interval=30,
+        **tls,
         **kwargs,
     )
 

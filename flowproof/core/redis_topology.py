@@ -10,13 +10,14 @@ or a Redis Cluster.
 - `redis+cluster://[user:password@]host:port[,host:port...]`: some nodes of a Redis Cluster (any
   of them will do; the client learns the others and the hash slots from them). Streams spread
   over the primaries by the hash slot of their names; a cluster has only database 0.
+- `rediss+sentinel://` and `rediss+cluster://`: the same over TLS, to every server (the Sentinels
+  and the data nodes, or every Cluster node), each certificate and host name verified against
+  FLOWPROOF_REDIS_SSL_CAFILE (or the system's CAs), as with `rediss://`.
 
 Sentinel rather than a scripted `REPLICAOF NO ONE`: redis-py's asyncio client ships a
 Sentinel-managed connection pool (`redis.asyncio.sentinel`) that looks the primary up on every
 new connection and drops a connection to a demoted primary; a scripted promotion would need
-flowproof to find the new primary itself. TLS to the data nodes behind Sentinel is not
-supported, nor to Cluster nodes (`rediss+sentinel://` and `rediss+cluster://` URLs are refused
-when the settings load).
+flowproof to find the new primary itself.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-SENTINEL_SCHEME = "redis+sentinel"
-CLUSTER_SCHEME = "redis+cluster"
-SCHEMES = ("redis", "rediss", SENTINEL_SCHEME, CLUSTER_SCHEME)
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+TLS_SCHEMES = ("rediss", "rediss+sentinel", "rediss+cluster")
+SCHEMES = ("redis", "rediss", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,30 +40,45 @@ class SentinelTarget:
     db: int
     username: str | None
     password: str | None
+    tls: bool  # rediss+sentinel://: TLS to the Sentinels and to the data nodes
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterTarget:
-    """A `redis+cluster://` URL taken apart."""
+    """A `redis+cluster://` (or `rediss+cluster://`) URL taken apart."""
 
     nodes: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
+    tls: bool  # rediss+cluster://: TLS to every node
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
 def is_sentinel_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+    return _scheme(url) in SENTINEL_SCHEMES
 
 
 def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() == CLUSTER_SCHEME
+    return _scheme(url) in CLUSTER_SCHEMES
 
 
-def _split(url: str, scheme: str) -> tuple[list[tuple[str, int]], str, str | None, str | None]:
-    """(host:port list, path, username, password) of a multi-host URL of `scheme`."""
+def uses_tls(url: str) -> bool:
+    """Whether FLOWPROOF_REDIS_URL asks for TLS (`rediss://`, `rediss+sentinel://`,
+    `rediss+cluster://`)."""
+    return _scheme(url) in TLS_SCHEMES
+
+
+def _split(
+    url: str, schemes: tuple[str, str]
+) -> tuple[list[tuple[str, int]], str, str | None, str | None]:
+    """(host:port list, path, username, password) of a multi-host URL of one of `schemes`."""
     found, sep, rest = url.partition("://")
-    if not sep or found.lower() != scheme:
-        raise ValueError(f"is not a {scheme}:// URL")
+    scheme = found.lower()
+    if not sep or scheme not in schemes:
+        raise ValueError(f"is not a {schemes[0]}:// URL")
     if "?" in rest or "#" in rest:
         raise ValueError(f"a {scheme}:// URL takes no query or fragment")
     authority, _, path = rest.partition("/")
@@ -81,10 +98,10 @@ def _split(url: str, scheme: str) -> tuple[list[tuple[str, int]], str, str | Non
 
 def parse_cluster_url(url: str) -> ClusterTarget:
     """The parts of a `redis+cluster://` URL; ValueError saying what is wrong."""
-    nodes, path, username, password = _split(url, CLUSTER_SCHEME)
+    nodes, path, username, password = _split(url, CLUSTER_SCHEMES)
     if path.strip("/") not in ("", "0"):
         raise ValueError(f"a Redis Cluster has only database 0, not /{path.strip('/')}")
-    return ClusterTarget(tuple(nodes), username, password)
+    return ClusterTarget(tuple(nodes), username, password, uses_tls(url))
 
 
 def _host_port(item: str) -> tuple[str, int]:
@@ -97,11 +114,11 @@ def _host_port(item: str) -> tuple[str, int]:
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """The parts of a `redis+sentinel://` URL; ValueError saying what is wrong (never the
     password)."""
-    sentinels, path, username, password = _split(url, SENTINEL_SCHEME)
+    sentinels, path, username, password = _split(url, SENTINEL_SCHEMES)
     parts = [p for p in path.split("/") if p]
     if not parts or len(parts) > 2:
         raise ValueError(
-            f"a {SENTINEL_SCHEME}:// URL ends with /<primary name> or /<primary name>/<db>"
+            f"a {_scheme(url)}:// URL ends with /<primary name> or /<primary name>/<db>"
         )
     if len(parts) == 2 and not parts[1].isdigit():
         raise ValueError(f"database {parts[1]!r} is not a number")
@@ -111,6 +128,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         db=int(parts[1]) if len(parts) == 2 else 0,
         username=username,
         password=password,
+        tls=uses_tls(url),
     )
 
 
@@ -118,13 +136,11 @@ def check_redis_url(url: str) -> None:
     """ValueError naming what is wrong with FLOWPROOF_REDIS_URL's topology, else None."""
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     if scheme not in SCHEMES:
-        if scheme.startswith("rediss+"):
-            raise ValueError(f"{scheme}:// is not supported (TLS to Sentinel or Cluster nodes)")
         raise ValueError(
-            "must be a redis://, rediss://, redis+sentinel://host:port[,host:port]/<primary> or "
-            "redis+cluster://host:port[,host:port] URL"
+            "must be a redis://, rediss://, redis[s]+sentinel://host:port[,host:port]/<primary> "
+            "or redis[s]+cluster://host:port[,host:port] URL"
         )
-    if scheme == SENTINEL_SCHEME:
+    if scheme in SENTINEL_SCHEMES:
         parse_sentinel_url(url)
-    if scheme == CLUSTER_SCHEME:
+    if scheme in CLUSTER_SCHEMES:
         parse_cluster_url(url)
