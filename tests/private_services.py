@@ -569,10 +569,14 @@ class PrivateRedis(PrivateService):
         start_timeout: float = 30.0,
         replica_of: PrivateRedis | None = None,
         config: Sequence[str] = (),
+        client_auth: bool = False,
     ) -> None:
         super().__init__(workdir, start_timeout=start_timeout)
         self.port = free_port()
         self.tls = tls
+        # With TLS: clients must present a certificate from the CA (`tls-auth-clients yes`);
+        # the health check and `ask` present the server's own.
+        self.client_auth = client_auth
         self.replica_of = replica_of
         self.config = tuple(config)  # more `--name value` arguments of redis-server
         self.users = tuple(users)
@@ -618,7 +622,7 @@ class PrivateRedis(PrivateService):
                 "--tls-cert-file", str(self.tls.cert),
                 "--tls-key-file", str(self.tls.key),
                 "--tls-ca-cert-file", str(self.tls.ca),
-                "--tls-auth-clients", "no",
+                "--tls-auth-clients", "yes" if self.client_auth else "no",
             ]  # fmt: skip
         if self.admin is not None:
             command += ["--aclfile", str(self._aclfile)]
@@ -630,7 +634,12 @@ class PrivateRedis(PrivateService):
 
     def ask(self, *command: str) -> Any:
         """This server's reply to one command (None when it does not answer)."""
-        return redis_ask(self.port, *command, ca=self.tls.ca if self.tls else None)
+        return redis_ask(
+            self.port,
+            *command,
+            ca=self.tls.ca if self.tls else None,
+            client=self.tls if self.tls and self.client_auth else None,
+        )
 
     def _prepare(self) -> None:
         if self.admin is None:
@@ -658,6 +667,8 @@ class PrivateRedis(PrivateService):
                     # Up is up: a test may give the server a certificate for another host name
                     # on purpose (the clients under test must refuse it, not this check).
                     context.check_hostname = False
+                    if self.client_auth:
+                        context.load_cert_chain(self.tls.cert, self.tls.key)
                     sock = stack.enter_context(
                         context.wrap_socket(sock, server_hostname="127.0.0.1")
                     )
@@ -683,12 +694,14 @@ class PrivateSentinel(PrivateService):
         *,
         service: str = "flowproof",
         tls: Certificate | None = None,
+        client_auth: bool = False,
     ) -> None:
         super().__init__(workdir, start_timeout=30.0)
         self.port = free_port()
         self.primary = primary
         self.service = service
         self.tls = tls  # TLS only, to its clients and to the servers it watches
+        self.client_auth = client_auth  # clients must present a certificate from the CA
         self._conf = workdir / "sentinel.conf"
 
     def _prepare(self) -> None:
@@ -700,7 +713,8 @@ class PrivateSentinel(PrivateService):
             tls = (
                 f"port 0\ntls-port {self.port}\ntls-cert-file {self.tls.cert}\n"
                 f"tls-key-file {self.tls.key}\ntls-ca-cert-file {self.tls.ca}\n"
-                "tls-auth-clients no\ntls-replication yes\n"
+                f"tls-auth-clients {'yes' if self.client_auth else 'no'}\n"
+                "tls-replication yes\n"
             )
         self._conf.write_text(
             f"port {self.port}\n"
@@ -728,7 +742,12 @@ class PrivateSentinel(PrivateService):
 
     def ask(self, *command: str) -> Any:
         """This Sentinel's reply to one command (None when it does not answer)."""
-        return redis_ask(self.port, *command, ca=self.tls.ca if self.tls else None)
+        return redis_ask(
+            self.port,
+            *command,
+            ca=self.tls.ca if self.tls else None,
+            client=self.tls if self.tls and self.client_auth else None,
+        )
 
 
 class ServerGroup:
@@ -764,13 +783,26 @@ class ReplicatedRedis(ServerGroup):
     """
 
     def __init__(
-        self, workdir: Path, *, config: Sequence[str] = (), tls: Certificate | None = None
+        self,
+        workdir: Path,
+        *,
+        config: Sequence[str] = (),
+        tls: Certificate | None = None,
+        client_auth: bool = False,
     ) -> None:
-        self.primary = PrivateRedis(workdir / "primary", config=config, tls=tls)
-        self.replica = PrivateRedis(
-            workdir / "replica", replica_of=self.primary, config=config, tls=tls
+        self.primary = PrivateRedis(
+            workdir / "primary", config=config, tls=tls, client_auth=client_auth
         )
-        self.sentinel = PrivateSentinel(workdir / "sentinel", self.primary, tls=tls)
+        self.replica = PrivateRedis(
+            workdir / "replica",
+            replica_of=self.primary,
+            config=config,
+            tls=tls,
+            client_auth=client_auth,
+        )
+        self.sentinel = PrivateSentinel(
+            workdir / "sentinel", self.primary, tls=tls, client_auth=client_auth
+        )
         self.tls = tls
 
     @property
@@ -819,9 +851,11 @@ class PrivateRedisCluster(ServerGroup):
         node_timeout_ms: int = 1000,
         config: Sequence[str] = (),
         tls: Certificate | None = None,
+        client_auth: bool = False,
     ) -> None:
         self.replicas = replicas
         self.tls = tls
+        self.client_auth = client_auth
         cluster = [
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
@@ -837,6 +871,7 @@ class PrivateRedisCluster(ServerGroup):
                 workdir / f"node-{n + 1}",
                 config=[*cluster, "--cluster-port", str(free_port())],
                 tls=tls,
+                client_auth=client_auth,
             )
             for n in range(primaries * (1 + replicas))
         ]
@@ -855,6 +890,8 @@ class PrivateRedisCluster(ServerGroup):
             node.start()
         if not all(_cluster_state(n) == "ok" for n in self.nodes):
             tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls else []
+            if self.tls and self.client_auth:
+                tls += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
             _run(
                 [
                     shutil.which("redis-cli") or "redis-cli", *tls, "--cluster", "create",
@@ -894,12 +931,21 @@ def _cluster_state(server: PrivateRedis) -> str | None:
     return None
 
 
-def redis_ask(port: int, *command: str, timeout: float = 2.0, ca: Path | None = None) -> Any:
+def redis_ask(
+    port: int,
+    *command: str,
+    timeout: float = 2.0,
+    ca: Path | None = None,
+    client: Certificate | None = None,
+) -> Any:
     """A loopback Redis's (or Sentinel's) reply to one command; None when it does not answer.
-    With `ca`, over TLS (the certificate checked against it, not the host name: up is up)."""
+    With `ca`, over TLS (the certificate checked against it, not the host name: up is up),
+    presenting `client`'s certificate if given."""
     tls: dict[str, Any] = (
         {"ssl": True, "ssl_ca_certs": str(ca), "ssl_check_hostname": False} if ca else {}
     )
+    if client is not None:
+        tls |= {"ssl_certfile": str(client.cert), "ssl_keyfile": str(client.key)}
     client = redis.Redis(port=port, socket_timeout=timeout, socket_connect_timeout=timeout, **tls)
     try:
         return client.execute_command(*command)
@@ -964,6 +1010,9 @@ class KafkaSecurity:
     # With a certificate here, a second SASL_SSL listener (`misnamed_port`) presents it: for
     # tests that clients refuse a broker certificate naming another host.
     misnamed: Certificate | None = None
+    # A third listener (`mtls_port`), SSL with `ssl.client.auth=required`: a client proves who it
+    # is with a certificate from the CA (principal `User:CN=<its CN>`), no password.
+    mtls: bool = False
 
     @property
     def broker_principal(self) -> str:
@@ -1031,6 +1080,7 @@ class PrivateKafka(PrivateService):
         }
         self.inter_broker_listener = inter_broker_listener
         self.misnamed_port = free_port() if security and security.misnamed else None
+        self.mtls_port = free_port() if security and security.mtls else None
         self.heap = heap
         self.partitions = partitions
         self.security = security
@@ -1098,12 +1148,16 @@ class PrivateKafka(PrivateService):
                 f"listener.name.misnamed.scram-sha-512.sasl.jaas.config={jaas}",
                 f"listener.name.misnamed.ssl.keystore.location={security.misnamed.chain}",
             ]
+        if security.mtls:
+            listeners.append(f"MTLS://127.0.0.1:{self.mtls_port}")
+            misnamed.append("listener.name.mtls.ssl.client.auth=required")
         return [
             f"listeners={','.join(listeners)},CONTROLLER://127.0.0.1:{self.controller_port}",
             f"advertised.listeners={','.join(listeners)}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=CLIENT",
-            "listener.security.protocol.map=CLIENT:SASL_SSL,CONTROLLER:SSL,MISNAMED:SASL_SSL",
+            "listener.security.protocol.map="
+            "CLIENT:SASL_SSL,CONTROLLER:SSL,MISNAMED:SASL_SSL,MTLS:SSL",
             "sasl.enabled.mechanisms=SCRAM-SHA-512",
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
             f"listener.name.client.scram-sha-512.sasl.jaas.config={jaas}",

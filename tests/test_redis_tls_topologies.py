@@ -1,11 +1,13 @@
 """Redis Sentinel and Redis Cluster over TLS (`rediss+sentinel://`, `rediss+cluster://`).
 
-Private servers listen on TLS only (plain port 0), with certificates from a CA made here: a
-primary with a replica and a Sentinel (replication and the Sentinel's own links over TLS too),
-and a 3-primary Cluster (its bus over TLS). The relay publishes, the consumer reads and the
-verifier judges nothing lost through the TLS URL with FLOWPROOF_REDIS_SSL_CAFILE; none of the
-servers answers plain text, so every connection of the pipeline was TLS; and the same clients
-refuse the servers when given a CA that did not sign their certificates.
+Private servers listen on TLS only (plain port 0), with certificates from a CA made here, and
+ask every client for a certificate from it (`tls-auth-clients yes`, Redis's default): a primary
+with a replica and a Sentinel (replication and the Sentinel's own links over TLS too), and a
+3-primary Cluster (its bus over TLS). The relay publishes, the consumer reads and the verifier
+judges nothing lost through the TLS URL with FLOWPROOF_REDIS_SSL_CAFILE and the client
+certificate (FLOWPROOF_REDIS_SSL_CERTFILE, _KEYFILE); none of the servers answers plain text, so
+every connection of the pipeline was TLS; the same clients refuse the servers when given a CA
+that did not sign their certificates, and the servers refuse a client without a certificate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from flowproof.publisher.relay import Relay
 from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST
 from tests.private_services import (
+    Certificate,
     PrivateRedisCluster,
     PrivateService,
     ReplicatedRedis,
@@ -49,14 +52,18 @@ def tls_cluster(
     tmp_path_factory: pytest.TempPathFactory, ca: TestCA
 ) -> Iterator[PrivateRedisCluster]:
     cert = ca.issue("redis-cluster")
-    with PrivateRedisCluster(tmp_path_factory.mktemp("redis-tls-cluster"), tls=cert) as servers:
+    with PrivateRedisCluster(
+        tmp_path_factory.mktemp("redis-tls-cluster"), tls=cert, client_auth=True
+    ) as servers:
         yield servers
 
 
 @pytest.fixture(scope="module")
 def tls_sentinel(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[ReplicatedRedis]:
     cert = ca.issue("redis-sentinel")
-    with ReplicatedRedis(tmp_path_factory.mktemp("redis-tls-sentinel"), tls=cert) as servers:
+    with ReplicatedRedis(
+        tmp_path_factory.mktemp("redis-tls-sentinel"), tls=cert, client_auth=True
+    ) as servers:
         yield servers
 
 
@@ -69,23 +76,35 @@ def _topology(request: pytest.FixtureRequest, name: str) -> tuple[str, list[Priv
     return replicated.url, [replicated.primary, replicated.replica, replicated.sentinel]
 
 
-def _on(settings: Settings, url: str, ca: Path) -> Settings:
-    return settings.model_copy(
-        update={"redis_url": SecretStr(url), "redis_ssl_cafile": ca, "sinks": ("redis",)}
-    )
+@pytest.fixture(scope="module")
+def client_cert(ca: TestCA) -> Certificate:
+    return ca.issue("flowproof-redis-client")
+
+
+def _on(settings: Settings, url: str, ca: Path, client: Certificate | None) -> Settings:
+    """`settings` on the TLS topology `url`, presenting `client`'s certificate if given."""
+    update: dict[str, object] = {
+        "redis_url": SecretStr(url),
+        "redis_ssl_cafile": ca,
+        "sinks": ("redis",),
+    }
+    if client is not None:
+        update |= {"redis_ssl_certfile": client.cert, "redis_ssl_keyfile": client.key}
+    return settings.model_copy(update=update)
 
 
 @pytest.mark.parametrize("topology", ["cluster", "sentinel"])
-async def test_publish_consume_verify_over_tls(
+async def test_publish_consume_verify_over_tls(  # noqa: PLR0917 - fixtures
     topology: str,
     request: pytest.FixtureRequest,
     settings: Settings,
     database_url: str,
     ca: TestCA,
+    client_cert: Certificate,
 ) -> None:
     url, servers = _topology(request, topology)
     assert url.startswith("rediss+")
-    on_tls = _on(settings, url, ca.cert)
+    on_tls = _on(settings, url, ca.cert, client_cert)
     conn = await asyncpg.connect(database_url)
     try:
         for aggregatetype in TYPES:
@@ -117,14 +136,29 @@ async def test_servers_signed_by_another_ca_are_refused(
     request: pytest.FixtureRequest,
     settings: Settings,
     tmp_path: Path,
+    client_cert: Certificate,
 ) -> None:
     url, _ = _topology(request, topology)
     other = TestCA(tmp_path / "other-ca", name="another CA")
-    client = redis_client(_on(settings, url, other.cert))
+    refused = await _refused(_on(settings, url, other.cert, client_cert))
+    # Why, in the error: for Sentinel too (redis-py's own message names only the error's class).
+    assert "certificate verify failed" in str(refused), refused
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"])
+async def test_a_client_without_a_certificate_is_refused(
+    topology: str, request: pytest.FixtureRequest, settings: Settings, ca: TestCA
+) -> None:
+    url, _ = _topology(request, topology)
+    await _refused(_on(settings, url, ca.cert, None))
+
+
+async def _refused(settings: Settings) -> ComponentUnreachable:
+    """The error of a PING with `settings` (AssertionError if there is none)."""
+    client = redis_client(settings)
     try:
         with pytest.raises(ComponentUnreachable) as refused:
             await ping_redis(client)
     finally:
         await client.aclose()
-    # Why, in the error: for Sentinel too (redis-py's own message names only the error's class).
-    assert "certificate verify failed" in str(refused.value), refused.value
+    return refused.value

@@ -7,6 +7,7 @@ broker's words. Secrets read from files are registered for redaction, in URL-dec
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from flowproof.core.config import SECRET_FIELDS, env_name, load_settings
 from flowproof.core.errors import ConfigError
 from flowproof.core.redact import scrub
+from tests.private_services import Certificate, TestCA
 
 SASL = {
     "FLOWPROOF_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
@@ -137,3 +139,55 @@ def test_a_complete_tls_configuration_loads(
     assert settings.redis_ssl_cafile == ca
     assert settings.kafka_ssl_cafile == ca
     assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+
+
+@pytest.fixture(scope="module")
+def client_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Certificate, Certificate]:
+    """Two client certificates with their keys, from a throw-away CA."""
+    ca = TestCA(tmp_path_factory.mktemp("client-ca"))
+    return ca.issue("client-one"), ca.issue("client-two")
+
+
+@pytest.mark.parametrize("side", ["redis", "kafka"])
+def test_client_certificate_mistakes_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    client_pair: tuple[Certificate, Certificate],
+    side: str,
+) -> None:
+    one, two = client_pair
+    cert, key = f"FLOWPROOF_{side.upper()}_SSL_CERTFILE", f"FLOWPROOF_{side.upper()}_SSL_KEYFILE"
+
+    def refused(values: dict[str, str]) -> str:
+        with monkeypatch.context() as scope:
+            for name, value in values.items():
+                scope.setenv(name, value)
+            with pytest.raises(ConfigError) as caught:
+                load_settings()
+        return str(caught.value)
+
+    # Without TLS a client certificate would be ignored: refused.
+    assert f"{cert}='{one.cert}': is set but" in refused({cert: str(one.cert), key: str(one.key)})
+    tls = (
+        {"FLOWPROOF_REDIS_URL": "rediss://r:6380/0"}
+        if side == "redis"
+        else {"FLOWPROOF_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    )
+    assert f"{key}: is required with {cert}" in refused({**tls, cert: str(one.cert)})
+    assert f"{key}='{one.key}': is set without {cert}" in refused({**tls, key: str(one.key)})
+    mismatched = refused({**tls, cert: str(one.cert), key: str(two.key)})
+    assert f"{key}='{two.key}': is not the private key of {cert}" in mismatched
+    # An encrypted key is refused, not asked for its passphrase on a terminal.
+    encrypted = tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(one.key), "-aes256", "-passout", "pass:secret-123",
+         "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert "is an encrypted key" in refused({**tls, cert: str(one.cert), key: str(encrypted)})
+    with monkeypatch.context() as scope:
+        for name, value in {**tls, cert: str(one.cert), key: str(one.key)}.items():
+            scope.setenv(name, value)
+        settings = load_settings()
+    assert getattr(settings, f"{side}_ssl_certfile") == one.cert

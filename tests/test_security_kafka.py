@@ -53,6 +53,7 @@ from tests.readback import read_topic
 pytestmark = pytest.mark.slow  # private servers, a JVM among them
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "flowproof."  # the default topic prefix, as in docs/security.md
+MTLS_RELAY = "flowproof-mtls-relay"  # the CN of the relay's client certificate (mTLS listener)
 GROUP = "flowproof"  # the default consumer group
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource).
@@ -164,11 +165,14 @@ def start_secured_kafka(
     users: Mapping[str, str],
     extra_acls: Mapping[str, list[KafkaAcl]] | None = None,
     misnamed: Certificate | None = None,
+    *,
+    mtls: bool = False,
 ) -> PrivateKafka:
     """A SASL_SSL broker with `users` and the components' ACLs (plus `extra_acls`); with
-    `misnamed`, a second listener presents that certificate."""
+    `misnamed`, a second listener presents that certificate; with `mtls`, a listener where
+    clients log in with a certificate."""
     certificate = ca.issue("flowproof-test-broker")
-    security = KafkaSecurity(certificate, users=dict(users), misnamed=misnamed)
+    security = KafkaSecurity(certificate, users=dict(users), misnamed=misnamed, mtls=mtls)
     server = PrivateKafka(workdir, security=security)
     server.start()
     try:
@@ -195,9 +199,16 @@ def secured_kafka(
 ) -> Iterator[PrivateKafka]:
     # `elsewhere` may publish, but under another prefix: the misconfiguration to recognise.
     elsewhere = {"elsewhere": [KafkaAcl("topic", "other.", "prefixed", ("Write", "Describe"))]}
+    # The relay's ACLs for the principal of its client certificate too (the mTLS listener).
+    by_certificate = {f"CN={MTLS_RELAY}": kafka_acls(PREFIX, GROUP)["relay"]}
     misnamed = kafka_ca.issue("flowproof-misnamed-broker", hosts=[WRONG_HOST])
     server = start_secured_kafka(
-        tmp_path_factory.mktemp("kafka"), kafka_ca, users, elsewhere, misnamed
+        tmp_path_factory.mktemp("kafka"),
+        kafka_ca,
+        users,
+        {**elsewhere, **by_certificate},
+        misnamed,
+        mtls=True,
     )
     try:
         yield server
@@ -323,6 +334,49 @@ async def test_a_plain_client_is_told_nothing_about_the_password(
         await ping_kafka(plain)
     assert refused.value.component == "kafka"
     assert users["flowproof-relay"] not in str(refused.value) + caplog.text
+
+
+# --- TLS client certificates (SSL with ssl.client.auth=required) ----------------------------
+
+
+def mtls_settings(server: PrivateKafka, client: Certificate | None) -> Settings:
+    """Settings of a client of the mTLS listener: SSL, the broker verified against the test CA,
+    and `client`'s certificate presented (none: no certificate)."""
+    assert server.security is not None and server.mtls_port is not None
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": f"127.0.0.1:{server.mtls_port}",
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": server.security.certificate.ca,
+        "topic_prefix": PREFIX,
+    }
+    if client is not None:
+        values |= {"kafka_ssl_certfile": client.cert, "kafka_ssl_keyfile": client.key}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+async def test_a_client_certificate_logs_the_relay_in_with_its_acls(
+    secured_kafka: PrivateKafka, kafka_ca: TestCA, users: dict[str, str]
+) -> None:
+    relay = mtls_settings(secured_kafka, kafka_ca.issue(MTLS_RELAY))
+    topic = f"{PREFIX}mtls{uuid.uuid4().hex[:8]}"
+    assert await _publish(relay, topic) is None
+    verifier = kafka_settings(secured_kafka, "flowproof-verifier", users["flowproof-verifier"])
+    assert [d.key for d in await read_topic(verifier, topic)] == [b"o-1"]
+    # The certificate's principal has the relay's ACLs only: a topic elsewhere is refused.
+    refused = await _publish(relay, f"other.mtls{uuid.uuid4().hex[:8]}")
+    assert refused is not None and "TopicAuthorizationFailedError" in str(refused), refused
+
+
+async def test_without_a_client_certificate_the_mtls_listener_refuses(
+    secured_kafka: PrivateKafka, kafka_ca: TestCA, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ComponentUnreachable) as refused:
+        await ping_kafka(mtls_settings(secured_kafka, None))
+    assert refused.value.component == "kafka"
+    # A certificate from another CA is refused the same way.
+    stranger = TestCA(kafka_ca.directory / "stranger-ca", name="someone else's CA")
+    with pytest.raises(ComponentUnreachable):
+        await ping_kafka(mtls_settings(secured_kafka, stranger.issue(MTLS_RELAY)))
 
 
 # --- ACLs ------------------------------------------------------------------------------------

@@ -144,6 +144,55 @@ async def test_a_server_certificate_from_another_ca_is_refused(
     assert "certificate verify failed" in str(refused), refused
 
 
+@pytest.fixture(scope="module")
+def cert_auth_redis(
+    tmp_path_factory: pytest.TempPathFactory, redis_ca: TestCA, users: dict[str, RedisUser]
+) -> Iterator[PrivateRedis]:
+    """A TLS-only server that also asks every client for a certificate from the test CA
+    (`tls-auth-clients yes`, Redis's default once TLS is on)."""
+    certificate = redis_ca.issue("flowproof-test-redis-mtls")
+    with PrivateRedis(
+        tmp_path_factory.mktemp("redis-mtls"),
+        tls=certificate,
+        users=list(users.values()),
+        client_auth=True,
+    ) as server:
+        yield server
+
+
+async def test_a_client_certificate_is_presented_to_a_server_that_asks(
+    cert_auth_redis: PrivateRedis, redis_ca: TestCA, users: dict[str, RedisUser]
+) -> None:
+    client_cert = redis_ca.issue("flowproof-relay-client")
+    settings = redis_settings(
+        cert_auth_redis,
+        users["relay"],
+        redis_ssl_certfile=client_cert.cert,
+        redis_ssl_keyfile=client_cert.key,
+    )
+    client = redis_client(settings)
+    try:
+        await ping_redis(client)
+        assert await client.xadd(f"{PREFIX}mtls", {"k": "v"})
+    finally:
+        await client.aclose()
+
+
+async def test_a_server_that_asks_refuses_clients_without_its_cas_certificate(
+    cert_auth_redis: PrivateRedis, users: dict[str, RedisUser], tmp_path: Path
+) -> None:
+    await _refused(redis_settings(cert_auth_redis, users["relay"]))
+    stranger = TestCA(tmp_path / "client-ca", name="someone else's CA").issue("intruder")
+    await _refused(
+        redis_settings(
+            cert_auth_redis,
+            users["relay"],
+            redis_ssl_certfile=stranger.cert,
+            redis_ssl_keyfile=stranger.key,
+        )
+    )
+
+
 def test_the_server_answers_nothing_in_plain_text(secured_redis: PrivateRedis) -> None:
     # Every port the server process listens on (the kernel's view, not its configuration) gets
     # a plain-text PING: a plain listener would answer (+PONG, -NOAUTH ...); TLS says nothing or

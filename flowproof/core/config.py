@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -110,6 +111,15 @@ class Settings(BaseSettings):
         "a `rediss+sentinel://` or `rediss+cluster://` URL) must chain to; none means "
         "the system's CAs (see [Security](security.md))",
     )
+    redis_ssl_certfile: Path | None = Field(
+        default=None,
+        description="client certificate (PEM) for Redis servers that ask for one "
+        "(`tls-auth-clients yes`, Redis's default with TLS); needs `FLOWPROOF_REDIS_SSL_KEYFILE`",
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="the unencrypted private key (PEM) of `FLOWPROOF_REDIS_SSL_CERTFILE`",
+    )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092", description="Kafka bootstrap servers, `host:port[,host:port]`"
     )
@@ -131,6 +141,16 @@ class Settings(BaseSettings):
         default=None,
         description="CA bundle (PEM) the brokers' certificates must chain to, for `SSL` / "
         "`SASL_SSL`; none means the system's CAs",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None,
+        description="client certificate (PEM) for brokers that authenticate clients by TLS "
+        "(`ssl.client.auth=required`), with `SSL` / `SASL_SSL`; needs "
+        "`FLOWPROOF_KAFKA_SSL_KEYFILE`",
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="the unencrypted private key (PEM) of `FLOWPROOF_KAFKA_SSL_CERTFILE`",
     )
 
     # --- what flows where ---------------------------------------------------------------------
@@ -624,6 +644,32 @@ class Settings(BaseSettings):
             )
         return _readable_file(value)
 
+    @field_validator("redis_ssl_certfile")
+    @classmethod
+    def _check_redis_certfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        url = info.data.get("redis_url")
+        if value is not None and url and not uses_tls(url.get_secret_value()):
+            raise ValueError("is set but FLOWPROOF_REDIS_URL uses no TLS (rediss://...)")
+        return _readable_file(value)
+
+    @field_validator("redis_ssl_keyfile")
+    @classmethod
+    def _check_redis_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _client_key(value, info, "redis_ssl_certfile")
+
+    @field_validator("kafka_ssl_certfile")
+    @classmethod
+    def _check_kafka_certfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        protocol = info.data.get("kafka_security_protocol")
+        if value is not None and protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            raise ValueError(f"is set but FLOWPROOF_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
+        return _readable_file(value)
+
+    @field_validator("kafka_ssl_keyfile")
+    @classmethod
+    def _check_kafka_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _client_key(value, info, "kafka_ssl_certfile")
+
     @field_validator("schema_registry_url")
     @classmethod
     def _check_registry_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -770,6 +816,35 @@ def _readable_file(path: Path | None) -> Path | None:
     if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
         raise ValueError("is not a readable file")
     return path
+
+
+def _client_key(key: Path | None, info: ValidationInfo, cert_field: str) -> Path | None:
+    """A client certificate's key file: the certificate and its key both given or neither."""
+    if cert_field in info.data:  # else the certificate's own error says what is wrong
+        cert = info.data[cert_field]
+        if cert is not None and key is None:
+            raise ValueError(f"is required with {env_name(cert_field)}")
+        if key is not None and cert is None:
+            raise ValueError(f"is set without {env_name(cert_field)}")
+        if key is not None and cert is not None:
+            _readable_file(key)
+            _check_key_pair(cert, key, env_name(cert_field))
+    return _readable_file(key)
+
+
+def _encrypted_key() -> bytes:
+    # ssl's password callback: OpenSSL would otherwise ask for the passphrase on the terminal.
+    raise ValueError("is an encrypted key; give the key unencrypted (PEM), kept as a secret file")
+
+
+def _check_key_pair(cert: Path, key: Path, cert_name: str) -> None:
+    """ValueError unless `key` is the unencrypted private key of the certificate `cert`."""
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=_encrypted_key)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"is not the private key of {cert_name}, or one of the two is not PEM ({exc.reason})"
+        ) from None
 
 
 def env_name(field: str) -> str:

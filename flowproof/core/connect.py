@@ -77,6 +77,9 @@ def redis_client(settings: Settings, **kwargs: Any) -> RedisClient:
     url = settings.redis_url.get_secret_value()
     if settings.redis_ssl_cafile is not None:
         kwargs.setdefault("ssl_ca_certs", str(settings.redis_ssl_cafile))
+    if settings.redis_ssl_certfile is not None and settings.redis_ssl_keyfile is not None:
+        kwargs.setdefault("ssl_certfile", str(settings.redis_ssl_certfile))
+        kwargs.setdefault("ssl_keyfile", str(settings.redis_ssl_keyfile))
     if is_sentinel_url(url):
         return _sentinel_client(url, **kwargs)
     if is_cluster_url(url):
@@ -100,16 +103,18 @@ class _SentinelPool(SentinelConnectionPool):
             await self.sentinel_manager.aclose()
 
 
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
 def _tls(enabled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     """redis-py's TLS arguments of a rediss+sentinel:// or rediss+cluster:// client: the
-    certificate and the host name always checked (against the CA file in `kwargs`, which they
-    take out, or the system's); none without TLS."""
-    ca = kwargs.pop("ssl_ca_certs", None)
+    certificate and the host name always checked (against the CA file in `kwargs`, or the
+    system's), and the client certificate if any; the files are taken out of `kwargs`. None
+    without TLS."""
+    files = {name: kwargs.pop(name) for name in _TLS_FILES if kwargs.get(name)}
     if not enabled:
         return {}
-    return {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True} | (
-        {"ssl_ca_certs": ca} if ca else {}
-    )
+    return {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True} | files
 
 
 class _Sentinels(Sentinel):
@@ -211,7 +216,10 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        kwargs["ssl_context"] = ssl.create_default_context(cafile=cafile)
+        context = ssl.create_default_context(cafile=cafile)
+        if settings.kafka_ssl_certfile is not None and settings.kafka_ssl_keyfile is not None:
+            context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+        kwargs["ssl_context"] = context
     if settings.kafka_security_protocol.startswith("SASL"):
         kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
