@@ -55,11 +55,13 @@ class RegistryClient:
         username: str | None = None,
         password: str | None = None,
         cafile: str | None = None,
+        client_cert: tuple[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
         self._auth = httpx.BasicAuth(username, password or "") if username is not None else None
         self._cafile = cafile
+        self._client_cert = client_cert  # (certificate, key) PEM files, for mutual TLS
         self._http: httpx.AsyncClient | None = None
 
     @classmethod
@@ -69,19 +71,23 @@ class RegistryClient:
             return None
         password = settings.schema_registry_password
         cafile = settings.schema_registry_ssl_cafile
+        cert, key = settings.schema_registry_ssl_certfile, settings.schema_registry_ssl_keyfile
         return cls(
             settings.schema_registry_url.get_secret_value(),
             timeout=settings.schema_registry_timeout_seconds,
             username=settings.schema_registry_username,
             password=password.get_secret_value() if password is not None else None,
             cafile=str(cafile) if cafile is not None else None,
+            client_cert=(str(cert), str(key)) if cert is not None and key is not None else None,
         )
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             verify: ssl.SSLContext | bool = True
-            if self._cafile is not None:
+            if self._cafile is not None or self._client_cert is not None:
                 verify = ssl.create_default_context(cafile=self._cafile)
+                if self._client_cert is not None:
+                    verify.load_cert_chain(*self._client_cert)
             self._http = httpx.AsyncClient(
                 base_url=self.url,
                 auth=self._auth,

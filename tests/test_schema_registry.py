@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import socket
+import ssl
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,11 +43,12 @@ from flowproof.publisher.relay import Relay
 from flowproof.schemas import framing
 from flowproof.schemas.ids import subject_name
 from flowproof.schemas.registry import BUILTIN_DIR, load_registry
+from flowproof.schemas.registry_client import RegistryClient
 from flowproof.verifier.evaluator import Evaluator
 from flowproof.verifier.service import Readiness
 from tests.conftest import STACK_ENV, Services
 from tests.faults.proxy import ProxyProcess
-from tests.private_services import PrivateRegistry, TestCA, free_port
+from tests.private_services import Certificate, PrivateRegistry, TestCA, free_port
 from tests.readback import read_stream, read_topic, wait_until
 from tests.test_consumer_support import (
     Message,
@@ -599,6 +603,70 @@ async def test_https_and_basic_auth_with_secrets_from_files(
     assert "refused the credentials (HTTP 401)" in err
     assert "FLOWPROOF_SCHEMA_REGISTRY_PASSWORD" in err
     assert "wrong-password" not in out + err
+
+
+@contextlib.contextmanager
+def _https_asking_for_certificates(cert: Certificate) -> Iterator[str]:
+    """An HTTPS server on loopback that requires a client certificate from `cert`'s CA and
+    answers `GET .../config` as a registry does: the base URL. (Apicurio's own client-auth is
+    fixed when it is built, NONE in the ready-to-run distribution; in production a proxy in
+    front of it asks for the certificates, as this server does.)"""
+
+    class Config(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"compatibilityLevel": "BACKWARD"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert.ca))
+    context.load_cert_chain(cert.cert, cert.key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Config)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/apis/ccompat/v7"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_the_registry_client_presents_its_certificate_when_asked(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "ca")
+    client_cert = ca.issue("flowproof-relay")
+    with _https_asking_for_certificates(ca.issue("registry")) as url:
+        env = {
+            "FLOWPROOF_SCHEMA_REGISTRY_URL": url,
+            "FLOWPROOF_SCHEMA_REGISTRY_SSL_CAFILE": str(ca.cert),
+        }
+        with_cert = {
+            **env,
+            "FLOWPROOF_SCHEMA_REGISTRY_SSL_CERTFILE": str(client_cert.cert),
+            "FLOWPROOF_SCHEMA_REGISTRY_SSL_KEYFILE": str(client_cert.key),
+        }
+        client = RegistryClient.from_settings(load_settings_from(with_cert))
+        assert client is not None
+        try:
+            await client.check()
+        finally:
+            await client.aclose()
+        # Without a certificate the server ends the handshake: unreachable, saying why.
+        client = RegistryClient.from_settings(load_settings_from(env))
+        assert client is not None
+        try:
+            with pytest.raises(ComponentUnreachable) as refused:
+                await client.check()
+        finally:
+            await client.aclose()
+        assert refused.value.component == "schema-registry"
 
 
 def load_settings_from(env: dict[str, str]) -> Settings:

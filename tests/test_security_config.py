@@ -148,7 +148,7 @@ def client_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Certificate, 
     return ca.issue("client-one"), ca.issue("client-two")
 
 
-@pytest.mark.parametrize("side", ["redis", "kafka"])
+@pytest.mark.parametrize("side", ["redis", "kafka", "schema_registry"])
 def test_client_certificate_mistakes_name_the_variable(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -168,11 +168,13 @@ def test_client_certificate_mistakes_name_the_variable(
 
     # Without TLS a client certificate would be ignored: refused.
     assert f"{cert}='{one.cert}': is set but" in refused({cert: str(one.cert), key: str(one.key)})
-    tls = (
-        {"FLOWPROOF_REDIS_URL": "rediss://r:6380/0"}
-        if side == "redis"
-        else {"FLOWPROOF_KAFKA_SECURITY_PROTOCOL": "SSL"}
-    )
+    tls = {
+        "redis": {"FLOWPROOF_REDIS_URL": "rediss://r:6380/0"},
+        "kafka": {"FLOWPROOF_KAFKA_SECURITY_PROTOCOL": "SSL"},
+        "schema_registry": {
+            "FLOWPROOF_SCHEMA_REGISTRY_URL": "https://registry:8081/apis/ccompat/v7"
+        },
+    }[side]
     assert f"{key}: is required with {cert}" in refused({**tls, cert: str(one.cert)})
     assert f"{key}='{one.key}': is set without {cert}" in refused({**tls, key: str(one.key)})
     mismatched = refused({**tls, cert: str(one.cert), key: str(two.key)})

@@ -190,6 +190,15 @@ class Settings(BaseSettings):
         description="PEM file of the CA(s) an https:// registry's certificate must chain to; "
         "default: the system's trust store",
     )
+    schema_registry_ssl_certfile: Path | None = Field(
+        default=None,
+        description="client certificate (PEM) for an https:// registry that asks for one; "
+        "needs `FLOWPROOF_SCHEMA_REGISTRY_SSL_KEYFILE`",
+    )
+    schema_registry_ssl_keyfile: Path | None = Field(
+        default=None,
+        description="the unencrypted private key (PEM) of `FLOWPROOF_SCHEMA_REGISTRY_SSL_CERTFILE`",
+    )
     schema_registry_subject_name_strategy: Literal[
         "TopicNameStrategy", "RecordNameStrategy", "TopicRecordNameStrategy"
     ] = Field(
@@ -693,13 +702,18 @@ class Settings(BaseSettings):
             raise ValueError("is set but FLOWPROOF_SCHEMA_REGISTRY_USERNAME is not")
         return value
 
-    @field_validator("schema_registry_ssl_cafile")
+    @field_validator("schema_registry_ssl_cafile", "schema_registry_ssl_certfile")
     @classmethod
-    def _check_registry_cafile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+    def _check_registry_tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         url = info.data.get("schema_registry_url")
         if value is not None and not (url and url.get_secret_value().startswith("https://")):
             raise ValueError("is set but FLOWPROOF_SCHEMA_REGISTRY_URL is not an https:// URL")
         return _readable_file(value)
+
+    @field_validator("schema_registry_ssl_keyfile")
+    @classmethod
+    def _check_registry_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _client_key(value, info, "schema_registry_ssl_certfile")
 
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
     @classmethod
