@@ -387,6 +387,17 @@ class Bench:
             await self.relay_kafka_cluster(template.db_name)
         self.add(
             Figure(
+                "relay",
+                "outbox rows updated or deleted by the relay runs",
+                sum(r.outbox_updated + r.outbox_deleted for r in self.relay.values()),
+                "rows",
+                load(),
+                target="<= 0",
+                note="pg_stat_user_tables over the outbox's partitions, each run's database",
+            )
+        )
+        self.add(
+            Figure(
                 "memory",
                 "relay peak RSS",
                 max(r.peak_rss for r in self.relay.values()) / MB,
@@ -609,6 +620,7 @@ def relay_note(run: RelayRun, processes: int) -> str:
     if run.cores:
         used = ", ".join(f"{name} {value:.2f}" for name, value in run.cores.items())
         note += f"; cores in use: {used} (of {os.cpu_count()})"
+    note += f"; outbox rows updated {run.outbox_updated:,}, deleted {run.outbox_deleted:,}"
     return note
 
 

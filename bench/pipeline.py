@@ -85,6 +85,19 @@ class RelayRun:
     # Cores used on average from the relays' start until the outbox was drained: "relay" and each
     # devstack service (what else the machine spent its CPU on during the run).
     cores: dict[str, float] = field(default_factory=dict)
+    # Outbox rows updated and deleted during the run (pg_stat_user_tables over the outbox's
+    # partitions, in the run's own scratch database): the relay only reads it, so 0 and 0.
+    outbox_updated: int = 0
+    outbox_deleted: int = 0
+
+
+# Row versions written to the outbox and its partitions in this database (the stats of the
+# relays' backends are in once they exited).
+OUTBOX_WRITES = """
+SELECT coalesce(sum(n_tup_upd), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint
+FROM pg_stat_user_tables
+WHERE relid IN (SELECT relid FROM pg_partition_tree('flowproof_outbox'))
+"""
 
 
 async def _nothing_pending(conn: asyncpg.Connection, sink: str, rows: int) -> bool:
@@ -217,6 +230,7 @@ async def relay_throughput(
             first.append(low)
             last.append(high)
         seconds = (max(last) - min(first)).total_seconds()
+        updated, deleted = await conn.fetchrow(OUTBOX_WRITES)
         return RelayRun(
             mode=mode,
             events=events,
@@ -228,6 +242,8 @@ async def relay_throughput(
             cpu_seconds=sum(relay.cpu for relay in relays),
             processes=len(relays),
             cores={name: round(value, 2) for name, value in cores.items()},
+            outbox_updated=updated,
+            outbox_deleted=deleted,
         )
     finally:
         for relay in relays:
