@@ -120,10 +120,10 @@ class RegistryClient:
                 f"no answer from {scrub(self.url)} within {self._timeout:g}s "
                 "(FLOWPROOF_SCHEMA_REGISTRY_TIMEOUT_SECONDS)",
             ) from None
-        except httpx.HTTPError as exc:
-            raise ComponentUnreachable(
-                COMPONENT, f"{scrub(self.url)}: {type(exc).__name__}: {scrub(str(exc))}"
-            ) from None
+        except (httpx.HTTPError, OSError) as exc:
+            # OSError: an ssl.SSLError that httpx passes on as it is, e.g. a TLS 1.3 server's
+            # "certificate required" alert, which arrives with the answer, after the handshake.
+            raise ComponentUnreachable(COMPONENT, f"{scrub(self.url)}: {_cause(exc)}") from None
         status = response.status_code
         if status in (401, 403):
             raise ComponentUnreachable(
@@ -213,6 +213,19 @@ class RegistryClient:
             return False
         _expect(status, payload, path)
         return bool(payload.get("is_compatible"))
+
+
+def _cause(exc: BaseException) -> str:
+    """The error and, when its own words are empty (httpx's ReadError after a reset), the first
+    cause that has some: `ReadError: ConnectionResetError: [Errno 104] Connection reset by peer`.
+    """
+    words = f"{type(exc).__name__}: {scrub(str(exc))}"
+    cause = exc.__cause__ or exc.__context__
+    while not str(exc) and cause is not None:
+        exc, cause = cause, cause.__cause__ or cause.__context__
+        if str(exc):
+            words += f"{type(exc).__name__}: {scrub(str(exc))}"
+    return words
 
 
 def _message(payload: Any) -> str:

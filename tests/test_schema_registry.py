@@ -658,15 +658,22 @@ async def test_the_registry_client_presents_its_certificate_when_asked(tmp_path:
             await client.check()
         finally:
             await client.aclose()
-        # Without a certificate the server ends the handshake: unreachable, saying why.
+        # Without a certificate the server ends the TLS session (TLS 1.3: its alert may come
+        # with the answer, after the handshake): unreachable, saying why, every time.
         client = RegistryClient.from_settings(load_settings_from(env))
         assert client is not None
         try:
-            with pytest.raises(ComponentUnreachable) as refused:
-                await client.check()
+            for _ in range(5):
+                with pytest.raises(ComponentUnreachable) as refused:
+                    await client.check()
+                assert refused.value.component == "schema-registry"
+                # The alert, or the reset that ends the session; never an empty reason.
+                assert any(
+                    why in str(refused.value)
+                    for why in ("CERTIFICATE_REQUIRED", "ConnectionResetError", "EOF")
+                ), refused.value
         finally:
             await client.aclose()
-        assert refused.value.component == "schema-registry"
 
 
 def load_settings_from(env: dict[str, str]) -> Settings:
