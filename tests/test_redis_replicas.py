@@ -20,7 +20,8 @@ from structlog.testing import capture_logs
 
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
-from flowproof.core.connect import redis_client
+from flowproof.core.connect import ping_redis, redis_client
+from flowproof.core.errors import ComponentUnreachable
 from flowproof.publisher.relay import Relay
 from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST
@@ -134,3 +135,16 @@ async def test_clients_follow_the_promoted_replica(
             await conn.close()
         second = await consume(settings, sink="redis", group=settings.consumer_group, drain=True)
         assert second.receipts == 20
+
+
+async def test_a_sentinel_that_monitors_another_name_says_so(
+    settings: Settings, replicated: ReplicatedRedis
+) -> None:
+    url = f"redis+sentinel://127.0.0.1:{replicated.sentinel.port}/nosuch"
+    client = redis_client(settings.model_copy(update={"redis_url": SecretStr(url)}))
+    try:
+        with pytest.raises(ComponentUnreachable) as refused:
+            await ping_redis(client)
+    finally:
+        await client.aclose()
+    assert "monitors no primary named 'nosuch'" in str(refused.value), refused.value

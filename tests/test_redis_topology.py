@@ -11,8 +11,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from flowproof.core.config import load_settings
-from flowproof.core.connect import redis_client
-from flowproof.core.errors import ConfigError
+from flowproof.core.connect import ping_redis, redis_client
+from flowproof.core.errors import ComponentUnreachable, ConfigError
+from flowproof.core.http import free_port
 from flowproof.core.redis_topology import parse_cluster_url, parse_sentinel_url
 
 
@@ -106,3 +107,19 @@ def test_the_replica_wait_must_fit_in_the_publish_timeout(
     monkeypatch.setenv("FLOWPROOF_RELAY_REDIS_MIN_REPLICAS", "-1")
     with pytest.raises(ConfigError, match="FLOWPROOF_RELAY_REDIS_MIN_REPLICAS"):
         load_settings()
+
+
+async def test_a_failed_sentinel_lookup_says_why_for_each_sentinel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = free_port()  # nothing listens there
+    monkeypatch.setenv("FLOWPROOF_REDIS_URL", f"redis+sentinel://127.0.0.1:{closed}/orders")
+    client = redis_client(load_settings())
+    try:
+        with pytest.raises(ComponentUnreachable) as refused:
+            await ping_redis(client)
+    finally:
+        await client.aclose()
+    message = str(refused.value)
+    assert f"no Sentinel names a primary 'orders': 127.0.0.1:{closed}: " in message, message
+    assert "Connection refused" in message or "connecting" in message, message

@@ -13,7 +13,9 @@ from typing import Any
 import asyncpg
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from flowproof.core.config import Settings
@@ -104,6 +106,8 @@ class _SentinelPool(SentinelConnectionPool):
 
 
 _TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+# How long each Sentinel has to say why it named no primary (see _Sentinels).
+_WHY_SECONDS = 1.0
 
 
 def _tls(enabled: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -129,23 +133,40 @@ class _Sentinels(Sentinel):
         return address
 
     async def _why(self, service_name: str) -> str:
-        reasons = []
-        for sentinel in self.sentinels:
-            where = "{host}:{port}".format_map(sentinel.connection_pool.connection_kwargs)
-            try:
-                masters = await sentinel.sentinel_masters()
-            except (RedisError, OSError) as exc:
-                reasons.append(f"{where}: {exc}")
-                continue
-            # A dict by name (RESP2, what flowproof's clients speak); RESP3 would give a list.
-            state = masters.get(service_name) if isinstance(masters, dict) else None
-            flags = ",".join(sorted(state.get("flags") or ())) if state else ""
-            reasons.append(
-                f"{where}: monitors no primary named {service_name!r}"
-                if state is None
-                else f"{where}: names {service_name!r} but flags it {flags or 'unusable'}"
-            )
+        # Every Sentinel at once, each within _WHY_SECONDS: explaining a failed lookup adds at
+        # most that to it (a Sentinel that does not answer already cost its own timeout).
+        reasons = await asyncio.gather(
+            *(self._reason(sentinel, service_name) for sentinel in self.sentinels)
+        )
         return f"no Sentinel names a primary {service_name!r}: " + "; ".join(reasons)
+
+    @staticmethod
+    async def _reason(sentinel: aioredis.Redis, service_name: str) -> str:
+        pool = sentinel.connection_pool
+        where = "{host}:{port}".format_map(pool.connection_kwargs)
+        # A connection of its own, without the client's retries: the first error is the answer.
+        probe = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(
+                connection_class=pool.connection_class,
+                **{**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)},
+            )
+        )
+        try:
+            async with asyncio.timeout(_WHY_SECONDS):
+                masters = await probe.sentinel_masters()
+        except TimeoutError:
+            return f"{where}: no answer within {_WHY_SECONDS:g} s"
+        except (RedisError, OSError) as exc:
+            return f"{where}: {exc}"
+        finally:
+            await probe.aclose()
+            await probe.connection_pool.disconnect()
+        # A dict by name (RESP2, what flowproof's clients speak); RESP3 would give a list.
+        state = masters.get(service_name) if isinstance(masters, dict) else None
+        if state is None:
+            return f"{where}: monitors no primary named {service_name!r}"
+        flags = ",".join(sorted(state.get("flags") or ()))
+        return f"{where}: names {service_name!r} but flags it {flags or 'unusable'}"
 
 
 def _sentinel_client(url: str, **kwargs: Any) -> aioredis.Redis:
