@@ -21,8 +21,6 @@ from pydantic import SecretStr
 
 from flowproof.consumers.run import consume
 from flowproof.core.config import Settings
-from flowproof.core.connect import ping_redis, redis_client
-from flowproof.core.errors import ComponentUnreachable
 from flowproof.publisher.relay import Relay
 from flowproof.verifier.commands import check_once
 from flowproof.verifier.model import FLOW_LOST
@@ -36,6 +34,7 @@ from tests.private_services import (
     plaintext_reply,
 )
 from tests.readback import insert_canaries, unpublished
+from tests.test_security_redis import refused_ping
 
 AGGREGATES = ["t-1", "t-2", "t-3"]
 TYPES = ["tlsa", "tlsb", "tlsc", "tlsd"]  # streams on more than one Cluster node
@@ -140,7 +139,7 @@ async def test_servers_signed_by_another_ca_are_refused(
 ) -> None:
     url, _ = _topology(request, topology)
     other = TestCA(tmp_path / "other-ca", name="another CA")
-    refused = await _refused(_on(settings, url, other.cert, client_cert))
+    refused = await refused_ping(_on(settings, url, other.cert, client_cert))
     # Why, in the error: for Sentinel too (redis-py's own message names only the error's class).
     assert "certificate verify failed" in str(refused), refused
 
@@ -150,15 +149,4 @@ async def test_a_client_without_a_certificate_is_refused(
     topology: str, request: pytest.FixtureRequest, settings: Settings, ca: TestCA
 ) -> None:
     url, _ = _topology(request, topology)
-    await _refused(_on(settings, url, ca.cert, None))
-
-
-async def _refused(settings: Settings) -> ComponentUnreachable:
-    """The error of a PING with `settings` (AssertionError if there is none)."""
-    client = redis_client(settings)
-    try:
-        with pytest.raises(ComponentUnreachable) as refused:
-            await ping_redis(client)
-    finally:
-        await client.aclose()
-    return refused.value
+    await refused_ping(_on(settings, url, ca.cert, None))

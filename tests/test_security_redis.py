@@ -67,7 +67,7 @@ def redis_settings(server: PrivateRedis, user: RedisUser | None, **extra: object
     return Settings(**values)  # type: ignore[arg-type]
 
 
-async def _refused(settings: Settings) -> ComponentUnreachable:
+async def refused_ping(settings: Settings) -> ComponentUnreachable:
     """The error a client with `settings` gets for its PING (AssertionError if it gets none)."""
     client = redis_client(settings)
     try:
@@ -139,7 +139,7 @@ async def test_a_server_certificate_from_another_ca_is_refused(
 ) -> None:
     stranger = TestCA(tmp_path / "other-ca", name="someone else's CA")
     settings = redis_settings(secured_redis, users["relay"], redis_ssl_cafile=stranger.cert)
-    refused = await _refused(settings)
+    refused = await refused_ping(settings)
     assert refused.component == "redis"
     assert "certificate verify failed" in str(refused), refused
 
@@ -181,9 +181,9 @@ async def test_a_client_certificate_is_presented_to_a_server_that_asks(
 async def test_a_server_that_asks_refuses_clients_without_its_cas_certificate(
     cert_auth_redis: PrivateRedis, users: dict[str, RedisUser], tmp_path: Path
 ) -> None:
-    await _refused(redis_settings(cert_auth_redis, users["relay"]))
+    await refused_ping(redis_settings(cert_auth_redis, users["relay"]))
     stranger = TestCA(tmp_path / "client-ca", name="someone else's CA").issue("intruder")
-    await _refused(
+    await refused_ping(
         redis_settings(
             cert_auth_redis,
             users["relay"],
@@ -208,7 +208,7 @@ async def test_a_plain_client_is_told_nothing_about_the_password(
     secured_redis: PrivateRedis, users: dict[str, RedisUser]
 ) -> None:
     plain = secured_redis.url_for(users["relay"]).replace("rediss://", "redis://", 1)
-    refused = await _refused(Settings(redis_url=SecretStr(plain)))
+    refused = await refused_ping(Settings(redis_url=SecretStr(plain)))
     assert refused.component == "redis"
     assert users["relay"].password not in str(refused)
 
@@ -246,7 +246,7 @@ async def test_a_certificate_for_another_host_is_refused(
         assert "FLOWPROOF_REDIS_URL: its query sets ssl_" in str(refused_at_start.value)
         assert misnamed_redis.url not in str(refused_at_start.value)
         return
-    refused = await _refused(redis_settings(misnamed_redis, None))
+    refused = await refused_ping(redis_settings(misnamed_redis, None))
     assert refused.component == "redis"
     assert "IP address mismatch" in str(refused), refused
 
@@ -261,7 +261,7 @@ async def test_logins_other_than_the_users_are_refused(
         "default": RedisUser("default", wrong, ""),
         "wrong-password": RedisUser(users["relay"].name, wrong, ""),
     }[who]
-    refused = await _refused(redis_settings(secured_redis, user))
+    refused = await refused_ping(redis_settings(secured_redis, user))
     message = str(refused)
     assert refused.component == "redis"
     words = ("Authentication required", "WRONGPASS", "invalid username-password")
