@@ -661,10 +661,12 @@ class Settings(BaseSettings):
             raise ValueError("is set but FLOWPROOF_REDIS_URL uses no TLS (rediss://...)")
         return _readable_file(value)
 
-    @field_validator("redis_ssl_keyfile")
+    @field_validator("redis_ssl_keyfile", "kafka_ssl_keyfile", "schema_registry_ssl_keyfile")
     @classmethod
-    def _check_redis_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _client_key(value, info, "redis_ssl_certfile")
+    def _check_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Each `<x>_ssl_keyfile` is the key of `<x>_ssl_certfile`, which is validated before it.
+        assert info.field_name is not None
+        return _client_key(value, info, info.field_name.replace("_keyfile", "_certfile"))
 
     @field_validator("kafka_ssl_certfile")
     @classmethod
@@ -673,11 +675,6 @@ class Settings(BaseSettings):
         if value is not None and protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
             raise ValueError(f"is set but FLOWPROOF_KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS")
         return _readable_file(value)
-
-    @field_validator("kafka_ssl_keyfile")
-    @classmethod
-    def _check_kafka_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _client_key(value, info, "kafka_ssl_certfile")
 
     @field_validator("schema_registry_url")
     @classmethod
@@ -709,11 +706,6 @@ class Settings(BaseSettings):
         if value is not None and not (url and url.get_secret_value().startswith("https://")):
             raise ValueError("is set but FLOWPROOF_SCHEMA_REGISTRY_URL is not an https:// URL")
         return _readable_file(value)
-
-    @field_validator("schema_registry_ssl_keyfile")
-    @classmethod
-    def _check_registry_keyfile(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _client_key(value, info, "schema_registry_ssl_certfile")
 
     @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
     @classmethod
